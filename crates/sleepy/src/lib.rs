@@ -1,1 +1,10 @@
+//! sleepy: an LLM inference engine. The path from a model file to text runs through the
+//! modules in this order: loader -> config -> model (weights, decoder) -> tokenizer ->
+//! generate (sampler, decode loop) -> text.
+
+pub mod error;
+pub mod fetch;
+pub mod loader;
 pub mod quant;
+
+pub use error::{Error, Result};
