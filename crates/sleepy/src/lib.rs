@@ -2,9 +2,14 @@
 //! modules in this order: loader -> config -> model (weights, decoder) -> tokenizer ->
 //! generate (sampler, decode loop) -> text.
 
+pub mod backend;
+pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod loader;
+pub mod model;
 pub mod quant;
 
 pub use error::{Error, Result};
+pub mod sampler;
+pub mod generate;

@@ -7,6 +7,9 @@ use crate::quant::DType;
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use super::bytes::Bytes;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -98,7 +101,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
 }
 
 impl GgufFile {
@@ -196,7 +199,7 @@ impl GgufFile {
                 }
             }
         }
-        Ok(GgufFile { version, metadata, tensors, mmap })
+        Ok(GgufFile { version, metadata, tensors, mmap: Arc::new(mmap) })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -218,6 +221,10 @@ impl GgufFile {
     /// The bytes of a tensor, borrowed from the memory map (no copy).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.offset..info.offset + info.n_bytes]
+    }
+    /// The same bytes as a shared handle that keeps the file mapped.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> Bytes {
+        Bytes::slice_of(self.mmap.clone(), info.offset, info.n_bytes)
     }
 }
 

@@ -25,3 +25,4 @@ pub enum DType {
     Q6K,
 }
 mod stub;
+pub use stub::*;

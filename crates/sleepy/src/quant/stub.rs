@@ -9,3 +9,9 @@ impl DType {
     pub fn row_bytes(self, k: usize) -> Option<usize> { (k % self.block_len() == 0).then(|| k / self.block_len() * self.block_bytes()) }
     pub fn name(self) -> &'static str { match self { DType::F32 => "f32", DType::F16 => "f16", DType::BF16 => "bf16", DType::Q8_0 => "q8_0", DType::Q4_0 => "q4_0", DType::Q4_1 => "q4_1", DType::Q5_0 => "q5_0", DType::Q5_1 => "q5_1", DType::Q4K => "q4_k", DType::Q5K => "q5_k", DType::Q6K => "q6_k" } }
 }
+impl DType { pub fn is_quantized(self) -> bool { self.block_len() > 1 } }
+pub struct PreparedActs(Vec<f32>);
+pub fn dequantize_row(_d: DType, _s: &[u8], _o: &mut [f32]) { todo!() }
+pub fn quantize_row(_d: DType, _s: &[f32], _o: &mut [u8]) { todo!() }
+pub fn prepare_acts(_d: DType, x: &[f32]) -> PreparedActs { PreparedActs(x.to_vec()) }
+pub fn dot_prepared(_d: DType, _r: &[u8], _a: &PreparedActs) -> f32 { todo!() }

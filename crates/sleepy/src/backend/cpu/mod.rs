@@ -1,0 +1,280 @@
+//! The CPU backend: the reference for every op, threaded over output rows with rayon.
+//! Matrix products use the quant module's fast dot (activations quantized once per call, the
+//! way llama.cpp's CPU path does), so greedy text follows llama.cpp's.
+
+mod attention;
+
+use super::{AttnShape, Backend, Rope, WeightPart};
+use crate::config::{ModelConfig, RopeStyle};
+use crate::error::{Error, Result};
+use crate::quant::{self, DType, PreparedActs};
+use rayon::prelude::*;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct CpuAct {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuAct {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+pub struct CpuWeight {
+    pub k: usize,
+    pub parts: Vec<WeightPart>,
+}
+
+impl CpuWeight {
+    pub fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+    /// The stored bytes and format of global row `r`.
+    fn row(&self, mut r: usize) -> (DType, &[u8]) {
+        for p in &self.parts {
+            if r < p.rows {
+                let rb = p.dtype.row_bytes(self.k).unwrap_or(0);
+                return (p.dtype, &p.bytes.as_slice()[r * rb..(r + 1) * rb]);
+            }
+            r -= p.rows;
+        }
+        panic!("row {r} outside the weight");
+    }
+}
+
+/// K and V of every layer, f16 as in llama.cpp's default cache: `[layer][pos][kv_head * d]`.
+pub struct CpuKv {
+    pub max_seq: usize,
+    pub kv_dim: usize,
+    pub k: Vec<Vec<half::f16>>,
+    pub v: Vec<Vec<half::f16>>,
+}
+
+impl CpuBackend {
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Other(format!("could not start {threads} CPU threads: {e}")))?;
+        Ok(CpuBackend { pool, threads })
+    }
+}
+
+fn check(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("shape mismatch in {what}")))
+    }
+}
+
+fn rmsnorm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Weight = CpuWeight;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CpuWeight> {
+        for p in &parts {
+            let rb = p.dtype.row_bytes(k).ok_or_else(|| Error::tensor(name, format!("row length {k} does not fit {}", p.dtype.name())))?;
+            if rb * p.rows != p.bytes.len() {
+                return Err(Error::tensor(name, format!("{} bytes for {} rows of {k} {}", p.bytes.len(), p.rows, p.dtype.name())));
+            }
+        }
+        Ok(CpuWeight { k, parts })
+    }
+
+    fn upload_vector(&self, data: &[f32]) -> Result<CpuAct> {
+        Ok(CpuAct { rows: 1, cols: data.len(), data: data.to_vec() })
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CpuAct> {
+        Ok(CpuAct { rows, cols, data: vec![0.0; rows * cols] })
+    }
+
+    fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<CpuKv> {
+        let kv_dim = cfg.kv_dim();
+        let zero = || vec![half::f16::ZERO; max_seq * kv_dim];
+        Ok(CpuKv {
+            max_seq,
+            kv_dim,
+            k: (0..cfg.n_layers).map(|_| zero()).collect(),
+            v: (0..cfg.n_layers).map(|_| zero()).collect(),
+        })
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) -> Result<()> {
+        check(out.rows == ids.len() && out.cols == table.k, "embed")?;
+        let n = table.rows();
+        for (t, &id) in ids.iter().enumerate() {
+            if id as usize >= n {
+                return Err(Error::Other(format!("token id {id} is outside the vocabulary of {n}")));
+            }
+            let (dtype, bytes) = table.row(id as usize);
+            quant::dequantize_row(dtype, bytes, &mut out.data[t * out.cols..(t + 1) * out.cols]);
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(&self, x: &CpuAct, w: &CpuAct, eps: f32, out: &mut CpuAct) -> Result<()> {
+        check(x.cols == w.cols && out.cols == x.cols && out.rows == x.rows, "rmsnorm")?;
+        for r in 0..x.rows {
+            rmsnorm_row(x.row(r), &w.data, eps, &mut out.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        Ok(())
+    }
+
+    fn add_rmsnorm(&self, x: &mut CpuAct, y: &CpuAct, w: &CpuAct, eps: f32, out: &mut CpuAct) -> Result<()> {
+        self.add(x, y)?;
+        self.rmsnorm(x, w, eps, out)
+    }
+
+    fn matmul(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
+        check(x.cols == w.k && out.rows == x.rows && out.cols == w.rows(), "matmul")?;
+        if let Some(b) = bias {
+            check(b.cols == out.cols, "matmul bias")?;
+        }
+        let t_rows = x.rows;
+        let n = out.cols;
+        // Activations in each part's companion format, prepared once per token row.
+        let mut prepared: Vec<(DType, Vec<PreparedActs>)> = Vec::new();
+        for p in &w.parts {
+            if !prepared.iter().any(|(d, _)| *d == p.dtype) {
+                let acts = (0..t_rows).map(|t| quant::prepare_acts(p.dtype, x.row(t))).collect();
+                prepared.push((p.dtype, acts));
+            }
+        }
+        // Work is split over weight rows so each row is read once for all tokens; results are
+        // gathered per row chunk and scattered into out[t, n].
+        const CHUNK: usize = 16;
+        let results: Vec<Vec<f32>> = self.pool.install(|| {
+            (0..n.div_ceil(CHUNK))
+                .into_par_iter()
+                .map(|c| {
+                    let rows = c * CHUNK..((c + 1) * CHUNK).min(n);
+                    let mut res = Vec::with_capacity(rows.len() * t_rows);
+                    for r in rows {
+                        let (dtype, bytes) = w.row(r);
+                        let acts = &prepared.iter().find(|(d, _)| *d == dtype).expect("prepared above").1;
+                        let b = bias.map_or(0.0, |b| b.data[r]);
+                        for a in acts {
+                            res.push(quant::dot_prepared(dtype, bytes, a) + b);
+                        }
+                    }
+                    res
+                })
+                .collect()
+        });
+        for (c, res) in results.iter().enumerate() {
+            for (i, v) in res.iter().enumerate() {
+                let r = c * CHUNK + i / t_rows;
+                let t = i % t_rows;
+                out.data[t * n + r] = *v;
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
+        check(x.data.len() == y.data.len(), "add")?;
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn swiglu(&self, gate_up: &CpuAct, out: &mut CpuAct) -> Result<()> {
+        let f = out.cols;
+        check(gate_up.cols == 2 * f && gate_up.rows == out.rows, "swiglu")?;
+        for t in 0..out.rows {
+            let gu = gate_up.row(t);
+            for i in 0..f {
+                let g = gu[i];
+                out.data[t * f + i] = g / (1.0 + (-g).exp()) * gu[f + i];
+            }
+        }
+        Ok(())
+    }
+
+    fn rope_qk(&self, qkv: &mut CpuAct, s: AttnShape, pos0: usize, qk_norm: Option<(&CpuAct, &CpuAct, f32)>, rope: &Rope) -> Result<()> {
+        let d = s.head_dim;
+        check(qkv.cols == (s.n_heads + 2 * s.n_kv_heads) * d, "rope_qk")?;
+        let mut tmp = vec![0.0f32; d];
+        for t in 0..qkv.rows {
+            let pos = (pos0 + t) as f32;
+            let row = &mut qkv.data[t * qkv.cols..(t + 1) * qkv.cols];
+            for h in 0..s.n_heads + s.n_kv_heads {
+                let head = &mut row[h * d..(h + 1) * d];
+                if let Some((qn, kn, eps)) = qk_norm {
+                    let w = if h < s.n_heads { qn } else { kn };
+                    tmp.copy_from_slice(head);
+                    rmsnorm_row(&tmp, &w.data, eps, head);
+                }
+                rotate(head, pos, rope);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(&self, qkv: &CpuAct, kv: &mut CpuKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CpuAct) -> Result<()> {
+        attention::attention(&self.pool, qkv, kv, layer, pos0, s, out)
+    }
+
+    fn last_row(&self, x: &CpuAct) -> Result<CpuAct> {
+        check(x.rows > 0, "last_row")?;
+        Ok(CpuAct { rows: 1, cols: x.cols, data: x.row(x.rows - 1).to_vec() })
+    }
+
+    fn read(&self, x: &CpuAct) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+
+    fn argmax_last(&self, x: &CpuAct) -> Result<u32> {
+        check(x.rows > 0, "argmax")?;
+        Ok(argmax(x.row(x.rows - 1)))
+    }
+}
+
+/// Index of the largest value; ties go to the lowest index.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Rotary embedding of one head at position `pos`.
+fn rotate(head: &mut [f32], pos: f32, rope: &Rope) {
+    let half = rope.dims / 2;
+    for (i, &freq) in rope.inv_freqs.iter().enumerate() {
+        let (sin, cos) = (pos * freq).sin_cos();
+        let (a, b) = match rope.style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
+    }
+}

@@ -1,0 +1,83 @@
+//! The Backend trait: the small set of fused operations the decoder is written in. The CPU
+//! backend is the reference; other backends are tested against it. Decoder code never asks
+//! which backend it runs on.
+//!
+//! Shapes: activations are row-major f32 matrices `[rows, cols]`, one row per token. Weight
+//! matrices are `[n, k]` (n output features, each a row of k inputs) kept in their stored
+//! format; a matrix may be made of several row blocks of different formats (fused Q|K|V of
+//! a mixed-precision file), stacked in order.
+
+pub mod cpu;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::loader::Bytes;
+use crate::quant::DType;
+
+/// One block of rows of a weight matrix, as stored in the file.
+#[derive(Clone, Debug)]
+pub struct WeightPart {
+    pub dtype: DType,
+    pub rows: usize,
+    pub bytes: Bytes,
+}
+
+/// Per-step attention facts the decoder passes down.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+pub trait Backend {
+    /// An activation matrix on the backend (f32).
+    type Act;
+    /// A weight matrix in its stored format(s).
+    type Weight;
+    /// The K/V cache of one sequence, for all layers.
+    type Kv;
+
+    fn name(&self) -> String;
+
+    /// Upload a weight matrix `[sum(parts.rows), k]` made of stacked row blocks.
+    fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<Self::Weight>;
+    /// Upload a small f32 vector (norm weights, biases) as a `[1, n]` activation.
+    fn upload_vector(&self, data: &[f32]) -> Result<Self::Act>;
+    fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Act>;
+    fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<Self::Kv>;
+
+    /// out[t, :] = row ids[t] of the embedding table, dequantized.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act) -> Result<()>;
+    /// out = rmsnorm(x) * w, row by row.
+    fn rmsnorm(&self, x: &Self::Act, w: &Self::Act, eps: f32, out: &mut Self::Act) -> Result<()>;
+    /// x += y; out = rmsnorm(x) * w (the residual add fused with the next norm).
+    fn add_rmsnorm(&self, x: &mut Self::Act, y: &Self::Act, w: &Self::Act, eps: f32, out: &mut Self::Act) -> Result<()>;
+    /// out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]).
+    fn matmul(&self, x: &Self::Act, w: &Self::Weight, bias: Option<&Self::Act>, out: &mut Self::Act) -> Result<()>;
+    /// x += y.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    /// gate_up `[t, 2f]` holds gate in columns 0..f and up in f..2f; out `[t, f]` = silu(gate) * up.
+    fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> Result<()>;
+    /// On qkv `[t, (h + 2 kvh) * d]` (Q heads, then K heads, then V heads): optional per-head
+    /// RMSNorm of Q and K, then rotary embedding of Q and K at positions pos0 + t.
+    fn rope_qk(&self, qkv: &mut Self::Act, shape: AttnShape, pos0: usize, qk_norm: Option<(&Self::Act, &Self::Act, f32)>, rope: &Rope) -> Result<()>;
+    /// Store K and V of `qkv` in the cache of `layer` at positions pos0.., then causal
+    /// grouped-query attention of the Q rows over positions 0..=pos0+t. out is `[t, h * d]`.
+    fn attention(&self, qkv: &Self::Act, kv: &mut Self::Kv, layer: usize, pos0: usize, shape: AttnShape, out: &mut Self::Act) -> Result<()>;
+    /// A new `[1, cols]` activation holding the last row of x.
+    fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
+    /// Copy an activation back to host memory (row-major).
+    fn read(&self, x: &Self::Act) -> Result<Vec<f32>>;
+    /// The index of the largest value of the last row (ties to the lowest index).
+    fn argmax_last(&self, x: &Self::Act) -> Result<u32>;
+}
+
+/// Rotary embedding tables, shared by all layers.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub style: crate::config::RopeStyle,
+    /// Dimensions of a head that rotate.
+    pub dims: usize,
+    pub inv_freqs: Vec<f32>,
+}

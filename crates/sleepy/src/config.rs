@@ -1,0 +1,171 @@
+//! ModelConfig: the architecture facts the decoder needs, normalised from GGUF metadata or a
+//! Hugging Face config.json. One decoder serves every family; the differences are these flags.
+
+use crate::error::{Error, Result};
+use crate::loader::gguf::GgufFile;
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): llama-architecture GGUF files, whose Q/K rows were permuted at conversion.
+    Interleaved,
+    /// Pairs (i, i + head_dim/2): Hugging Face layout, qwen2/qwen3 GGUF files.
+    Neox,
+}
+
+/// Llama 3 style frequency scaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_context: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    pub fn parse(name: &str) -> Option<Arch> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_hidden: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_style: RopeStyle,
+    pub rope_scaling: Option<RopeScaling>,
+    /// Dimensions of each head that are rotated (the rest pass through).
+    pub rope_dims: usize,
+    pub qkv_bias: bool,
+    pub qk_norm: bool,
+    pub tied_embeddings: bool,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+        let arch_name = f.get_str("general.architecture").ok_or_else(|| Error::Config("general.architecture missing".into()))?;
+        let arch = Arch::parse(arch_name)
+            .ok_or_else(|| Error::Config(format!("architecture '{arch_name}' is not supported (llama, qwen2, qwen3 are)")))?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            f.get_u64(&key(k))
+                .filter(|&v| v > 0 && v < (1 << 31))
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Config(format!("{} missing or out of range", key(k))))
+        };
+        let hidden = req("embedding_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = f.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads);
+        let head_dim = match f.get_u64(&key("attention.key_length")) {
+            Some(v) => v as usize,
+            None => hidden / n_heads,
+        };
+        let vocab_size = match f.get_u64(&key("vocab_size")) {
+            Some(v) => v as usize,
+            None => f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
+        };
+        let tied = f.tensor("output.weight").is_none();
+        let cfg = ModelConfig {
+            arch,
+            hidden,
+            n_layers: req("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_hidden: req("feed_forward_length")?,
+            vocab_size,
+            context_length: req("context_length")?,
+            norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            rope_theta: f.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
+            rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Neox },
+            rope_scaling: None,
+            rope_dims: f.get_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim),
+            qkv_bias: f.tensor("blk.0.attn_q.bias").is_some(),
+            qk_norm: f.tensor("blk.0.attn_q_norm.weight").is_some(),
+            tied_embeddings: tied,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that the dimensions fit together, so the decoder can index without surprises.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("{} heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+            return bad(format!("head_dim {} / rope dims {} are not usable", self.head_dim, self.rope_dims));
+        }
+        if self.vocab_size == 0 {
+            return bad("vocabulary size is 0".into());
+        }
+        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return bad("norm epsilon and rope theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Rotation frequency of each dimension pair, Llama 3 scaling applied.
+    pub fn rope_inv_freqs(&self) -> Vec<f32> {
+        let half = self.rope_dims / 2;
+        (0..half)
+            .map(|i| {
+                let freq = 1.0 / self.rope_theta.powf(2.0 * i as f32 / self.rope_dims as f32);
+                match self.rope_scaling {
+                    Some(s) => llama3_scale(freq, s),
+                    None => freq,
+                }
+            })
+            .collect()
+    }
+}
+
+fn llama3_scale(freq: f32, s: RopeScaling) -> f32 {
+    let wavelen = 2.0 * std::f32::consts::PI / freq;
+    let low_wavelen = s.original_context / s.low_freq_factor;
+    let high_wavelen = s.original_context / s.high_freq_factor;
+    if wavelen < high_wavelen {
+        freq
+    } else if wavelen > low_wavelen {
+        freq / s.factor
+    } else {
+        let smooth = (s.original_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * freq / s.factor + smooth * freq
+    }
+}

@@ -1,0 +1,142 @@
+//! The one decoder: Llama 2/3, SmolLM2, Qwen2/2.5 and Qwen3 differ only in the flags of
+//! ModelConfig (QKV bias, per-head Q/K norm, tied output, rope style and frequencies).
+
+use super::weights::{LoadOptions, Weights};
+use crate::backend::{AttnShape, Backend, Rope};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::loader::TensorSource;
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub backend: B,
+    pub weights: Weights<B>,
+    rope: Rope,
+}
+
+/// Activation buffers for a step of `rows` tokens, kept between steps of the same size.
+struct Scratch<B: Backend> {
+    rows: usize,
+    x: B::Act,        // [t, hidden] residual stream
+    xn: B::Act,       // [t, hidden] normed
+    qkv: B::Act,      // [t, q_dim + 2 kv_dim]
+    attn: B::Act,     // [t, q_dim]
+    proj: B::Act,     // [t, hidden] attention / FFN output
+    gate_up: B::Act,  // [t, 2 ffn]
+    ffn: B::Act,      // [t, ffn]
+}
+
+/// One sequence: its KV cache and how many positions are filled. A server holds many.
+pub struct Sequence<B: Backend> {
+    pub kv: B::Kv,
+    pub pos: usize,
+    pub max_seq: usize,
+    scratch: Option<Scratch<B>>,
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's row: `[1, vocab]`.
+    Last,
+    /// Every token's row: `[t, vocab]` (evaluation, tests).
+    All,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(backend: B, src: &dyn TensorSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model<B>> {
+        let weights = Weights::load(&backend, src, &cfg, opts)?;
+        let rope = Rope { style: cfg.rope_style, dims: cfg.rope_dims, inv_freqs: cfg.rope_inv_freqs() };
+        Ok(Model { cfg, backend, weights, rope })
+    }
+
+    pub fn new_sequence(&self, max_seq: usize) -> Result<Sequence<B>> {
+        let max_seq = max_seq.min(self.cfg.context_length).max(1);
+        Ok(Sequence { kv: self.backend.new_kv(&self.cfg, max_seq)?, pos: 0, max_seq, scratch: None })
+    }
+
+    fn scratch(&self, rows: usize) -> Result<Scratch<B>> {
+        let c = &self.cfg;
+        let b = &self.backend;
+        Ok(Scratch {
+            rows,
+            x: b.alloc(rows, c.hidden)?,
+            xn: b.alloc(rows, c.hidden)?,
+            qkv: b.alloc(rows, c.q_dim() + 2 * c.kv_dim())?,
+            attn: b.alloc(rows, c.q_dim())?,
+            proj: b.alloc(rows, c.hidden)?,
+            gate_up: b.alloc(rows, 2 * c.ffn_hidden)?,
+            ffn: b.alloc(rows, c.ffn_hidden)?,
+        })
+    }
+
+    /// Run `ids` through the model at the sequence's next positions, append their K/V to the
+    /// cache and return the logits asked for, still on the backend.
+    pub fn forward(&self, seq: &mut Sequence<B>, ids: &[u32], which: Logits) -> Result<B::Act> {
+        let t = ids.len();
+        if t == 0 {
+            return Err(Error::Other("forward called with no tokens".into()));
+        }
+        if seq.pos + t > seq.max_seq {
+            return Err(Error::Other(format!(
+                "context full: {} tokens already, {} more would exceed the context of {}",
+                seq.pos, t, seq.max_seq
+            )));
+        }
+        let mut s = match seq.scratch.take() {
+            Some(s) if s.rows == t => s,
+            _ => self.scratch(t)?,
+        };
+        let logits = self.forward_layers(seq, ids, which, &mut s);
+        seq.scratch = Some(s);
+        if logits.is_ok() {
+            seq.pos += t;
+        }
+        logits
+    }
+
+    fn forward_layers(&self, seq: &mut Sequence<B>, ids: &[u32], which: Logits, s: &mut Scratch<B>) -> Result<B::Act> {
+        let (b, c, w) = (&self.backend, &self.cfg, &self.weights);
+        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let pos0 = seq.pos;
+        // 1. x[t, hidden] = embedding rows of ids.
+        b.embed(&w.embed, ids, &mut s.x)?;
+        // 2. xn = rmsnorm(x) for the first layer; later layers get it fused with the residual add.
+        b.rmsnorm(&s.x, &w.layers[0].attn_norm, c.norm_eps, &mut s.xn)?;
+        for (i, l) in w.layers.iter().enumerate() {
+            // 3. qkv[t, q + 2kv] = xn @ Wqkv^T (+ bias); per-head Q/K norm; rope at pos0 + t.
+            b.matmul(&s.xn, &l.wqkv, l.bqkv.as_ref(), &mut s.qkv)?;
+            let qk_norm = match (&l.q_norm, &l.k_norm) {
+                (Some(q), Some(k)) => Some((q, k, c.norm_eps)),
+                _ => None,
+            };
+            b.rope_qk(&mut s.qkv, shape, pos0, qk_norm, &self.rope)?;
+            // 4. attn[t, q] = causal GQA over the cache (this step's K/V stored first).
+            b.attention(&s.qkv, &mut seq.kv, i, pos0, shape, &mut s.attn)?;
+            // 5. proj[t, hidden] = attn @ Wo^T; x += proj; xn = rmsnorm(x) * ffn_norm.
+            b.matmul(&s.attn, &l.wo, None, &mut s.proj)?;
+            b.add_rmsnorm(&mut s.x, &s.proj, &l.ffn_norm, c.norm_eps, &mut s.xn)?;
+            // 6. ffn[t, f] = silu(xn @ Wgate^T) * (xn @ Wup^T); proj = ffn @ Wdown^T.
+            b.matmul(&s.xn, &l.w_gate_up, None, &mut s.gate_up)?;
+            b.swiglu(&s.gate_up, &mut s.ffn)?;
+            b.matmul(&s.ffn, &l.w_down, None, &mut s.proj)?;
+            // 7. x += proj; xn = rmsnorm(x) * (next layer's attn_norm, or the final norm).
+            let next_norm = w.layers.get(i + 1).map_or(&w.output_norm, |n| &n.attn_norm);
+            b.add_rmsnorm(&mut s.x, &s.proj, next_norm, c.norm_eps, &mut s.xn)?;
+        }
+        // 8. logits[t or 1, vocab] = xn @ Woutput^T.
+        match which {
+            Logits::All => {
+                let mut logits = b.alloc(ids.len(), c.vocab_size)?;
+                b.matmul(&s.xn, w.output(), None, &mut logits)?;
+                Ok(logits)
+            }
+            Logits::Last => {
+                let last = b.last_row(&s.xn)?;
+                let mut logits = b.alloc(1, c.vocab_size)?;
+                b.matmul(&last, w.output(), None, &mut logits)?;
+                Ok(logits)
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+pub mod decoder;
+pub mod weights;
+
+pub use decoder::{Logits, Model, Sequence};
+pub use weights::LoadOptions;
