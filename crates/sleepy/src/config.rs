@@ -169,3 +169,66 @@ fn llama3_scale(freq: f32, s: RopeScaling) -> f32 {
         (1.0 - smooth) * freq / s.factor + smooth * freq
     }
 }
+
+impl ModelConfig {
+    /// From a Hugging Face config.json, in the forms found in the wild: rope_theta at top level
+    /// or inside rope_parameters, Llama 3 rope_scaling, head_dim given or derived.
+    pub fn from_hf_json(j: &serde_json::Value) -> Result<ModelConfig> {
+        let model_type = j.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| Error::Config("config.json has no model_type".into()))?;
+        let arch = Arch::parse(model_type)
+            .ok_or_else(|| Error::Config(format!("model_type '{model_type}' is not supported (llama, qwen2, qwen3 are)")))?;
+        let num = |k: &str| j.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let req = |k: &str| num(k).filter(|&v| v > 0).ok_or_else(|| Error::Config(format!("config.json: {k} missing or zero")));
+        let float = |k: &str| j.get(k).and_then(|v| v.as_f64());
+        let hidden = req("hidden_size")?;
+        let n_heads = req("num_attention_heads")?;
+        let head_dim = num("head_dim").unwrap_or(hidden / n_heads);
+        let rope_params = j.get("rope_parameters");
+        let rope_theta = float("rope_theta")
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .unwrap_or(10000.0);
+        let scaling = j.get("rope_scaling").filter(|v| !v.is_null()).or(rope_params);
+        let rope_scaling = match scaling {
+            Some(s) => {
+                let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+                let f = |k: &str, d: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(d) as f32;
+                match ty {
+                    "llama3" => Some(RopeScaling {
+                        factor: f("factor", 8.0),
+                        low_freq_factor: f("low_freq_factor", 1.0),
+                        high_freq_factor: f("high_freq_factor", 4.0),
+                        original_context: f("original_max_position_embeddings", 8192.0),
+                    }),
+                    "default" => None,
+                    other => return Err(Error::Config(format!("rope scaling type '{other}' is not supported"))),
+                }
+            }
+            None => None,
+        };
+        let cfg = ModelConfig {
+            arch,
+            hidden,
+            n_layers: req("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: num("num_key_value_heads").unwrap_or(n_heads),
+            head_dim,
+            ffn_hidden: req("intermediate_size")?,
+            vocab_size: req("vocab_size")?,
+            context_length: num("max_position_embeddings").unwrap_or(4096),
+            norm_eps: float("rms_norm_eps").unwrap_or(1e-6) as f32,
+            rope_theta: rope_theta as f32,
+            // HF checkpoints keep Q/K unpermuted: rotate_half pairs (i, i + d/2).
+            rope_style: RopeStyle::Neox,
+            rope_scaling,
+            rope_dims: head_dim,
+            qkv_bias: match arch {
+                Arch::Qwen2 => true,
+                _ => j.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            },
+            qk_norm: arch == Arch::Qwen3,
+            tied_embeddings: j.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

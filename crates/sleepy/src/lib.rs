@@ -13,3 +13,6 @@ pub mod quant;
 pub use error::{Error, Result};
 pub mod sampler;
 pub mod generate;
+pub mod engine;
+pub mod hf;
+pub mod tokenizer;

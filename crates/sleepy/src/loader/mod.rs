@@ -1,5 +1,7 @@
 pub mod bytes;
 pub mod gguf;
+pub mod names;
+pub mod safetensors;
 
 pub use bytes::Bytes;
 
