@@ -1,1 +1,37 @@
-fn main(){}
+//! The `sleepy` command: run, chat, tokenize, info (and more as the engine grows).
+
+mod common;
+mod info;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sleepy", version, about = "Fast LLM inference: run, chat with, inspect and benchmark GGUF and Hugging Face models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of PROMPT and stream it to stdout.
+    Run(run::RunArgs),
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize(info::TokenizeArgs),
+    /// Describe a model: architecture, dimensions, tokenizer, weight formats.
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Tokenize(a) => info::tokenize(a),
+        Command::Info(a) => info::info(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

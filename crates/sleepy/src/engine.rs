@@ -63,3 +63,48 @@ impl ModelFiles {
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+
+/// A loaded model on whichever backend it runs on. Code that works on a model is written
+/// once, generic over the backend, and called through `with_model!`.
+pub enum AnyModel {
+    Cpu(Model<CpuBackend>),
+}
+
+/// `with_model!(any, m => expr)` runs `expr` with `m: &Model<B>` for the backend in hand.
+#[macro_export]
+macro_rules! with_model {
+    ($any:expr, $m:ident => $body:expr) => {
+        match $any {
+            $crate::engine::AnyModel::Cpu($m) => $body,
+        }
+    };
+}
+
+/// Which backend to load a model on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err(Error::Other(format!("unknown device '{s}' (auto, cpu, cuda)"))),
+        }
+    }
+}
+
+impl ModelFiles {
+    pub fn load(&self, device: Device, threads: usize, opts: LoadOptions) -> Result<AnyModel> {
+        match device {
+            Device::Cuda => Err(Error::Other("this build has no CUDA backend yet".into())),
+            Device::Auto | Device::Cpu => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+        }
+    }
+}

@@ -50,6 +50,11 @@ impl<B: Backend> Model<B> {
         Ok(Model { cfg, backend, weights, rope })
     }
 
+    /// Copy an activation (logits) back to the host.
+    pub fn read(&self, x: &B::Act) -> Result<Vec<f32>> {
+        self.backend.read(x)
+    }
+
     pub fn new_sequence(&self, max_seq: usize) -> Result<Sequence<B>> {
         let max_seq = max_seq.min(self.cfg.context_length).max(1);
         Ok(Sequence { kv: self.backend.new_kv(&self.cfg, max_seq)?, pos: 0, max_seq, scratch: None })
