@@ -16,3 +16,4 @@ pub mod generate;
 pub mod engine;
 pub mod hf;
 pub mod tokenizer;
+pub mod chat;
