@@ -51,7 +51,7 @@ impl ModelArgs {
 
     pub fn load_options(&self) -> Result<LoadOptions> {
         let quant = match &self.quant {
-            Some(q) => Some(DType::parse(q).filter(|d| d.is_quantized()).with_context(|| format!("unknown quantization '{q}'"))?),
+            Some(q) => Some(DType::from_name(q).filter(|d| d.is_quantized()).with_context(|| format!("unknown quantization '{q}'"))?),
             None => None,
         };
         Ok(LoadOptions { quant })

@@ -1,5 +1,6 @@
 //! The `sleepy` command: run, chat, tokenize, info (and more as the engine grows).
 
+mod chat;
 mod common;
 mod info;
 mod run;
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Generate a continuation of PROMPT and stream it to stdout.
     Run(run::RunArgs),
+    /// Talk with the model through its chat template (multi-turn, KV cache kept across turns).
+    Chat(chat::ChatArgs),
     /// Print the token ids of TEXT as a JSON array.
     Tokenize(info::TokenizeArgs),
     /// Describe a model: architecture, dimensions, tokenizer, weight formats.
@@ -27,6 +30,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
     };

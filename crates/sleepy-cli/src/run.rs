@@ -4,6 +4,7 @@ use crate::common::{ModelArgs, SampleArgs};
 use anyhow::Result;
 use clap::Args;
 use sleepy::backend::Backend;
+use sleepy::chat::Message;
 use sleepy::generate::generate;
 use sleepy::model::Model;
 use sleepy::sampler::Sampler;
@@ -20,6 +21,12 @@ pub struct RunArgs {
     /// Tokens to generate at most
     #[arg(short = 'n', long, default_value_t = 256)]
     pub n_predict: usize,
+    /// Render the prompt as one user turn through the model's chat template
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat)
+    #[arg(long)]
+    pub system: Option<String>,
     /// The prompt
     pub prompt: String,
 }
@@ -27,7 +34,17 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let files = args.model.open()?;
     let tok = files.tokenizer()?;
-    let prompt_ids = tok.encode(&args.prompt, true)?;
+    let prompt_ids = if args.chat {
+        let template = crate::chat::template_of(&files, tok)?;
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", &args.prompt));
+        tok.encode(&template.render(&messages, true)?, false)?
+    } else {
+        tok.encode(&args.prompt, true)?
+    };
     let model = files.load(args.model.device()?, args.model.threads(), args.model.load_options()?)?;
     let ctx = args.model.context(&files);
     let mut sampler = Sampler::new(args.sample.params()?);

@@ -24,6 +24,8 @@ pub struct ModelFiles {
     pub files: Files,
     pub tokenizer: Option<Tokenizer>,
     pub chat_template: Option<String>,
+    /// Default sampling values the model's files suggest (generation_config.json).
+    pub sampling: Option<crate::sampler::SamplerParams>,
 }
 
 impl ModelFiles {
@@ -38,7 +40,7 @@ impl ModelFiles {
         let cfg = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Some(Tokenizer::from_gguf(&gguf)?);
         let chat_template = gguf.get_str("tokenizer.chat_template").map(str::to_string);
-        Ok(ModelFiles { path: path.to_path_buf(), cfg, files: Files::Gguf(gguf), tokenizer, chat_template })
+        Ok(ModelFiles { path: path.to_path_buf(), cfg, files: Files::Gguf(gguf), tokenizer, chat_template, sampling: None })
     }
 
     pub fn source(&self) -> &dyn TensorSource {

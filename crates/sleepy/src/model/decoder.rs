@@ -34,6 +34,14 @@ pub struct Sequence<B: Backend> {
     scratch: Option<Scratch<B>>,
 }
 
+impl<B: Backend> Sequence<B> {
+    /// Forget every position from `pos` on (their K/V is overwritten by the next forward):
+    /// a chat keeps the shared prefix of the conversation and recomputes only the rest.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+}
+
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
