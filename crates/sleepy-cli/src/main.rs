@@ -1,5 +1,6 @@
 //! The `sleepy` command: run, chat, tokenize, info (and more as the engine grows).
 
+mod bench;
 mod chat;
 mod common;
 mod info;
@@ -24,6 +25,8 @@ enum Command {
     Tokenize(info::TokenizeArgs),
     /// Describe a model: architecture, dimensions, tokenizer, weight formats.
     Info(info::InfoArgs),
+    /// Measure prompt processing and generation speed (tok/s, ms/token, GB/s).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Command::Chat(a) => chat::chat(a),
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Bench(a) => bench::bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,6 +3,7 @@
 //! the chosen backend.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::loader::gguf::GgufFile;
@@ -59,6 +60,21 @@ impl ModelFiles {
     pub fn load_cpu(&self, threads: usize, opts: LoadOptions) -> Result<Model<CpuBackend>> {
         Model::load(CpuBackend::new(threads)?, self.source(), self.cfg.clone(), opts)
     }
+
+    pub fn load_cuda(&self, opts: LoadOptions) -> Result<Model<CudaBackend>> {
+        Model::load(CudaBackend::new()?, self.source(), self.cfg.clone(), opts)
+    }
+
+    /// Whether the GPU kernels can run this model's weights (bf16 and f16 for now).
+    pub fn gpu_supports(&self, opts: LoadOptions) -> bool {
+        use crate::quant::DType;
+        let src = self.source();
+        opts.quant.is_none()
+            && ["token_embd.weight", "output.weight", "blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight"]
+                .iter()
+                .filter_map(|n| src.tensor(n))
+                .all(|t| matches!(t.dtype, DType::BF16 | DType::F16))
+    }
 }
 
 /// Threads for the CPU backend when the user does not say: every core.
@@ -70,6 +86,7 @@ pub fn default_threads() -> usize {
 /// once, generic over the backend, and called through `with_model!`.
 pub enum AnyModel {
     Cpu(Model<CpuBackend>),
+    Cuda(Model<CudaBackend>),
 }
 
 /// `with_model!(any, m => expr)` runs `expr` with `m: &Model<B>` for the backend in hand.
@@ -78,6 +95,7 @@ macro_rules! with_model {
     ($any:expr, $m:ident => $body:expr) => {
         match $any {
             $crate::engine::AnyModel::Cpu($m) => $body,
+            $crate::engine::AnyModel::Cuda($m) => $body,
         }
     };
 }
@@ -105,8 +123,13 @@ impl Device {
 impl ModelFiles {
     pub fn load(&self, device: Device, threads: usize, opts: LoadOptions) -> Result<AnyModel> {
         match device {
-            Device::Cuda => Err(Error::Other("this build has no CUDA backend yet".into())),
-            Device::Auto | Device::Cpu => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            Device::Cuda => Ok(AnyModel::Cuda(self.load_cuda(opts)?)),
+            Device::Cpu => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            // The GPU when one initialises and its kernels cover the weights' format.
+            Device::Auto => match self.gpu_supports(opts).then(CudaBackend::new) {
+                Some(Ok(gpu)) => Ok(AnyModel::Cuda(Model::load(gpu, self.source(), self.cfg.clone(), opts)?)),
+                _ => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            },
         }
     }
 }

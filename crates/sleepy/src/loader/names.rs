@@ -26,7 +26,7 @@ const GLOBAL_NAMES: &[(&str, &str)] = &[
 
 /// The HF name of a GGUF tensor name, if it has one.
 pub fn hf_name(gguf: &str) -> Option<String> {
-    if let Some((_, hf)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
+    if let Some((hf, _)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
         return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;

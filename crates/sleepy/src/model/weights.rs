@@ -27,6 +27,9 @@ pub struct Weights<B: Backend> {
     pub output_norm: B::Act,
     /// None when the output projection is tied to the embedding table.
     pub output: Option<B::Weight>,
+    /// Bytes of weights one decode step reads: every layer matrix and the output matrix
+    /// as stored (norm vectors and the one embedding row are left out).
+    pub matrix_bytes_per_token: usize,
 }
 
 /// Options applied while loading.
@@ -39,12 +42,15 @@ pub struct LoadOptions {
 impl<B: Backend> Weights<B> {
     pub fn load(backend: &B, src: &dyn TensorSource, cfg: &ModelConfig, opts: LoadOptions) -> Result<Weights<B>> {
         let h = cfg.hidden;
+        let bytes = std::cell::Cell::new(0usize);
         let matrix = |names: &[(&str, usize)], k: usize| -> Result<B::Weight> {
             let mut parts = Vec::new();
             for &(name, rows) in names {
                 let t = src.require(name)?;
                 check_dims(&t, &[k, rows])?;
-                parts.push(to_part(t, rows, k, opts.quant)?);
+                let p = to_part(t, rows, k, opts.quant)?;
+                bytes.set(bytes.get() + p.bytes.len());
+                parts.push(p);
             }
             backend.upload_weight(names[0].0, k, parts)
         };
@@ -89,9 +95,13 @@ impl<B: Backend> Weights<B> {
         let embed_t = src.require("token_embd.weight")?;
         check_dims(&embed_t, &[h, cfg.vocab_size])?;
         let embed_quant = if cfg.tied_embeddings { opts.quant } else { None };
-        let embed = backend.upload_weight("token_embd.weight", h, vec![to_part(embed_t, cfg.vocab_size, h, embed_quant)?])?;
+        let embed_part = to_part(embed_t, cfg.vocab_size, h, embed_quant)?;
+        if cfg.tied_embeddings {
+            bytes.set(bytes.get() + embed_part.bytes.len());
+        }
+        let embed = backend.upload_weight("token_embd.weight", h, vec![embed_part])?;
         let output = if cfg.tied_embeddings { None } else { Some(matrix(&[("output.weight", cfg.vocab_size)], h)?) };
-        Ok(Weights { embed, layers, output_norm: vector("output_norm.weight", h)?, output })
+        Ok(Weights { embed, layers, output_norm: vector("output_norm.weight", h)?, output, matrix_bytes_per_token: bytes.get() })
     }
 
     pub fn output(&self) -> &B::Weight {

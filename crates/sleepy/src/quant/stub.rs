@@ -14,8 +14,26 @@ impl DType {
     pub fn is_quantized(self) -> bool { self.block_len() > 1 }
 }
 pub struct PreparedActs { _x: Vec<f32> }
-pub fn dequantize_row(_d: DType, _s: &[u8], _o: &mut [f32]) { todo!() }
-pub fn quantize_row(_d: DType, _s: &[f32], _o: &mut [u8]) { todo!() }
-pub fn dot_f32(_d: DType, _row: &[u8], _x: &[f32]) -> f32 { todo!() }
+// Plain float formats only (the CUDA branch's tests need bf16/f16 on the CPU reference).
+fn value(d: DType, b: &[u8], i: usize) -> f32 {
+    match d {
+        DType::F32 => f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
+        DType::F16 => half::f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32(),
+        DType::BF16 => half::bf16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32(),
+        _ => todo!(),
+    }
+}
+pub fn dequantize_row(d: DType, s: &[u8], o: &mut [f32]) { for (i, v) in o.iter_mut().enumerate() { *v = value(d, s, i); } }
+pub fn quantize_row(d: DType, s: &[f32], o: &mut [u8]) {
+    for (i, &v) in s.iter().enumerate() {
+        match d {
+            DType::F32 => o[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes()),
+            DType::F16 => o[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            DType::BF16 => o[2 * i..2 * i + 2].copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            _ => todo!(),
+        }
+    }
+}
+pub fn dot_f32(d: DType, row: &[u8], x: &[f32]) -> f32 { x.iter().enumerate().map(|(i, &v)| value(d, row, i) * v).sum() }
 pub fn prepare_acts(_d: DType, x: &[f32]) -> PreparedActs { PreparedActs { _x: x.to_vec() } }
-pub fn dot_prepared(_d: DType, _r: &[u8], _a: &PreparedActs) -> f32 { todo!() }
+pub fn dot_prepared(d: DType, r: &[u8], a: &PreparedActs) -> f32 { dot_f32(d, r, &a._x) }
