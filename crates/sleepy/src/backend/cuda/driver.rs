@@ -206,12 +206,14 @@ pub(crate) fn upload<T: Copy>(dst: sys::CUdeviceptr, src: &[T], stream: sys::CUs
     if src.is_empty() {
         return Ok(());
     }
+    bind()?;
     // SAFETY: the caller sized dst for src; pageable copies are staged before returning.
     check(unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, std::mem::size_of_val(src), stream) }, "copy to GPU")
 }
 
 /// Copy device memory back to the host and wait for it.
 pub(crate) fn download<T: Copy + Default>(src: sys::CUdeviceptr, n: usize, stream: sys::CUstream) -> Result<Vec<T>> {
+    bind()?;
     let mut out = vec![T::default(); n];
     if n > 0 {
         // SAFETY: out has room for n values; the stream is synchronised before returning.
@@ -224,6 +226,7 @@ pub(crate) fn download<T: Copy + Default>(src: sys::CUdeviceptr, n: usize, strea
 }
 
 pub(crate) fn sync(stream: sys::CUstream) -> Result<()> {
+    bind()?;
     // SAFETY: waits on a live stream.
     check(unsafe { sys::cuStreamSynchronize(stream) }, "GPU work failed")
 }

@@ -191,6 +191,7 @@ impl CudaBackend {
 
     /// Launch `name` now, or record it when a decode step is being recorded.
     fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: ([u64; 16], usize)) -> Result<()> {
+        driver::bind()?;
         let func = self.func(name, smem)?;
         let l = Launch { func, grid, block, smem, nargs: args.1, args: args.0 };
         let mut st = self.state()?;
