@@ -89,7 +89,8 @@ fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
 /// Kernel name for a shape: dtype (0 bf16, 1 f16), whether the input is RMS-normed, and
 /// the epilogue (0 plain, 1 residual add, 2 SwiGLU).
 pub fn kernel_name(dt: u32, s: &GemvShape, norm: bool, mode: u32) -> String {
-    format!("gemv_{dt}_{}_{}_{}_{mode}", s.vec, s.unroll, norm as u32)
+    let v = if std::env::var_os("SLEEPY_GEMV_V1").is_some() { "gemv1" } else { "gemv" };
+    format!("{v}_{dt}_{}_{}_{}_{mode}", s.vec, s.unroll, norm as u32)
 }
 
 #[cfg(test)]

@@ -46,15 +46,17 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
-        // As many rounds over the row groups as the block cap needs, with the groups spread
-        // evenly over the blocks (an uneven last round would leave most SMs idle).
-        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
-        let rounds = groups.div_ceil((self.gpu.info.sms * s.blocks_per_sm).max(1) as usize);
-        let blocks = groups.div_ceil(rounds) as u32;
+        let name = || kernel_name(dt, s, norm.is_some(), mode);
         let smem = (4 * (k.next_multiple_of(4) + 64)) as u32;
+        // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
+        // same number of row groups: a ragged last round would leave most SMs idle.
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil(cap);
+        let blocks = groups.div_ceil(rounds) as u32;
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        let name = || kernel_name(dt, s, norm.is_some(), mode);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
