@@ -1,4 +1,7 @@
 #!/bin/bash
+# Copy target/release/{sleepy,examples/parity,deps/cuda_ops-*,deps/cuda_model-*} (as sleepy, parity,
+# cuda_ops, cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
+# then run it on the GPU machine: bash gpu-run/gpu-bench.sh (logs under $OUT).
 # Final GPU run: tests, models, bandwidth, bench of qwen3-0.6b and qwen3-4b (default shapes,
 # then GEMV sweep and tuned shapes), variants (PDL/graphs off, attention v1), ncu profile.
 set -u
