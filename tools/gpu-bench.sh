@@ -3,7 +3,7 @@
 # cuda_ops, cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
 # then run it on the GPU machine: bash gpu-run/gpu-bench.sh (logs under $OUT).
 # Final GPU run: tests, models, bandwidth, bench of qwen3-0.6b and qwen3-4b (default shapes,
-# then GEMV sweep and tuned shapes), variants (PDL/graphs off, attention v1), ncu profile.
+# then GEMV sweep and tuned shapes), variants (PDL/graphs off), ncu profile.
 set -u
 export PYTHONUNBUFFERED=1 SLEEPY_HOME=/tmp/sleepy_home
 cd "$(dirname "$0")"
@@ -22,13 +22,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 log cuda_ops
 timeout 150 ./cuda_ops --test-threads=1 --nocapture > $OUT/ops.log 2>&1; rc=$?; echo "cuda_ops rc=$rc" | tee -a $R
 grep -E "SKIP|panicked|test result|worst|out of GPU" $OUT/ops.log | tail -16 | tee -a $R
-if [ $rc -ne 0 ]; then
-  for fb in "SLEEPY_ATTN_V1=1" "SLEEPY_GEMV_V1=1" "SLEEPY_ATTN_V1=1 SLEEPY_GEMV_V1=1"; do
-    env $fb timeout 100 ./cuda_ops --test-threads=1 --nocapture > $OUT/ops_fallback.log 2>&1; rc2=$?
-    echo "!! cuda_ops with $fb rc=$rc2" | tee -a $R
-    if [ $rc2 -eq 0 ]; then export $fb; echo "!! using $fb from here on" | tee -a $R; break; fi
-  done
-fi
 log cuda_model
 timeout 60 ./cuda_model --test-threads=1 --nocapture > $OUT/model.log 2>&1; echo "cuda_model rc=$?" | tee -a $R
 grep -E "SKIP|panicked|test result|relative error|agree" $OUT/model.log | tail -12 | tee -a $R
@@ -55,9 +48,6 @@ log variants
 SLEEPY_PDL=0 bench tuned_pdl_off qwen3-4b -p 0 -n 128 -r 3
 SLEEPY_CUDA_GRAPHS=0 bench tuned_graphs_off qwen3-4b -p 0 -n 128 -r 3
 SLEEPY_PDL=0 bench tuned_pdl_off qwen3-0.6b -p 0 -n 128 -r 3
-SLEEPY_ATTN_V1=1 bench tuned_attn_v1 qwen3-4b -p 0 -n 128 -r 3 --depth 4096
-SLEEPY_GEMV_V1=1 bench tuned_gemv_v1 qwen3-4b -p 0 -n 128 -r 3
-SLEEPY_GEMV_V1=1 bench tuned_gemv_v1 qwen3-0.6b -p 0 -n 128 -r 3
 log parity
 timeout 40 ./parity /tmp/models/qwen3-0.6b cuda 2>&1 | tail -2 | tee -a $R
 timeout 60 ./parity /tmp/models/qwen3-4b cuda 2>&1 | tail -2 | tee -a $R

@@ -106,10 +106,9 @@ pub struct CudaKv {
     v: DevBuf,
     part: DevBuf,
     counters: DevBuf,
-    /// Query heads per attention block, chunks per head group, and the largest chunk.
+    /// Query heads per attention block, and chunks per head group.
     heads_per_block: usize,
     chunks: usize,
-    max_chunk: usize,
 }
 
 /// Mutable state behind the backend's lock.

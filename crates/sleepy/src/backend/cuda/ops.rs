@@ -75,13 +75,8 @@ impl CudaBackend {
             None => (0, 0, 0, 0, 0, 0.0),
         };
         let hb = kv.heads_per_block;
-        let v1 = std::env::var_os("SLEEPY_ATTN_V1").is_some();
-        let floats = if v1 {
-            hb * d + 2 * d + 32 + hb * kv.max_chunk + 2 * hb + 4 * hb * d
-        } else {
-            let slots = 2048 / d;
-            hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks
-        };
+        let slots = 2048 / d;
+        let floats = hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),
@@ -98,11 +93,10 @@ impl CudaBackend {
             style,
             kv.part.ptr,
             kv.counters.ptr,
-            out.ptr(),
-            kv.max_chunk as i32
+            out.ptr()
         ];
-        let key = 2 << 40 | (v1 as u64) << 24 | (d as u64) << 8 | hb as u64;
-        let name = || if v1 { format!("attn_decode_{d}_{hb}") } else { format!("attn_decode2_{d}_{hb}") };
+        let key = 2 << 40 | (d as u64) << 8 | hb as u64;
+        let name = || format!("attn_decode_{d}_{hb}");
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
     }
 
@@ -184,9 +178,8 @@ impl Backend for CudaBackend {
         let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
         let hb = heads_per_block(cfg.n_heads / cfg.n_kv_heads);
         let groups = cfg.n_heads / hb;
-        // About two waves of blocks over the SMs, each chunk at least 32 positions.
+        // About two waves of blocks over the SMs, each chunk at least 64 positions.
         let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(64));
-        let max_chunk = max_seq.div_ceil(chunks).next_multiple_of(32);
         Ok(CudaKv {
             max_seq,
             kv_dim,
@@ -196,7 +189,6 @@ impl Backend for CudaBackend {
             counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
             heads_per_block: hb,
             chunks,
-            max_chunk,
         })
     }
 
