@@ -1,7 +1,9 @@
-//! The `sleepy` command: run, chat, tokenize, info (and more as the engine grows).
+//! The `sleepy` command: run, chat, tokenize, info, convert, eval (and more as the engine grows).
 
 mod chat;
 mod common;
+mod convert;
+mod eval;
 mod info;
 mod run;
 
@@ -24,6 +26,10 @@ enum Command {
     Tokenize(info::TokenizeArgs),
     /// Describe a model: architecture, dimensions, tokenizer, weight formats.
     Info(info::InfoArgs),
+    /// Convert a Hugging Face directory (llama, qwen2, qwen3) to a GGUF file.
+    Convert(convert::ConvertArgs),
+    /// Perplexity over a text file, or agreement with reference logits (make_models.py).
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -33,6 +39,8 @@ fn main() {
         Command::Chat(a) => chat::chat(a),
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Convert(a) => convert::convert(a),
+        Command::Eval(a) => eval::eval(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
