@@ -1,4 +1,5 @@
 //! Tiny random Hugging Face model directories written by the tests themselves: config.json
+#![allow(dead_code)]
 //! and model.safetensors (bf16 or f32), llama / qwen2 / qwen3 variants, and an optional small
 //! byte-level BPE tokenizer.json.
 
