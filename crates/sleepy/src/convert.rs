@@ -21,6 +21,7 @@ use crate::loader::safetensors::SafetensorsDir;
 use crate::loader::{names, TensorSource};
 use crate::quant::{self, DType};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -230,8 +231,8 @@ fn tensor_bytes(st: &SafetensorsDir, p: &Planned) -> Result<Vec<u8>> {
     // A 1-D tensor (bias) is permuted element by element: each value is one "row".
     let (unit_bytes, n_units) = if p.dims.len() == 1 { (t.dtype.row_bytes(1).unwrap_or(4), k) } else { (src_row_bytes, n_rows) };
     let src = match permute_heads {
-        Some(heads) => permute_for_interleaved_rope(&p.name, t.bytes.as_slice(), unit_bytes, n_units, heads)?,
-        None => t.bytes.as_slice().to_vec(),
+        Some(heads) => Cow::Owned(permute_for_interleaved_rope(&p.name, t.bytes.as_slice(), unit_bytes, n_units, heads)?),
+        None => Cow::Borrowed(t.bytes.as_slice()),
     };
     convert_rows(&p.name, t.dtype, &src, k, p.dtype)
 }
