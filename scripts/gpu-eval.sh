@@ -14,7 +14,8 @@
 #   4. prints a table. Target: our relative error at or under transformers' bf16 error, and
 #      at least 30 of 32 greedy tokens reproduced.
 # Environment: MODELS (names for make_models.py), MODELS_DIR (default /tmp/sleepy-eval-models),
-# DEVICE (default cpu), THREADS (default all cores), SKIP_GGUF=1 to skip step 3's GGUF half.
+# DEVICE (default cpu), THREADS (default all cores), SKIP_GGUF=1 to skip step 3's GGUF half,
+# TORCH_DEVICE (default cuda) for step 2.
 # The JSON results go to $OUT when set (the GPU runner brings that folder back), else gpu-run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,23 +43,23 @@ fi
 # transformers' bf16 greedy decoding against the float32 greedy continuation, decoded the
 # way make_models.py decodes (full recompute each step, argmax).
 for m in $MODELS; do
-    python3 - "$MODELS_DIR/$m" > "$RESULTS/$m.tf-bf16.json" <<'PY'
+    python3 - "$MODELS_DIR/$m" "${TORCH_DEVICE:-cuda}" > "$RESULTS/$m.tf-bf16.json" <<'PY'
 import json, sys, torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-d = sys.argv[1]
+d, dev = sys.argv[1], sys.argv[2]
 ref = load_file(f"{d}/reference.safetensors")
 try:
-    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).cuda()
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).to(dev)
 except TypeError:
-    m = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16).cuda()
-ids, want = ref["input_ids"].view(1, -1).cuda(), ref["greedy_f32"].tolist()
+    m = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16).to(dev)
+ids, want = ref["input_ids"].view(1, -1).to(dev), ref["greedy_f32"].tolist()
 with torch.no_grad():
     seq = ids
     for _ in range(len(want)):
         seq = torch.cat([seq, m(seq).logits[0, -1].argmax().view(1, 1)], 1)
     ours = seq[0, ids.shape[1]:].tolist()
-    forced = torch.cat([ids, torch.tensor([want[:-1]], device="cuda")], 1) if len(want) > 1 else ids
+    forced = torch.cat([ids, torch.tensor([want[:-1]], device=dev)], 1) if len(want) > 1 else ids
     tf = m(forced).logits[0, ids.shape[1] - 1:].argmax(-1).tolist()
 lead = next((i for i, (a, b) in enumerate(zip(ours, want)) if a != b), len(want))
 print(json.dumps({"greedy_matched": lead, "greedy_total": len(want),
