@@ -1,0 +1,299 @@
+//! The tokenizer against llama.cpp's ids (tests/data/dev_tokenize.json, recorded from
+//! llama.cpp on the same GGUF files), decode round trips, the streaming decoder against
+//! one-shot decoding, special tokens, and hostile ids and metadata.
+
+mod common;
+
+use sleepy::loader::gguf::GgufFile;
+use sleepy::tokenizer::{StreamDecoder, TokenKind, Tokenizer};
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct.gguf";
+
+fn tokenizer(name: &str) -> Tokenizer {
+    let gguf = GgufFile::open(&common::model_path(name)).unwrap();
+    Tokenizer::from_gguf(&gguf).unwrap()
+}
+
+/// Texts with characters spread over several byte-level tokens.
+const MULTI_BYTE: &[&str] = &[
+    "Ünïcödé: café, naïve, 日本語, 😀👍",
+    "🦀 Rust 🚀🚀 and 👨‍👩‍👧‍👦 family, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "中文分词测试：我们在北京。한국어 텍스트. Ελληνικά. עברית. العربية",
+    "mixed\u{a0}spaces\u{3000}ideographic\u{2028}separator\ttab",
+];
+
+/// A small xorshift generator seeded from the clock: fresh inputs on every run, and the seed
+/// printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+        eprintln!("random seed {seed}");
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn ids_match_llama_cpp() {
+    let cases = common::data("dev_tokenize.json");
+    let cases = cases.as_array().expect("array of cases");
+    let (smol, qwen) = (tokenizer(SMOL), tokenizer(QWEN));
+    let mut checked = 0;
+    for c in cases {
+        let tok = match c["model"].as_str().unwrap() {
+            SMOL => &smol,
+            QWEN => &qwen,
+            other => panic!("unexpected model {other}"),
+        };
+        let prompt = c["prompt"].as_str().unwrap();
+        let want: Vec<u32> = c["prompt_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(prompt, true).unwrap(), want, "{}: {prompt:?}", c["model"]);
+        // Round trip: control tokens come back only when asked for.
+        assert_eq!(tok.decode_with_special(&want), prompt, "{}: decode of {prompt:?}", c["model"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 22);
+}
+
+#[test]
+fn facts_of_both_models() {
+    let smol = tokenizer(SMOL);
+    assert_eq!(smol.vocab_size(), 49152);
+    assert_eq!(smol.kind(), "gpt2 (smollm)");
+    assert_eq!((smol.bos_id(), smol.eos_id(), smol.adds_bos()), (Some(1), Some(2), false));
+    // <|endoftext|>, <|im_end|>, and <reponame> (a fill-in-the-middle repository marker).
+    assert_eq!(smol.eog_ids(), vec![0, 2, 4]);
+    let qwen = tokenizer(QWEN);
+    assert_eq!(qwen.vocab_size(), 151936);
+    assert_eq!(qwen.kind(), "gpt2 (qwen2)");
+    assert_eq!((qwen.bos_id(), qwen.eos_id(), qwen.adds_bos()), (Some(151643), Some(151645), false));
+    // <|endoftext|>, <|im_end|>, <|fim_pad|>, <|repo_name|>, <|file_sep|>.
+    assert_eq!(qwen.eog_ids(), vec![151643, 151645, 151662, 151663, 151664]);
+    assert!(qwen.is_eog(151645) && !qwen.is_eog(151644) && !qwen.is_eog(u32::MAX));
+    assert_eq!(qwen.token_kind(151657), Some(TokenKind::UserDefined));
+    assert_eq!(qwen.token_kind(151665), Some(TokenKind::Unused));
+}
+
+#[test]
+fn specials_in_text_are_single_tokens() {
+    for (name, start, end, eot) in [(SMOL, 1, 2, 0), (QWEN, 151644, 151645, 151643)] {
+        let tok = tokenizer(name);
+        assert_eq!(tok.token_id("<|im_start|>"), Some(start));
+        assert_eq!(tok.encode("<|im_start|>", false).unwrap(), vec![start]);
+        let ids = tok.encode("a<|im_end|><|endoftext|>b<|im_start|>", false).unwrap();
+        assert_eq!(ids.len(), 5, "{name}: {ids:?}");
+        assert_eq!((ids[1], ids[2], ids[4]), (end, eot, start));
+        // Control tokens are left out of plain decoding and of token bytes.
+        assert_eq!(tok.decode(&ids), "ab");
+        assert!(tok.token_bytes(end).is_empty());
+        assert_eq!(tok.decode_with_special(&[end]), "<|im_end|>");
+        // A broken special is ordinary text.
+        assert!(tok.encode("<|im_end", false).unwrap().len() > 1);
+    }
+    // Qwen's user-defined <tool_call> is one token too, and is printed.
+    let qwen = tokenizer(QWEN);
+    let ids = qwen.encode("<tool_call>{}</tool_call>", false).unwrap();
+    assert_eq!((ids[0], ids[ids.len() - 1]), (151657, 151658));
+    assert_eq!(qwen.decode(&ids), "<tool_call>{}</tool_call>");
+}
+
+#[test]
+fn decode_round_trips() {
+    for name in [SMOL, QWEN] {
+        let tok = tokenizer(name);
+        for text in MULTI_BYTE.iter().copied().chain(["", " ", "\n\n", "fn main() {\n    println!(\"hi\");\n}\n"]) {
+            let ids = tok.encode(text, true).unwrap();
+            assert_eq!(tok.decode(&ids), text, "{name}");
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+            assert_eq!(bytes, text.as_bytes(), "{name}: token bytes of {text:?}");
+        }
+    }
+}
+
+fn stream(tok: &Tokenizer, ids: &[u32]) -> (String, usize) {
+    let mut d = StreamDecoder::new(tok);
+    let mut out = String::new();
+    let mut held = 0;
+    for &id in ids {
+        let piece = d.push(id);
+        if piece.is_empty() && !tok.token_bytes(id).is_empty() {
+            held += 1;
+        }
+        out += &piece;
+    }
+    out += &d.finish();
+    (out, held)
+}
+
+#[test]
+fn stream_decoder_equals_one_shot_decode() {
+    let mut rng = Rng::new();
+    for name in [SMOL, QWEN] {
+        let tok = tokenizer(name);
+        let mut held_total = 0;
+        for text in MULTI_BYTE {
+            let ids = tok.encode(text, false).unwrap();
+            let (streamed, held) = stream(&tok, &ids);
+            assert_eq!(streamed, *text, "{name}");
+            held_total += held;
+        }
+        // Characters really were split across tokens, so the hold-back path ran.
+        assert!(held_total > 0, "{name}: no character was split across tokens");
+
+        // Random token sequences, including bytes that never form a character: streaming
+        // gives exactly what one-shot decoding gives (U+FFFD in the same places).
+        let n = tok.vocab_size();
+        for _ in 0..300 {
+            let len = 1 + rng.below(12);
+            let ids: Vec<u32> = (0..len).map(|_| rng.below(n) as u32).collect();
+            assert_eq!(stream(&tok, &ids).0, tok.decode(&ids), "{name}: {ids:?}");
+        }
+        // A character cut off at the end comes out as U+FFFD from finish().
+        let split = ["😀", "🧿", "𝔘", "\u{10348}"].iter().map(|c| tok.encode(c, false).unwrap()).find(|ids| ids.len() > 1);
+        let split = split.unwrap_or_else(|| panic!("{name}: no test character spans several tokens"));
+        let mut d = StreamDecoder::new(&tok);
+        assert_eq!(d.push(split[0]), "");
+        assert_eq!(d.finish(), "\u{FFFD}");
+        // with_special writes control tokens out.
+        let mut d = StreamDecoder::with_special(&tok);
+        let im_end = tok.token_id("<|im_end|>").unwrap();
+        assert_eq!(d.push(im_end), "<|im_end|>");
+    }
+}
+
+#[test]
+fn ids_outside_the_vocabulary_are_skipped() {
+    let tok = tokenizer(SMOL);
+    let hello = tok.encode("Hello", false).unwrap();
+    let mut ids = vec![u32::MAX, 49152, 1 << 30];
+    ids.extend(&hello);
+    assert_eq!(tok.decode(&ids), "Hello");
+    assert_eq!(tok.decode_with_special(&ids), "Hello");
+    assert!(tok.token_bytes(u32::MAX).is_empty());
+    assert_eq!(tok.token_kind(49152), None);
+    let mut d = StreamDecoder::new(&tok);
+    assert_eq!(d.push(u32::MAX), "");
+    assert_eq!(d.finish(), "");
+}
+
+// ---- hostile metadata: a minimal GGUF with only tokenizer keys ----
+
+enum Meta<'a> {
+    Str(&'a str),
+    U32(u32),
+    Bool(bool),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+fn write_gguf(path: &std::path::Path, kv: &[(&str, Meta)]) {
+    let mut b = Vec::new();
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        string(&mut b, k);
+        match v {
+            Meta::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                string(&mut b, s);
+            }
+            Meta::U32(x) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Meta::Bool(x) => {
+                b.extend(7u32.to_le_bytes());
+                b.push(*x as u8);
+            }
+            Meta::Strs(list) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((list.len() as u64).to_le_bytes());
+                for s in list {
+                    string(&mut b, s);
+                }
+            }
+            Meta::I32s(list) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((list.len() as u64).to_le_bytes());
+                for x in list {
+                    b.extend(x.to_le_bytes());
+                }
+            }
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// A tiny byte-level vocabulary: the 256 byte characters, "ab", and two specials.
+fn tiny_vocab() -> (Vec<String>, Vec<i32>) {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| sleepy::tokenizer::byte_level_char(b).to_string()).collect();
+    tokens.push("ab".into());
+    tokens.push("<|im_end|>".into());
+    tokens.push("<|endoftext|>".into());
+    let mut types = vec![1; 257];
+    types.extend([3, 3]);
+    (tokens, types)
+}
+
+fn open_tiny(dir: &std::path::Path, name: &str, kv: &[(&str, Meta)]) -> Result<Tokenizer, String> {
+    let path = dir.join(name);
+    write_gguf(&path, kv);
+    let gguf = GgufFile::open(&path).map_err(|e| e.to_string())?;
+    std::panic::catch_unwind(|| Tokenizer::from_gguf(&gguf).map_err(|e| e.to_string())).unwrap_or_else(|_| panic!("{name}: panicked"))
+}
+
+#[test]
+fn invalid_metadata_gives_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("sleepy-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tokens, types) = tiny_vocab();
+    let model = ("tokenizer.ggml.model", Meta::Str("gpt2"));
+    let merges = || ("tokenizer.ggml.merges", Meta::Strs(vec!["a b".into()]));
+
+    // The well-formed file works: merges apply, specials split, unknown pre falls back.
+    let tok = open_tiny(&dir, "ok.gguf", &[model, ("tokenizer.ggml.pre", Meta::Str("no-such-pre")), ("tokenizer.ggml.tokens", Meta::Strs(tokens.clone())), ("tokenizer.ggml.token_type", Meta::I32s(types.clone())), merges(), ("tokenizer.ggml.eos_token_id", Meta::U32(257))]).unwrap();
+    assert_eq!(tok.encode("ab<|im_end|>", true).unwrap(), vec![256, 257]);
+    assert!(tok.kind().contains("unknown pre-tokenizer 'no-such-pre'"), "{}", tok.kind());
+    assert_eq!(tok.eog_ids(), vec![257, 258]);
+
+    let model = || ("tokenizer.ggml.model", Meta::Str("gpt2"));
+    let toks = || ("tokenizer.ggml.tokens", Meta::Strs(tokens.clone()));
+    let cases: Vec<(&str, Vec<(&str, Meta)>, &str)> = vec![
+        ("types.gguf", vec![model(), toks(), ("tokenizer.ggml.token_type", Meta::I32s(vec![1; 3])), merges()], "token_type has 3 entries"),
+        ("nomerges.gguf", vec![model(), toks()], "merges is missing"),
+        ("badmerge.gguf", vec![model(), toks(), ("tokenizer.ggml.merges", Meta::Strs(vec!["ab".into()]))], "merge #0"),
+        ("oovmerge.gguf", vec![model(), toks(), ("tokenizer.ggml.merges", Meta::Strs(vec!["x yz".into()]))], "bad merges"),
+        ("eos.gguf", vec![model(), toks(), merges(), ("tokenizer.ggml.eos_token_id", Meta::U32(9999))], "outside the vocabulary"),
+        ("dup.gguf", vec![model(), ("tokenizer.ggml.tokens", Meta::Strs(vec!["a".into(), "a".into()])), merges()], "appears twice"),
+        ("notstr.gguf", vec![model(), ("tokenizer.ggml.tokens", Meta::Bool(true)), merges()], "not an array"),
+        ("spm.gguf", vec![("tokenizer.ggml.model", Meta::Str("llama")), toks()], "not supported"),
+    ];
+    for (name, kv, want) in cases {
+        let err = open_tiny(&dir, name, &kv).err().unwrap_or_else(|| panic!("{name}: accepted"));
+        assert!(err.contains(want), "{name}: {err}");
+    }
+
+    // A GGUF without a tokenizer opens as a model that runs on ids.
+    let path = dir.join("none.gguf");
+    write_gguf(&path, &[("tokenizer.ggml.model", Meta::Str("none"))]);
+    assert!(!Tokenizer::gguf_has_tokenizer(&GgufFile::open(&path).unwrap()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
