@@ -297,3 +297,87 @@ fn invalid_metadata_gives_clear_errors() {
     assert!(!Tokenizer::gguf_has_tokenizer(&GgufFile::open(&path).unwrap()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- tokenizer.json (from_hf): byte-level and SentencePiece-style decoders ----
+
+fn hf_tokenizer(json: serde_json::Value) -> tokenizers::Tokenizer {
+    tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap()
+}
+
+fn added(id: u32, content: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+}
+
+/// Post-processor that puts `<s>`-like token `bos` (id `id`) in front, as Llama 3's does.
+fn bos_template(bos: &str, id: u32) -> serde_json::Value {
+    serde_json::json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [id], "tokens": [bos]}}})
+}
+
+#[test]
+fn tokenizer_json_byte_level() {
+    let mut vocab = serde_json::Map::new();
+    for b in 0..=255u8 {
+        vocab.insert(sleepy::tokenizer::byte_level_char(b).to_string(), (b as u32).into());
+    }
+    vocab.insert("ab".into(), 256.into());
+    vocab.insert("<|begin_of_text|>".into(), 257.into());
+    vocab.insert("<|eot_id|>".into(), 258.into());
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let hf = hf_tokenizer(serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(257, "<|begin_of_text|>"), added(258, "<|eot_id|>")],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": bos_template("<|begin_of_text|>", 257),
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": ["a b"]}
+    }));
+    // add_bos_token not given (as in Llama 3's tokenizer_config.json): the post-processor adds it.
+    let tok = Tokenizer::from_hf(hf, Some(257), vec![258], false);
+    assert!(tok.adds_bos());
+    assert_eq!(tok.kind(), "tokenizer.json (BPE, byte-level)");
+    assert_eq!(tok.encode("ab", true).unwrap(), vec![257, 256]);
+    assert_eq!(tok.encode("ab<|eot_id|>", false).unwrap(), vec![256, 258]);
+    assert_eq!(tok.eog_ids(), vec![258]);
+    for text in MULTI_BYTE {
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(tok.decode(&ids), *text);
+        assert_eq!(stream(&tok, &ids).0, *text);
+    }
+    assert_eq!(tok.decode_with_special(&[257, 256]), "<|begin_of_text|>ab");
+}
+
+#[test]
+fn tokenizer_json_sentencepiece_style() {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert(t.to_string(), (i as u32).into());
+    }
+    for b in 0..=255u32 {
+        vocab.insert(format!("<0x{b:02X}>"), (3 + b).into());
+    }
+    for (i, t) in ["▁", "h", "i", "▁h", "▁hi"].iter().enumerate() {
+        vocab.insert(t.to_string(), (259 + i as u32).into());
+    }
+    let hf = hf_tokenizer(serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")],
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": null, "post_processor": bos_template("<s>", 1),
+        "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": ["▁ h", "▁h i"]}
+    }));
+    let tok = Tokenizer::from_hf(hf, Some(1), vec![2], true);
+    assert_eq!(tok.kind(), "tokenizer.json (BPE, sentencepiece-style)");
+    // "hi 😀": the emoji is not in the vocabulary and falls back to its four byte tokens.
+    let ids = tok.encode("hi 😀", true).unwrap();
+    assert_eq!(ids, vec![1, 263, 259, 3 + 0xF0, 3 + 0x9F, 3 + 0x98, 3 + 0x80]);
+    assert_eq!(tok.token_kind(3 + 0xF0), Some(TokenKind::Byte));
+    assert_eq!(tok.decode(&ids), "hi 😀");
+    assert_eq!(stream(&tok, &ids).0, "hi 😀");
+    assert!(tok.is_eog(2) && tok.adds_bos());
+}
