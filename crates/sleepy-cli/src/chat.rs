@@ -126,6 +126,6 @@ fn answer<B: Backend>(model: &Model<B>, tok: &Tokenizer, seq: &mut Sequence<B>, 
     GENERATING.store(false, Ordering::SeqCst);
     let stats = result?;
     let _ = writeln!(out, "{}", decoder.finish());
-    eprintln!("[{} tokens, {:.1} tok/s, {:?}]", stats.generated_tokens, stats.generate_tok_per_sec(), stats.stop);
+    eprintln!("{}", crate::common::summary(&stats, &model.backend.name()));
     Ok(tokens)
 }
