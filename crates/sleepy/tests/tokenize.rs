@@ -6,6 +6,7 @@ mod common;
 
 use sleepy::loader::gguf::GgufFile;
 use sleepy::tokenizer::{StreamDecoder, TokenKind, Tokenizer};
+use std::collections::HashMap;
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct.gguf";
@@ -168,6 +169,53 @@ fn stream_decoder_equals_one_shot_decode() {
         let mut d = StreamDecoder::with_special(&tok);
         let im_end = tok.token_id("<|im_end|>").unwrap();
         assert_eq!(d.push(im_end), "<|im_end|>");
+    }
+}
+
+/// The plain BPE definition, as a reference for the tokenizers crate: start from the
+/// byte-level characters of a pre-token and merge the adjacent pair of lowest merge rank
+/// (leftmost among equals) until no pair has a rank.
+fn reference_bpe(word: &str, ranks: &HashMap<(String, String), usize>, vocab: &HashMap<String, u32>) -> Vec<u32> {
+    let mut syms: Vec<String> = word.bytes().map(|b| sleepy::tokenizer::byte_level_char(b).to_string()).collect();
+    loop {
+        let best = (0..syms.len().saturating_sub(1))
+            .filter_map(|i| ranks.get(&(syms[i].clone(), syms[i + 1].clone())).map(|&r| (r, i)))
+            .min();
+        let Some((_, i)) = best else { break };
+        let right = syms.remove(i + 1);
+        syms[i].push_str(&right);
+    }
+    syms.iter().map(|s| vocab[s]).collect()
+}
+
+#[test]
+fn bpe_matches_a_naive_reference_on_random_words() {
+    // Words of letters only, separated by single spaces: every pre-tokenizer here splits them
+    // the same way ("w1", " w2", " w3"), so the reference needs no regex.
+    let letters: Vec<char> = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéèàüöñçßжзийкщ日本語中文字한국어ñøå".chars().collect();
+    let mut rng = Rng::new();
+    for name in [SMOL, QWEN] {
+        let gguf = GgufFile::open(&common::model_path(name)).unwrap();
+        let tok = Tokenizer::from_gguf(&gguf).unwrap();
+        let strs = |key: &str| -> Vec<String> {
+            gguf.get(key).unwrap().as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        };
+        let vocab: HashMap<String, u32> = strs("tokenizer.ggml.tokens").into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+        let mut ranks = HashMap::new();
+        for (r, m) in strs("tokenizer.ggml.merges").into_iter().enumerate() {
+            let (a, b) = m.split_once(' ').unwrap();
+            ranks.entry((a.to_string(), b.to_string())).or_insert(r);
+        }
+        for _ in 0..300 {
+            let words: Vec<String> = (0..1 + rng.below(6)).map(|_| (0..1 + rng.below(10)).map(|_| letters[rng.below(letters.len())]).collect()).collect();
+            let text = words.join(" ");
+            let mut want = Vec::new();
+            for (i, w) in words.iter().enumerate() {
+                let piece = if i == 0 { w.clone() } else { format!(" {w}") };
+                want.extend(reference_bpe(&piece, &ranks, &vocab));
+            }
+            assert_eq!(tok.encode(&text, false).unwrap(), want, "{name}: {text:?}");
+        }
     }
 }
 
