@@ -64,14 +64,6 @@ fn stream<B: Backend>(model: &Model<B>, tok: &Tokenizer, prompt: &[u32], ctx: us
     })?;
     let _ = out.write_all(decoder.finish().as_bytes());
     let _ = writeln!(out);
-    eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | {} ({:?})",
-        stats.prompt_tokens,
-        stats.prompt_tok_per_sec(),
-        stats.generated_tokens,
-        stats.generate_tok_per_sec(),
-        model.backend.name(),
-        stats.stop
-    );
+    eprintln!("{}", crate::common::summary(&stats, &model.backend.name()));
     Ok(())
 }
