@@ -76,6 +76,7 @@ fn session<B: Backend>(model: &Model<B>, tok: &Tokenizer, template: &ChatTemplat
         eprint!("> ");
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 {
+            eprintln!(); // end of input: leave the terminal on a fresh line
             break;
         }
         let input = line.trim_end_matches(['\n', '\r']);

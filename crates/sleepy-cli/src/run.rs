@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Render the prompt as one user turn through the model's chat template
     #[arg(long)]
     pub chat: bool,
-    /// System message (with --chat)
+    /// System message (implies --chat)
     #[arg(long)]
     pub system: Option<String>,
     /// The prompt
@@ -34,7 +34,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let files = args.model.open()?;
     let tok = files.tokenizer()?;
-    let prompt_ids = if args.chat {
+    let prompt_ids = if args.chat || args.system.is_some() {
         let template = crate::chat::template_of(&files, tok)?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
