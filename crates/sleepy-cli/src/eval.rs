@@ -77,13 +77,24 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }))?;
     if json {
-        let mut v = serde_json::to_value(&result)?;
-        v["model"] = model_name.into();
-        v["text_tokens"] = tokens.len().into();
-        v["ctx"] = args.ctx.into();
+        let v = serde_json::json!({
+            "model": model_name,
+            "ppl": result.ppl,
+            "scored_tokens": result.scored_tokens,
+            "windows": result.windows,
+            "ctx": args.ctx,
+            "text_tokens": tokens.len(),
+        });
         println!("{v}");
     } else {
-        println!("perplexity {:.4} over {} scored tokens ({} windows of {} tokens, {} text tokens)", result.ppl, result.scored_tokens, result.windows, args.ctx, tokens.len());
+        println!(
+            "perplexity {:.4} over {} scored tokens ({} window(s) of up to {} tokens, {} text tokens)",
+            result.ppl,
+            result.scored_tokens,
+            result.windows,
+            args.ctx,
+            tokens.len()
+        );
     }
     Ok(())
 }

@@ -38,8 +38,10 @@ pub fn perplexity<B: Backend>(
     bos: Option<u32>,
     on_window: &mut dyn FnMut(&PerplexityProgress),
 ) -> Result<PerplexityProgress> {
-    let text_per_window = window.checked_sub(bos.is_some() as usize).filter(|&n| n >= 1);
-    let text_per_window = text_per_window.ok_or_else(|| Error::Other(format!("a window of {window} tokens is too small")))?;
+    if window < 2 {
+        return Err(Error::Other(format!("a window of {window} token(s) scores nothing: it needs at least 2")));
+    }
+    let text_per_window = window - bos.is_some() as usize;
     let windows: Vec<&[u32]> = if tokens.len() < text_per_window { vec![tokens] } else { tokens.chunks_exact(text_per_window).collect() };
     let mut total_nll = 0.0f64;
     let mut scored = 0usize;
