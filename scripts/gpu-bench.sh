@@ -1,13 +1,13 @@
 #!/bin/bash
-# Copy target/release/{sleepy,examples/parity,deps/cuda_ops-*,deps/cuda_model-*} (as sleepy, parity,
-# cuda_ops, cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
+# Copy target/release/{sleepy,deps/cuda_ops-*,deps/cuda_model-*} (as sleepy, cuda_ops,
+# cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
 # then run it on the GPU machine: bash gpu-run/gpu-bench.sh (logs under $OUT).
 # Final GPU run: tests, models, bandwidth, bench of qwen3-0.6b and qwen3-4b (default shapes,
 # then GEMV sweep and tuned shapes), variants (PDL/graphs off), ncu profile.
 set -u
 export PYTHONUNBUFFERED=1 SLEEPY_HOME=/tmp/sleepy_home
 cd "$(dirname "$0")"
-chmod +x sleepy parity cuda_ops cuda_model
+chmod +x sleepy cuda_ops cuda_model
 T0=$(date +%s)
 R=$OUT/run.log
 B=$OUT/bench.jsonl
@@ -49,8 +49,9 @@ SLEEPY_PDL=0 bench tuned_pdl_off qwen3-4b -p 0 -n 128 -r 3
 SLEEPY_CUDA_GRAPHS=0 bench tuned_graphs_off qwen3-4b -p 0 -n 128 -r 3
 SLEEPY_PDL=0 bench tuned_pdl_off qwen3-0.6b -p 0 -n 128 -r 3
 log parity
-timeout 40 ./parity /tmp/models/qwen3-0.6b cuda 2>&1 | tail -2 | tee -a $R
-timeout 60 ./parity /tmp/models/qwen3-4b cuda 2>&1 | tail -2 | tee -a $R
+for m in qwen3-0.6b qwen3-4b; do
+  timeout 60 ./sleepy eval -m /tmp/models/$m --reference /tmp/models/$m/reference.safetensors --device cuda 2>&1 | tail -6 | tee -a $R
+done
 if [ $(el) -lt 360 ]; then
   log ncu one 4b decode token
   timeout 100 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -c 230 \
@@ -58,7 +59,7 @@ if [ $(el) -lt 360 ]; then
 fi
 log done
 echo "==== SUMMARY"
-grep -E "cuda_ops rc|cuda_model rc|test result|copy:|read:|parity|!!" $R
+grep -E "cuda_ops rc|cuda_model rc|test result|copy:|read:" $R
 python3 - $B <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
