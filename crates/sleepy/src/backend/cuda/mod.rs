@@ -379,8 +379,10 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // Queued work may still use buffers dropped right after this. (The stream and the
+        // cuBLAS handle are kept for the life of the process: one per backend.)
         if driver::bind().is_ok() {
-            // SAFETY: the stream is ours; pending work finishes before it is destroyed.
+            // SAFETY: waits on our own live stream.
             unsafe {
                 sys::cuStreamSynchronize(self.stream.0);
             }
