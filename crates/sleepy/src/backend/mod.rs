@@ -91,12 +91,10 @@ impl Rope {
     pub fn new(cfg: &crate::config::ModelConfig) -> Rope {
         let inv_freqs = cfg.rope_inv_freqs();
         let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.rope_dims as f32);
-        let freq_factors = (0..inv_freqs.len())
-            .map(|i| {
-                let unscaled = 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.rope_dims as f32);
-                if cfg.rope_scaling.is_some() && inv_freqs[i] > 0.0 { unscaled / inv_freqs[i] } else { 1.0 }
-            })
-            .collect();
+        // GGUF files carry the divisors (rope_freqs.weight); HF configs carry Llama 3 scaling.
+        let freq_factors = (cfg.rope_freq_factors.clone())
+            .or_else(|| cfg.llama3_freq_factors())
+            .unwrap_or_else(|| vec![1.0; inv_freqs.len()]);
         Rope { style: cfg.rope_style, dims: cfg.rope_dims, inv_freqs, theta_scale, freq_factors }
     }
 }
