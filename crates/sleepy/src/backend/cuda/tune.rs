@@ -21,20 +21,27 @@ impl GemvProblem {
     }
 }
 
-/// Candidate shapes for a row length: threads per row x rows per block x loads in flight
-/// x blocks per SM, whole warps and at most 512 threads a block.
+/// Candidate shapes for a row length: threads per row (powers of two, and the multiples of
+/// 32 that split 8-wide rows evenly) x rows per block x blocks per SM; whole-warp blocks of
+/// at most 1024 threads, no thread without a chunk, at most 6 chunks a thread.
 pub fn candidates(k: usize) -> Vec<GemvShape> {
+    let vec = if k % 8 == 0 { 8 } else { 1 };
+    let chunks = k / vec as usize;
+    let mut widths: Vec<u32> = vec![8, 16, 32, 64, 128, 256, 512, 1024];
+    widths.extend((1..=6).filter(|c| chunks % (32 * c) == 0).map(|c| (chunks / c) as u32).filter(|&t| t <= 1024 && !t.is_power_of_two()));
     let mut out = Vec::new();
-    for tpr in [8u32, 16, 32, 64, 128] {
+    for tpr in widths {
+        if tpr as usize > chunks.max(1) {
+            continue;
+        }
         for rpb in [1u32, 2, 4, 8, 16] {
-            for unroll in [2u32, 4, 8] {
-                for blocks_per_sm in [2u32, 4, 8] {
-                    let threads = tpr * rpb;
-                    if threads % 32 != 0 || threads > 512 || (k / 8) < tpr as usize {
-                        continue;
-                    }
-                    out.push(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec: if k % 8 == 0 { 8 } else { 1 }, unroll, blocks_per_sm });
+            for blocks_per_sm in [1u32, 2, 4, 8] {
+                let threads = tpr * rpb;
+                let s = GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm };
+                if threads % 32 != 0 || threads > 1024 || threads * blocks_per_sm > 2048 || s.chunks_per_thread(k).is_none_or(|c| c > 6) {
+                    continue;
                 }
+                out.push(s);
             }
         }
     }
