@@ -39,7 +39,8 @@ impl ModelFiles {
         }
         let gguf = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&gguf)?;
-        let tokenizer = Some(Tokenizer::from_gguf(&gguf)?);
+        // A GGUF without a vocabulary still runs, on token ids.
+        let tokenizer = if Tokenizer::gguf_has_tokenizer(&gguf) { Some(Tokenizer::from_gguf(&gguf)?) } else { None };
         let chat_template = gguf.get_str("tokenizer.chat_template").map(str::to_string);
         Ok(ModelFiles { path: path.to_path_buf(), cfg, files: Files::Gguf(gguf), tokenizer, chat_template, sampling: None })
     }

@@ -66,11 +66,14 @@ fn load_tokenizer(dir: &Path, config: &Value, tok_cfg: Option<&Value>, gen_cfg: 
     let hf = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let lookup = |v: Option<&Value>| token_text(v).and_then(|t| hf.token_to_id(&t));
     let bos = lookup(tok_cfg.and_then(|c| c.get("bos_token"))).or_else(|| ids(config.get("bos_token_id")).first().copied());
-    let mut eos: Vec<u32> = ids(gen_cfg.and_then(|g| g.get("eos_token_id")));
-    eos.extend(ids(config.get("eos_token_id")));
-    eos.extend(lookup(tok_cfg.and_then(|c| c.get("eos_token"))));
-    eos.sort_unstable();
-    eos.dedup();
+    // The first is "the" EOS (the chat template's eos_token): the tokenizer's own, then the
+    // model config's; generation_config.json adds more end-of-generation ids.
+    let mut eos: Vec<u32> = lookup(tok_cfg.and_then(|c| c.get("eos_token"))).into_iter().collect();
+    for id in ids(config.get("eos_token_id")).into_iter().chain(ids(gen_cfg.and_then(|g| g.get("eos_token_id")))) {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
     let add_bos = tok_cfg.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
     Ok(Some(Tokenizer::from_hf(hf, bos, eos, add_bos)))
 }

@@ -1,0 +1,341 @@
+//! AVX2 (+FMA, F16C) dots, picked at run time. Each computes exactly the arithmetic of its
+//! scalar twin in `legacy` / `kquants` / `float` (the integer parts are exact; the float
+//! operations happen in the same order), so the two are tested for bit equality.
+//!
+//! Layout reminders: a legacy block is f16 d [, f16 m] [, u32 qh], 16 nibble bytes (value j
+//! low nibble of byte j, value j + 16 high nibble); activations are i8 quants in value
+//! order with one f32 scale per block. Every load here is unaligned: blocks of 18..210
+//! bytes sit at any offset of a mapped file.
+
+use super::float::{reduce_4x8, STEP};
+use super::kquants::{scale_min_k4, Q8KActs, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, QK_K};
+use super::legacy::{Legacy, Q8Acts, QK};
+use super::read_f16;
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Whether this CPU runs the AVX2 kernels (checked once).
+pub fn available() -> bool {
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum_float_8(x: __m256) -> f32 {
+    let mut l = [0f32; 8];
+    // SAFETY: `l` holds 8 floats.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), x) };
+    super::legacy::hsum8(&l)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum_i32_8(x: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+}
+
+/// Unsigned x signed byte products summed in groups of 4 into 8 i32 lanes, as floats.
+#[target_feature(enable = "avx2,fma")]
+fn mul_sum_us8_pairs_float(ux: __m256i, sy: __m256i) -> __m256 {
+    let dot = _mm256_maddubs_epi16(ux, sy);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+}
+
+/// Signed x signed bytes: move the sign of x onto y so the unsigned form applies.
+#[target_feature(enable = "avx2,fma")]
+fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+    mul_sum_us8_pairs_float(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// 16 nibble bytes at p -> 32 bytes: low nibbles (values 0..16), then high nibbles.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
+    let tmp = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// The 32 bits of qh -> 32 bytes, 0xFF where the bit is set.
+#[target_feature(enable = "avx2,fma")]
+fn bytes_from_bits_32(qh: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+    let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
+}
+
+/// Legacy block dot (see `legacy::dot_scalar` for the arithmetic).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (`available()`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_legacy(kind: Legacy, row: &[u8], a: &Q8Acts) -> f32 {
+    let bb = kind.block_bytes();
+    let nb = (row.len() / bb).min(a.d.len()).min(a.qs.len() / QK);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for i in 0..nb {
+        let b = &row[i * bb..(i + 1) * bb];
+        let p = b.as_ptr();
+        // SAFETY: 32 quants of block i are within a.qs (nb is bounded by its length).
+        let qy = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(i * QK) as *const __m256i) };
+        let d = read_f16(b, 0) * a.d[i];
+        let qh = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        // SAFETY (all loads below): each block is bb bytes long and the offsets stay inside.
+        match kind {
+            Legacy::Q4_0 => {
+                let qx = _mm256_sub_epi8(unsafe { bytes_from_nibbles_32(p.add(2)) }, _mm256_set1_epi8(8));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
+            }
+            Legacy::Q8_0 => {
+                let qx = unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
+            }
+            Legacy::Q5_0 => {
+                // Values without their 5th bit get 0xF0 or'ed in: nibble - 16 as a signed byte.
+                let hi = _mm256_andnot_si256(bytes_from_bits_32(qh(2)), _mm256_set1_epi8(0xF0u8 as i8));
+                let qx = _mm256_or_si256(unsafe { bytes_from_nibbles_32(p.add(6)) }, hi);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
+            }
+            Legacy::Q4_1 => {
+                summs = read_f16(b, 2).mul_add(a.s[i], summs);
+                let qx = unsafe { bytes_from_nibbles_32(p.add(4)) };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8_pairs_float(qx, qy), acc);
+            }
+            Legacy::Q5_1 => {
+                summs = read_f16(b, 2).mul_add(a.s[i], summs);
+                let hi = _mm256_and_si256(bytes_from_bits_32(qh(4)), _mm256_set1_epi8(0x10));
+                let qx = _mm256_or_si256(unsafe { bytes_from_nibbles_32(p.add(8)) }, hi);
+                acc = _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), _mm256_set1_ps(d), acc);
+            }
+        }
+    }
+    hsum_float_8(acc) + summs
+}
+
+/// 32 q8 quants of activations at `at`.
+///
+/// # Safety
+/// `at + 32 <= qs.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_q8(qs: &[i8], at: usize) -> __m256i {
+    unsafe { _mm256_loadu_si256(qs.as_ptr().add(at) as *const __m256i) }
+}
+
+/// Number of whole super-blocks that the row and the activations both hold.
+fn k_blocks(row: &[u8], bb: usize, a: &Q8KActs) -> usize {
+    (row.len() / bb).min(a.d.len()).min(a.qs.len() / QK_K).min(a.bsums.len() / 16)
+}
+
+/// Q4_K x Q8_K (see `kquants::dot_q4k_scalar`).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4k(row: &[u8], a: &Q8KActs, fine: bool) -> f32 {
+    let nb = k_blocks(row, Q4K_BYTES, a);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for i in 0..nb {
+        let b = &row[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
+        let (dx, dmin) = (read_f16(b, 0) * a.d[i], read_f16(b, 2) * a.d[i]);
+        let bs = &a.bsums[i * 16..(i + 1) * 16];
+        let (mut isum, mut imin) = (0i32, 0i32);
+        for c in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
+            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
+            // SAFETY: bytes 16 + 32c .. + 32 are inside the 144-byte block; the activation
+            // quants of block i are inside a.qs (k_blocks bounds i).
+            let q4 = unsafe { _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i) };
+            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l), _mm256_set1_epi16(sc0 as i16));
+            let ph = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), q8h),
+                _mm256_set1_epi16(sc1 as i16),
+            );
+            isum += hsum_i32_8(_mm256_add_epi32(pl, ph));
+            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
+            if fine {
+                acc = (isum as f32).mul_add(dx, acc);
+                acc_min = (imin as f32).mul_add(dmin, acc_min);
+                (isum, imin) = (0, 0);
+            }
+        }
+        if !fine {
+            acc = (isum as f32).mul_add(dx, acc);
+            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// Q5_K x Q8_K (see `kquants::dot_q5k_scalar`).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5k(row: &[u8], a: &Q8KActs) -> f32 {
+    let nb = k_blocks(row, Q5K_BYTES, a);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for i in 0..nb {
+        let b = &row[i * Q5K_BYTES..(i + 1) * Q5K_BYTES];
+        let d = a.d[i] * read_f16(b, 0);
+        let dmin = -a.d[i] * read_f16(b, 2);
+        let bs = &a.bsums[i * 16..(i + 1) * 16];
+        // SAFETY: qh is bytes 16..48 of the 176-byte block.
+        let hbits = unsafe { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) };
+        let mut sumi = _mm256_setzero_si256();
+        let mut imin = 0i32;
+        for c in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
+            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
+            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
+            // SAFETY: nibbles 48 + 32c .. + 32 are inside the block; quants inside a.qs.
+            let q5 = unsafe { _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i) };
+            let bit = |k: usize| {
+                let mask = _mm256_set1_epi8(1 << k);
+                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, mask), mask), _mm256_set1_epi8(16))
+            };
+            let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), bit(2 * c));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), bit(2 * c + 1));
+            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q8l), _mm256_set1_epi16(sc0 as i16));
+            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q8h), _mm256_set1_epi16(sc1 as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        summs = dmin.mul_add(imin as f32, summs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc) + summs
+}
+
+/// Q6_K x Q8_K (see `kquants::dot_q6k_scalar`).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6k(row: &[u8], a: &Q8KActs) -> f32 {
+    let nb = k_blocks(row, Q6K_BYTES, a);
+    let (m3, m15) = (_mm256_set1_epi8(3), _mm256_set1_epi8(15));
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..nb {
+        let b = &row[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
+        let d = a.d[i] * read_f16(b, 208);
+        let p = b.as_ptr();
+        // SAFETY: scales are bytes 192..208 of the 210-byte block; bsums of block i are inside
+        // a.bsums.
+        let (scales, bsums) = unsafe {
+            (_mm_loadu_si128(p.add(192) as *const __m128i), _mm256_loadu_si256(a.bsums.as_ptr().add(16 * i) as *const __m256i))
+        };
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)), 5);
+        let sc = |g: usize| b[192 + g] as i8 as i16;
+        let scale_pair = |g: usize| _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            // SAFETY: ql 64h..64h+64 and qh 128 + 32h..+32 are inside the block; quants inside a.qs.
+            let (lo1, lo2, hb) = unsafe {
+                (
+                    _mm256_loadu_si256(p.add(64 * h) as *const __m256i),
+                    _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i),
+                    _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
+                )
+            };
+            let top = |shift: i32| -> __m256i {
+                let bits = match shift {
+                    0 => hb,
+                    2 => _mm256_srli_epi16(hb, 2),
+                    4 => _mm256_srli_epi16(hb, 4),
+                    _ => _mm256_srli_epi16(hb, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(bits, m3), 4)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(lo1, m15), top(0)),
+                _mm256_or_si256(_mm256_and_si256(lo2, m15), top(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), m15), top(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo2, 4), m15), top(6)),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let q8 = unsafe { load_q8(&a.qs, i * QK_K + 128 * h + 32 * k) };
+                let p16 = _mm256_maddubs_epi16(qk, q8);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(8 * h + 2 * k), p16));
+            }
+        }
+        sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// Float dot over n values with 4 x 8 lanes; `load(i)` gives 8 f32 values from index i.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_float_lanes(n: usize, load_w: impl Fn(usize) -> __m256, load_a: impl Fn(usize) -> __m256, tail: impl Fn(usize) -> f32) -> f32 {
+    let whole = n / STEP * STEP;
+    let mut s = [_mm256_setzero_ps(); 4];
+    for base in (0..whole).step_by(STEP) {
+        for (k, acc) in s.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load_w(base + 8 * k), load_a(base + 8 * k), *acc);
+        }
+    }
+    let mut lanes = [[0f32; 8]; 4];
+    for (l, acc) in lanes.iter_mut().zip(&s) {
+        // SAFETY: each lane array holds 8 floats.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *acc) };
+    }
+    let mut sum = reduce_4x8(lanes) as f64;
+    for i in whole..n {
+        sum += tail(i) as f64;
+    }
+    sum as f32
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let n = (row.len() / 4).min(x.len());
+    let w = |i: usize| f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]]);
+    // SAFETY: loads start at i < n - 7 for whole steps, inside both slices.
+    dot_float_lanes(
+        n,
+        |i| unsafe { _mm256_loadu_ps(row.as_ptr().add(4 * i) as *const f32) },
+        |i| unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) },
+        |i| w(i) * x[i],
+    )
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(row: &[u8], x: &[f16]) -> f32 {
+    let n = (row.len() / 2).min(x.len());
+    let w = |i: usize| f16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32();
+    // SAFETY: as in dot_f32; f16 is a transparent u16.
+    dot_float_lanes(
+        n,
+        |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i)) },
+        |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i)) },
+        |i| w(i) * x[i].to_f32(),
+    )
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_bf16(row: &[u8], x: &[bf16]) -> f32 {
+    let n = (row.len() / 2).min(x.len());
+    let w = |i: usize| bf16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32();
+    // bf16 -> f32 is a 16-bit left shift of the bits.
+    let widen = |p: *const u8| unsafe { _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16)) };
+    // SAFETY: as in dot_f32; bf16 is a transparent u16.
+    dot_float_lanes(n, |i| widen(unsafe { row.as_ptr().add(2 * i) }), |i| widen(unsafe { x.as_ptr().add(i) as *const u8 }), |i| {
+        w(i) * x[i].to_f32()
+    })
+}
