@@ -313,3 +313,22 @@ fn decode_attention_matches_cpu_at_every_position() {
         }
     }
 }
+
+#[test]
+fn out_of_gpu_memory_is_a_clear_error() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(g) = gpu("out_of_gpu_memory_is_a_clear_error") else { return };
+    // 2 layers x 50M positions x 1024 x bf16 x (K, V): about 400 GB.
+    let cfg = cfg_for(32, 8, 128, 50_000_000);
+    match g.new_kv(&cfg, 50_000_000) {
+        Ok(_) => panic!("a 400 GB cache cannot fit"),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("{msg}");
+            assert!(msg.contains("out of GPU memory"), "unexpected error: {msg}");
+        }
+    }
+    // The backend still works afterwards.
+    let v = g.upload_vector(&[1.0, 2.0, 3.0]).unwrap();
+    assert_eq!(g.read(&v).unwrap(), vec![1.0, 2.0, 3.0]);
+}

@@ -40,11 +40,15 @@ impl GemvTable {
     }
 }
 
-/// The default rule: one warp per row (fewer lanes for short rows), enough loads in
-/// flight to cover a row in one or two steps, and more rows per block for tall matrices.
+/// The default rule, from a sweep on an H100 (BENCHMARKS.md): short matrices (few rows)
+/// split each row over four warps so enough loads are in flight; tall ones give a warp to a
+/// row (fewer lanes for short rows), eight rows a block, and up to eight blocks per SM.
 pub fn default_shape(rows: usize, k: usize) -> GemvShape {
     let vec = if k % 8 == 0 { 8 } else { 1 };
     let chunks = (k / vec as usize).max(1);
+    if chunks >= 256 && rows <= 2048 {
+        return GemvShape { rows_per_block: 4, threads_per_row: 128, vec, unroll: 4, blocks_per_sm: 4 };
+    }
     let threads_per_row = if chunks >= 128 { 32 } else { (chunks.next_power_of_two() / 4).clamp(4, 32) as u32 };
     let per_thread = chunks.div_ceil(threads_per_row as usize);
     let unroll = match per_thread {
@@ -53,8 +57,8 @@ pub fn default_shape(rows: usize, k: usize) -> GemvShape {
         3..=4 => 4,
         _ => 8,
     };
-    let rows_per_block = if rows <= 4096 { 4 } else { 8 } * (32 / threads_per_row).max(1);
-    GemvShape { rows_per_block: rows_per_block.min(32), threads_per_row, vec, unroll, blocks_per_sm: 4 }
+    let rows_per_block = 8 * (32 / threads_per_row).max(1);
+    GemvShape { rows_per_block: rows_per_block.min(32), threads_per_row, vec, unroll, blocks_per_sm: 8 }
 }
 
 /// Keep a shape launchable whatever a table file says.

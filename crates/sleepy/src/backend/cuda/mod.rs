@@ -128,6 +128,8 @@ struct State {
     rope: Option<(Vec<f32>, DevBuf)>,
     /// argmax: per-block partials (values, indices), a counter and the result.
     argmax: DevBuf,
+    /// Kernel handles by launch key, with the shared memory limit already set.
+    funcs: HashMap<u64, (usize, u32)>,
 }
 
 pub struct CudaBackend {
@@ -168,6 +170,7 @@ impl CudaBackend {
             half: DevBuf::alloc(1 << 20)?,
             rope: None,
             argmax: DevBuf::zeroed(ARGMAX_BLOCKS * 8 + 64, stream.0)?,
+            funcs: HashMap::new(),
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
@@ -189,12 +192,28 @@ impl CudaBackend {
         self.gpu.module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?.func(name, smem)
     }
 
-    /// Launch `name` now, or record it when a decode step is being recorded.
+    /// Launch the kernel `name` now, or record it when a decode step is being recorded.
     fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: ([u64; 16], usize)) -> Result<()> {
+        // FNV-1a of the name: a cheap key for the handle cache.
+        let key = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        self.launch_keyed(key, &|| name.to_string(), grid, block, smem, args)
+    }
+
+    /// Launch by a caller-chosen key (the name is only built on the first use of the key):
+    /// a decode step records ~5 launches per layer, so this path is kept free of allocation.
+    fn launch_keyed(&self, key: u64, name: &dyn Fn() -> String, grid: [u32; 3], block: [u32; 3], smem: u32, args: ([u64; 16], usize)) -> Result<()> {
         driver::bind()?;
-        let func = self.func(name, smem)?;
-        let l = Launch { func, grid, block, smem, nargs: args.1, args: args.0 };
         let mut st = self.state()?;
+        let func = match st.funcs.get(&key) {
+            Some(&(f, limit)) if smem <= limit => f,
+            _ => {
+                let f = self.func(&name(), smem)?;
+                let limit = smem.max(48 * 1024);
+                st.funcs.insert(key, (f, limit));
+                f
+            }
+        };
+        let l = Launch { func, grid, block, smem, nargs: args.1, args: args.0 };
         match st.recording.as_mut() {
             Some(list) => {
                 list.push(l);
@@ -202,7 +221,6 @@ impl CudaBackend {
             }
             None => {
                 drop(st);
-                driver::bind()?;
                 driver::launch_now(&l, self.stream.0, self.pdl)
             }
         }

@@ -45,13 +45,17 @@ impl CudaBackend {
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
-        let name = kernel_name(dt, s, norm.is_some(), mode);
-        let groups = units.div_ceil(s.rows_per_block as usize);
-        let blocks = groups.min((self.gpu.info.sms * s.blocks_per_sm) as usize).max(1) as u32;
+        let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
+        // As many rounds over the row groups as the block cap needs, with the groups spread
+        // evenly over the blocks (an uneven last round would leave most SMs idle).
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil((self.gpu.info.sms * s.blocks_per_sm).max(1) as usize);
+        let blocks = groups.div_ceil(rounds) as u32;
         let smem = (4 * (k.next_multiple_of(4) + 64)) as u32;
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        self.launch(&name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+        let name = || kernel_name(dt, s, norm.is_some(), mode);
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
     /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is
@@ -69,7 +73,13 @@ impl CudaBackend {
             None => (0, 0, 0, 0, 0, 0.0),
         };
         let hb = kv.heads_per_block;
-        let floats = hb * d + 2 * d + 32 + hb * kv.max_chunk + 2 * hb + 4 * hb * d;
+        let v1 = std::env::var_os("SLEEPY_ATTN_V1").is_some();
+        let floats = if v1 {
+            hb * d + 2 * d + 32 + hb * kv.max_chunk + 2 * hb + 4 * hb * d
+        } else {
+            let slots = 2048 / d;
+            hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks
+        };
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),
@@ -89,8 +99,9 @@ impl CudaBackend {
             out.ptr(),
             kv.max_chunk as i32
         ];
-        let name = format!("attn_decode_{d}_{hb}");
-        self.launch(&name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
+        let key = 2 << 40 | (v1 as u64) << 24 | (d as u64) << 8 | hb as u64;
+        let name = || if v1 { format!("attn_decode_{d}_{hb}") } else { format!("attn_decode2_{d}_{hb}") };
+        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
     }
 
     /// Prefill: store K/V of the (roped) rows, then causal attention of every row.
@@ -172,7 +183,7 @@ impl Backend for CudaBackend {
         let hb = heads_per_block(cfg.n_heads / cfg.n_kv_heads);
         let groups = cfg.n_heads / hb;
         // About two waves of blocks over the SMs, each chunk at least 32 positions.
-        let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(32));
+        let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(64));
         let max_chunk = max_seq.div_ceil(chunks).next_multiple_of(32);
         Ok(CudaKv {
             max_seq,
