@@ -151,11 +151,11 @@ fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool) -> Result<()
         let gb = p.weight_bytes() as f64;
         if json {
             let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "units": p.units, "k": p.k, "bytes": gb,
-                "default": def, "default_us": dt, "default_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
+                "current": def, "current_us": dt, "current_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
             println!("{o}");
         } else {
             println!(
-                "gemv {label:<8} {:>6}x{:<6} default {:>8.2} us {:>6.0} GB/s {:?} | best {:>8.2} us {:>6.0} GB/s {:?}",
+                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {:?} | best {:>8.2} us {:>6.0} GB/s {:?}",
                 p.units,
                 p.k,
                 dt,

@@ -37,7 +37,11 @@ pub fn info(args: InfoArgs) -> Result<()> {
     println!("heads:        {} query, {} key/value, head dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
     println!("vocabulary:   {}", c.vocab_size);
     println!("context:      {}", c.context_length);
-    println!("rope:         theta {}, {:?}, {} dims{}", c.rope_theta, c.rope_style, c.rope_dims, if c.rope_scaling.is_some() { ", llama3 scaling" } else { "" });
+    println!("rope:         theta {}, {:?}, {} dims{}", c.rope_theta, c.rope_style, c.rope_dims, match (&c.rope_scaling, &c.rope_freq_factors) {
+        (Some(_), _) => ", llama3 scaling",
+        (None, Some(_)) => ", frequency factors",
+        (None, None) => "",
+    });
     println!("flags:        qkv bias {}, q/k norm {}, tied embeddings {}", c.qkv_bias, c.qk_norm, c.tied_embeddings);
     match &files.tokenizer {
         Some(t) => {

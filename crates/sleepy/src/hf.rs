@@ -16,7 +16,7 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
-fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
     if path.is_file() {
         read_json(path).map(Some)
     } else {
@@ -41,7 +41,7 @@ pub fn open_dir(dir: &Path) -> Result<ModelFiles> {
 }
 
 /// A special token written as a string or as `{"content": ...}`.
-fn token_text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
@@ -50,7 +50,7 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 }
 
 /// Token ids given as one integer or a list.
-fn ids(v: Option<&Value>) -> Vec<u32> {
+pub(crate) fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         Some(Value::Array(a)) => a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
@@ -79,7 +79,7 @@ fn load_tokenizer(dir: &Path, config: &Value, tok_cfg: Option<&Value>, gen_cfg: 
 }
 
 /// `chat_template` as a string, or the "default" entry of a list of named templates.
-fn chat_template_of(tok_cfg: &Value) -> Option<String> {
+pub(crate) fn chat_template_of(tok_cfg: &Value) -> Option<String> {
     match tok_cfg.get("chat_template")? {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => list

@@ -36,6 +36,7 @@ fn cfg(qwen3: bool, tied: bool) -> ModelConfig {
         rope_theta: 1e6,
         rope_style: if qwen3 { RopeStyle::Neox } else { RopeStyle::Interleaved },
         rope_scaling: None,
+        rope_freq_factors: None,
         rope_dims: 128,
         qkv_bias: !qwen3,
         qk_norm: qwen3,

@@ -276,6 +276,7 @@ fn cfg_for(h: usize, kvh: usize, d: usize, ctx: usize) -> sleepy::config::ModelC
         rope_theta: 1e6,
         rope_style: RopeStyle::Neox,
         rope_scaling: None,
+        rope_freq_factors: None,
         rope_dims: d,
         qkv_bias: false,
         qk_norm: true,

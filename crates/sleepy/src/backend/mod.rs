@@ -124,4 +124,21 @@ pub struct Rope {
     /// Dimensions of a head that rotate.
     pub dims: usize,
     pub inv_freqs: Vec<f32>,
+    /// base^(-2/dims): the angle of pair i at position p is p * theta_scale^i / freq_factors[i],
+    /// with the power taken by repeated f32 multiplication as ggml does (CPU greedy parity).
+    pub theta_scale: f32,
+    /// Divisors of the angle per pair (Llama 3 scaling); 1 without scaling.
+    pub freq_factors: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(cfg: &crate::config::ModelConfig) -> Rope {
+        let inv_freqs = cfg.rope_inv_freqs();
+        let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.rope_dims as f32);
+        // GGUF files carry the divisors (rope_freqs.weight); HF configs carry Llama 3 scaling.
+        let freq_factors = (cfg.rope_freq_factors.clone())
+            .or_else(|| cfg.llama3_freq_factors())
+            .unwrap_or_else(|| vec![1.0; inv_freqs.len()]);
+        Rope { style: cfg.rope_style, dims: cfg.rope_dims, inv_freqs, theta_scale, freq_factors }
+    }
 }

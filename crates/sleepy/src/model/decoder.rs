@@ -54,7 +54,7 @@ pub enum Logits {
 impl<B: Backend> Model<B> {
     pub fn load(backend: B, src: &dyn TensorSource, cfg: ModelConfig, opts: LoadOptions) -> Result<Model<B>> {
         let weights = Weights::load(&backend, src, &cfg, opts)?;
-        let rope = Rope { style: cfg.rope_style, dims: cfg.rope_dims, inv_freqs: cfg.rope_inv_freqs() };
+        let rope = Rope::new(&cfg);
         Ok(Model { cfg, backend, weights, rope })
     }
 

@@ -101,6 +101,11 @@ pub fn dot_f16_scalar(row: &[u8], x: &[f16]) -> f32 {
     dot_lanes(n, w, |i| x[i].to_f32())
 }
 
+/// Two f16 vectors (attention scores over the f16 KV cache).
+pub fn dot_f16_halves_scalar(a: &[f16], b: &[f16]) -> f32 {
+    dot_lanes(a.len().min(b.len()), |i| a[i].to_f32(), |i| b[i].to_f32())
+}
+
 /// BF16 weights against activations rounded to bf16.
 pub fn dot_bf16_scalar(row: &[u8], x: &[bf16]) -> f32 {
     let n = count(row.len(), 2, x.len());

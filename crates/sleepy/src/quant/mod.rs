@@ -180,6 +180,17 @@ pub fn dot_f32(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32
 }
 
+/// Dot of two f16 vectors with the lane arithmetic of the F16 weight dot (GGML's AVX2
+/// `ggml_vec_dot_f16`): attention scores over an f16 KV cache.
+pub fn dot_f16_halves(a: &[half::f16], b: &[half::f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C.
+        return unsafe { simd::dot_f16_halves(a, b) };
+    }
+    float::dot_f16_halves_scalar(a, b)
+}
+
 /// Little-endian readers for block fields: blocks sit at any byte offset in a mapped file.
 #[inline(always)]
 fn read_f16(b: &[u8], at: usize) -> f32 {

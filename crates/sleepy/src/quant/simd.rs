@@ -339,3 +339,19 @@ pub unsafe fn dot_bf16(row: &[u8], x: &[bf16]) -> f32 {
         w(i) * x[i].to_f32()
     })
 }
+
+/// Two f16 vectors (see `float::dot_f16_halves_scalar`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_halves(a: &[f16], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: loads of 8 halves start below the last whole step, inside both slices.
+    dot_float_lanes(
+        n,
+        |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i)) },
+        |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i)) },
+        |i| a[i].to_f32() * b[i].to_f32(),
+    )
+}

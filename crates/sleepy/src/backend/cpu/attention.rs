@@ -1,8 +1,14 @@
 //! Causal grouped-query attention over the f16 KV cache, threaded over (token, head).
+//!
+//! The arithmetic is llama.cpp's CPU flash attention (ggml_flash_attn_ext, one query row at
+//! a time), which is what it runs by default: Q rounded to f16, each score an f16 dot scaled
+//! in f32, an online softmax over positions in order, and the weighted sum of V kept in f16
+//! (rescaled in place when a new maximum appears), divided by the running sum at the end.
 
 use super::{check, CpuAct, CpuKv};
 use crate::backend::AttnShape;
 use crate::error::{Error, Result};
+use crate::quant;
 use half::f16;
 use rayon::prelude::*;
 
@@ -11,6 +17,7 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
     let q_dim = s.n_heads * d;
     let kv_dim = s.n_kv_heads * d;
     check(qkv.cols == q_dim + 2 * kv_dim && out.cols == q_dim && out.rows == qkv.rows && kv.kv_dim == kv_dim, "attention")?;
+    check(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && layer < kv.k.len(), "attention heads")?;
     let t_rows = qkv.rows;
     if pos0 + t_rows > kv.max_seq {
         return Err(Error::Other(format!(
@@ -36,30 +43,10 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
             .into_par_iter()
             .map(|job| {
                 let (t, h) = (job / s.n_heads, job % s.n_heads);
-                let q = &qkv.row(t)[h * d..(h + 1) * d];
-                let kvh = h / group;
-                let len = pos0 + t + 1;
-                let mut scores: Vec<f32> = (0..len)
-                    .map(|p| {
-                        let k = &k_cache[p * kv_dim + kvh * d..p * kv_dim + (kvh + 1) * d];
-                        q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let mut acc = vec![0.0f32; d];
-                for (p, sc) in scores.iter().enumerate() {
-                    let w = sc / sum;
-                    let v = &v_cache[p * kv_dim + kvh * d..p * kv_dim + (kvh + 1) * d];
-                    for (a, b) in acc.iter_mut().zip(v) {
-                        *a += w * b.to_f32();
-                    }
-                }
-                acc
+                let q: Vec<f16> = qkv.row(t)[h * d..(h + 1) * d].iter().map(|&v| f16::from_f32(v)).collect();
+                let head = (h / group) * d..(h / group + 1) * d;
+                let rows = (0..=pos0 + t).map(|p| (&k_cache[p * kv_dim..][head.clone()], &v_cache[p * kv_dim..][head.clone()]));
+                online_softmax_f16(&q, rows, scale)
             })
             .collect()
     });
@@ -68,4 +55,30 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
         out.data[t * q_dim + h * d..t * q_dim + (h + 1) * d].copy_from_slice(&acc);
     }
     Ok(())
+}
+
+/// One query head over (K row, V row) pairs in position order; returns softmax(q.K * scale) V.
+fn online_softmax_f16<'a>(q: &[f16], rows: impl Iterator<Item = (&'a [f16], &'a [f16])>, scale: f32) -> Vec<f32> {
+    let mut acc = vec![f16::ZERO; q.len()];
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    for (k, v) in rows {
+        let score = quant::dot_f16_halves(k, q) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if score > max {
+            // A new maximum: earlier terms shrink by exp(old - new); this one weighs 1.
+            ms = (max - score).exp();
+            max = score;
+            for a in acc.iter_mut() {
+                *a = f16::from_f32(a.to_f32() * ms);
+            }
+        } else {
+            vs = (score - max).exp();
+        }
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = f16::from_f32(x.to_f32().mul_add(vs, a.to_f32()));
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    acc.iter().map(|a| a.to_f32() * inv).collect()
 }

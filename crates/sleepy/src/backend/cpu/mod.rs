@@ -3,9 +3,10 @@
 //! way llama.cpp's CPU path does), so greedy text follows llama.cpp's.
 
 mod attention;
+mod numerics;
 
 use super::{AttnShape, Backend, Rope, WeightPart};
-use crate::config::{ModelConfig, RopeStyle};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::quant::{self, DType, PreparedActs};
 use rayon::prelude::*;
@@ -13,6 +14,10 @@ use rayon::prelude::*;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Sum Q4_K dots of the rows of a batch that fill groups of 4 in the order of llama.cpp's
+    /// 4-row GEMM (true, the default: greedy text follows llama.cpp's), or every row in the
+    /// single-row order (false: a token's result no longer depends on how tokens are batched).
+    pub q4k_gemm_groups: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -65,7 +70,7 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("could not start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool, threads })
+        Ok(CpuBackend { pool, threads, q4k_gemm_groups: true })
     }
 }
 
@@ -77,13 +82,7 @@ fn check(cond: bool, what: &str) -> Result<()> {
     }
 }
 
-fn rmsnorm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (mean_sq + eps).sqrt();
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * scale * g;
-    }
-}
+use numerics::rmsnorm_row;
 
 impl Backend for CpuBackend {
     type Act = CpuAct;
@@ -156,11 +155,14 @@ impl Backend for CpuBackend {
         }
         let t_rows = x.rows;
         let n = out.cols;
-        // Activations in each part's companion format, prepared once per token row.
+        // Activations in each part's companion format, prepared once per token row. llama.cpp
+        // runs Q4_K matrices (repacked) through a 4-row GEMM for the rows of a batch that fill
+        // groups of 4 and a GEMV for the rest, which sum floats in different orders.
+        let gemm_rows = if self.q4k_gemm_groups && t_rows > 3 { t_rows - t_rows % 4 } else { 0 };
         let mut prepared: Vec<(DType, Vec<PreparedActs>)> = Vec::new();
         for p in &w.parts {
             if !prepared.iter().any(|(d, _)| *d == p.dtype) {
-                let acts = (0..t_rows).map(|t| quant::prepare_acts(p.dtype, x.row(t))).collect();
+                let acts = (0..t_rows).map(|t| quant::prepare_acts(p.dtype, x.row(t)).with_q4k_gemm_order(t < gemm_rows)).collect();
                 prepared.push((p.dtype, acts));
             }
         }
@@ -206,10 +208,7 @@ impl Backend for CpuBackend {
         check(gate_up.cols == 2 * f && gate_up.rows == out.rows, "swiglu")?;
         for t in 0..out.rows {
             let gu = gate_up.row(t);
-            for i in 0..f {
-                let g = gu[i];
-                out.data[t * f + i] = g / (1.0 + (-g).exp()) * gu[f + i];
-            }
+            numerics::swiglu_row(&gu[..f], &gu[f..], &mut out.data[t * f..(t + 1) * f]);
         }
         Ok(())
     }
@@ -218,8 +217,9 @@ impl Backend for CpuBackend {
         let d = s.head_dim;
         check(qkv.cols == (s.n_heads + 2 * s.n_kv_heads) * d, "rope_qk")?;
         let mut tmp = vec![0.0f32; d];
+        let mut cache = Vec::with_capacity(rope.dims / 2);
         for t in 0..qkv.rows {
-            let pos = (pos0 + t) as f32;
+            numerics::rope_cache(rope, pos0 + t, &mut cache);
             let row = &mut qkv.data[t * qkv.cols..(t + 1) * qkv.cols];
             for h in 0..s.n_heads + s.n_kv_heads {
                 let head = &mut row[h * d..(h + 1) * d];
@@ -228,7 +228,7 @@ impl Backend for CpuBackend {
                     tmp.copy_from_slice(head);
                     rmsnorm_row(&tmp, &w.data, eps, head);
                 }
-                rotate(head, pos, rope);
+                numerics::rotate(head, &cache, rope.style, rope.dims);
             }
         }
         Ok(())
@@ -262,19 +262,4 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Rotary embedding of one head at position `pos`.
-fn rotate(head: &mut [f32], pos: f32, rope: &Rope) {
-    let half = rope.dims / 2;
-    for (i, &freq) in rope.inv_freqs.iter().enumerate() {
-        let (sin, cos) = (pos * freq).sin_cos();
-        let (a, b) = match rope.style {
-            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-            RopeStyle::Neox => (i, i + half),
-        };
-        let (x0, x1) = (head[a], head[b]);
-        head[a] = x0 * cos - x1 * sin;
-        head[b] = x0 * sin + x1 * cos;
-    }
 }

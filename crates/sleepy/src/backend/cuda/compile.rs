@@ -17,7 +17,7 @@ const SOURCES: [(&str, &str); 8] = [
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("quant_units.cu", include_str!("kernels/quant_units.cu")),
     ("gemv_quant.cu", include_str!("kernels/gemv_quant.cu")),
-    ("attention.cu", include_str!("kernels/attention.cu")),
+    ("prefill_attention.cu", include_str!("kernels/prefill_attention.cu")),
     ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("misc.cu", include_str!("kernels/misc.cu")),
 ];

@@ -26,10 +26,22 @@ pub struct GemvTable {
 }
 
 impl GemvTable {
-    /// The table a tuner left in the cache folder, or an empty one.
+    /// The built-in measured shapes, overridden by the table a tuner left in the cache
+    /// folder (`$SLEEPY_HOME/tune/gemv.json`) where it has an entry for the same shape.
     pub fn load() -> GemvTable {
+        let mut table: GemvTable = serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default();
         let path = crate::fetch::cache_dir().join("tune").join("gemv.json");
-        std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+        let tuned: GemvTable = std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        for (n, k, s) in tuned.entries {
+            table.entries.retain(|e| !(e.0 == n && e.1 == k));
+            table.entries.push((n, k, s));
+        }
+        table
+    }
+
+    /// Only the built-in shapes (what a sweep compares against).
+    pub fn builtin() -> GemvTable {
+        serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
     }
 
     /// The shape for a weight of `rows` row units of length `k`.
@@ -95,6 +107,11 @@ pub fn kernel_name(dt: u32, s: &GemvShape, norm: bool, mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_table_parses() {
+        assert!(!GemvTable::builtin().entries.is_empty());
+    }
 
     #[test]
     fn shapes_are_launchable() {

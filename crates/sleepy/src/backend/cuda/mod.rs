@@ -109,10 +109,9 @@ pub struct CudaKv {
     v: DevBuf,
     part: DevBuf,
     counters: DevBuf,
-    /// Query heads per attention block, chunks per head group, and the largest chunk.
+    /// Query heads per attention block, and chunks per head group.
     heads_per_block: usize,
     chunks: usize,
-    max_chunk: usize,
 }
 
 /// Mutable state behind the backend's lock.
@@ -133,6 +132,8 @@ struct State {
     argmax: DevBuf,
     /// Kernel handles by launch key, with the shared memory limit already set.
     funcs: HashMap<u64, (usize, u32)>,
+    /// Resident blocks per SM by (launch key, threads, shared memory).
+    occupancy: HashMap<(u64, u32, u32), u32>,
 }
 
 pub struct CudaBackend {
@@ -174,6 +175,7 @@ impl CudaBackend {
             rope: None,
             argmax: DevBuf::zeroed(ARGMAX_BLOCKS * 8 + 64, stream.0)?,
             funcs: HashMap::new(),
+            occupancy: HashMap::new(),
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
@@ -202,20 +204,44 @@ impl CudaBackend {
         self.launch_keyed(key, &|| name.to_string(), grid, block, smem, args)
     }
 
+    /// The kernel behind `key` (looked up, and its shared memory limit raised, on first use).
+    fn func_keyed(&self, st: &mut State, key: u64, name: &dyn Fn() -> String, smem: u32) -> Result<usize> {
+        match st.funcs.get(&key) {
+            Some(&(f, limit)) if smem <= limit => Ok(f),
+            _ => {
+                let f = self.func(&name(), smem)?;
+                st.funcs.insert(key, (f, smem.max(48 * 1024)));
+                Ok(f)
+            }
+        }
+    }
+
+    /// How many blocks of `threads` threads and `smem` bytes of the kernel behind `key` fit
+    /// on one SM at once (registers, shared memory and threads all counted).
+    fn blocks_per_sm(&self, key: u64, name: &dyn Fn() -> String, threads: u32, smem: u32) -> Result<u32> {
+        let mut st = self.state()?;
+        if let Some(&n) = st.occupancy.get(&(key, threads, smem)) {
+            return Ok(n);
+        }
+        driver::bind()?;
+        let f = self.func_keyed(&mut st, key, name, smem)?;
+        let mut n = 0;
+        // SAFETY: a query on a loaded kernel.
+        driver::check(
+            unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f as sys::CUfunction, threads as i32, smem as usize) },
+            "occupancy query",
+        )?;
+        let n = n.max(1) as u32;
+        st.occupancy.insert((key, threads, smem), n);
+        Ok(n)
+    }
+
     /// Launch by a caller-chosen key (the name is only built on the first use of the key):
     /// a decode step records ~5 launches per layer, so this path is kept free of allocation.
     fn launch_keyed(&self, key: u64, name: &dyn Fn() -> String, grid: [u32; 3], block: [u32; 3], smem: u32, args: ([u64; 16], usize)) -> Result<()> {
         driver::bind()?;
         let mut st = self.state()?;
-        let func = match st.funcs.get(&key) {
-            Some(&(f, limit)) if smem <= limit => f,
-            _ => {
-                let f = self.func(&name(), smem)?;
-                let limit = smem.max(48 * 1024);
-                st.funcs.insert(key, (f, limit));
-                f
-            }
-        };
+        let func = self.func_keyed(&mut st, key, name, smem)?;
         let l = Launch { func, grid, block, smem, nargs: args.1, args: args.0 };
         match st.recording.as_mut() {
             Some(list) => {
@@ -356,8 +382,10 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // Queued work may still use buffers dropped right after this. (The stream and the
+        // cuBLAS handle are kept for the life of the process: one per backend.)
         if driver::bind().is_ok() {
-            // SAFETY: the stream is ours; pending work finishes before it is destroyed.
+            // SAFETY: waits on our own live stream.
             unsafe {
                 sys::cuStreamSynchronize(self.stream.0);
             }

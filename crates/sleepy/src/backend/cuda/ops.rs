@@ -49,15 +49,17 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
-        // As many rounds over the row groups as the block cap needs, with the groups spread
-        // evenly over the blocks (an uneven last round would leave most SMs idle).
-        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
-        let rounds = groups.div_ceil((self.gpu.info.sms * s.blocks_per_sm).max(1) as usize);
-        let blocks = groups.div_ceil(rounds) as u32;
+        let name = || kernel_name(dt, s, norm.is_some(), mode);
         let smem = (4 * (k.next_multiple_of(4) + 64)) as u32;
+        // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
+        // same number of row groups: a ragged last round would leave most SMs idle.
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil(cap);
+        let blocks = groups.div_ceil(rounds) as u32;
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        let name = || kernel_name(dt, s, norm.is_some(), mode);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
@@ -76,13 +78,8 @@ impl CudaBackend {
             None => (0, 0, 0, 0, 0, 0.0),
         };
         let hb = kv.heads_per_block;
-        let v1 = std::env::var_os("SLEEPY_ATTN_V1").is_some();
-        let floats = if v1 {
-            hb * d + 2 * d + 32 + hb * kv.max_chunk + 2 * hb + 4 * hb * d
-        } else {
-            let slots = 2048 / d;
-            hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks
-        };
+        let slots = 2048 / d;
+        let floats = hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),
@@ -99,11 +96,10 @@ impl CudaBackend {
             style,
             kv.part.ptr,
             kv.counters.ptr,
-            out.ptr(),
-            kv.max_chunk as i32
+            out.ptr()
         ];
-        let key = 2 << 40 | (v1 as u64) << 24 | (d as u64) << 8 | hb as u64;
-        let name = || if v1 { format!("attn_decode_{d}_{hb}") } else { format!("attn_decode2_{d}_{hb}") };
+        let key = 2 << 40 | (d as u64) << 8 | hb as u64;
+        let name = || format!("attn_decode_{d}_{hb}");
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
     }
 
@@ -188,9 +184,8 @@ impl Backend for CudaBackend {
         let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
         let hb = heads_per_block(cfg.n_heads / cfg.n_kv_heads);
         let groups = cfg.n_heads / hb;
-        // About two waves of blocks over the SMs, each chunk at least 32 positions.
+        // About two waves of blocks over the SMs, each chunk at least 64 positions.
         let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(64));
-        let max_chunk = max_seq.div_ceil(chunks).next_multiple_of(32);
         Ok(CudaKv {
             max_seq,
             kv_dim,
@@ -200,7 +195,6 @@ impl Backend for CudaBackend {
             counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
             heads_per_block: hb,
             chunks,
-            max_chunk,
         })
     }
 

@@ -102,14 +102,14 @@ impl CudaBackend {
         Ok(b)
     }
 
-    /// Sweep the candidate shapes for each problem; returns (problem, default shape and its
+    /// Sweep the candidate shapes for each problem; returns (problem, current shape and its
     /// time, best shape and its time) and saves the best shapes as the table the backend
     /// loads (`$SLEEPY_HOME/tune/gemv.json`).
     pub fn sweep_gemv(&self, problems: &[GemvProblem], save: bool) -> Result<Vec<(GemvProblem, GemvShape, f64, GemvShape, f64)>> {
         let mut rows = Vec::new();
         let mut table = GemvTable::load();
         for &p in problems {
-            let def = GemvTable::default().shape(p.units, p.k);
+            let def = self.table.shape(p.units, p.k);
             let mut shapes = vec![def];
             shapes.extend(candidates(p.k).into_iter().filter(|s| *s != def));
             let times = self.time_gemv(p, &shapes)?;

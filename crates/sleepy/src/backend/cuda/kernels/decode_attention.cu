@@ -16,7 +16,7 @@
 #define DEC_MIN_CHUNK 64
 
 template <int D, int HB, int UNR>
-__device__ __forceinline__ void attn_decode2_body(const float* __restrict__ qkv, u16* kc, u16* vc,
+__device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, u16* kc, u16* vc,
                                                   const int* __restrict__ step, int H, int KVH,
                                                   const float* qn, const float* kn, float eps,
                                                   const float* __restrict__ inv_freq, int rope_dims,
@@ -240,14 +240,14 @@ __device__ __forceinline__ void attn_decode2_body(const float* __restrict__ qkv,
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
-#define ATTN_DECODE2(D, HB, UNR)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) attn_decode2_##D##_##HB(                     \
+#define ATTN_DECODE(D, HB, UNR)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_##D##_##HB(                     \
         const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
         const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
         u32* counters, float* out) {                                                              \
-        attn_decode2_body<D, HB, UNR>(qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq, rope_dims,  \
+        attn_decode_body<D, HB, UNR>(qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq, rope_dims,  \
                                       style, part, counters, out);                                \
     }
-ATTN_DECODE2(64, 1, 4) ATTN_DECODE2(64, 2, 4) ATTN_DECODE2(64, 4, 2)
-ATTN_DECODE2(128, 1, 4) ATTN_DECODE2(128, 2, 4) ATTN_DECODE2(128, 4, 2)
-ATTN_DECODE2(256, 1, 4) ATTN_DECODE2(256, 2, 4) ATTN_DECODE2(256, 4, 2)
+ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
+ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
+ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)

@@ -10,6 +10,30 @@
 // Launch: block (tpr, rpb): tpr threads (power of two) share a row unit, rpb units per
 // block. Grid (blocks, T); blocks stride over groups of rpb units. Dynamic shared memory:
 // (K rounded up to 4) + 64 floats. Each thread keeps U 16-byte loads in flight per row.
+
+// The U-load batch `step` of row unit `unit` (rows unit and, for SwiGLU, unit + n_units).
+template <int DT, int VEC, int U, int MODE>
+__device__ __forceinline__ void gemv_load(const u16* __restrict__ W, int unit, int n_units, int K, int step,
+                                          int nchunks, uint4 (&a)[U], uint4 (&b)[U]) {
+    if (unit >= n_units) return;
+    const int tpr = blockDim.x;
+    const u16* w0 = W + (size_t)unit * K;
+    const u16* w1 = W + (size_t)(unit + (MODE == 2 ? n_units : 0)) * K;
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+        const int cc = threadIdx.x + (step * U + i) * tpr;
+        if (cc < nchunks) {
+            if (VEC == 8) {
+                a[i] = ld_stream16(w0 + (size_t)cc * 8);
+                if (MODE == 2) b[i] = ld_stream16(w1 + (size_t)cc * 8);
+            } else {
+                a[i].x = w0[cc];
+                if (MODE == 2) b[i].x = w1[cc];
+            }
+        }
+    }
+}
+
 template <int DT, int VEC, int U, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float* __restrict__ x,
                                           const float* __restrict__ g, float eps,
@@ -22,17 +46,22 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
     const int tid = threadIdx.y * tpr + threadIdx.x;
     const int nthreads = tpr * rpb;
     const int t = blockIdx.y;
+    const int nchunks = K / VEC;
+    const int steps = (nchunks + tpr * U - 1) / (tpr * U);
 
-    // Warm L2 with this block's first rows while the previous kernel drains.
+    // Weights never depend on the previous kernel: load this thread's first batch into
+    // registers and warm L2 with the rest of the block's first rows while that kernel drains.
+    int base = blockIdx.x * rpb;
+    uint4 a[U], b[U];
+    gemv_load<DT, VEC, U, MODE>(W, base + threadIdx.y, n_units, K, 0, nchunks, a, b);
     {
-        const int u0 = blockIdx.x * rpb;
-        const int nu = min(rpb, n_units - u0);
+        const int nu = min(rpb, n_units - base);
         if (nu > 0) {
-            const char* base = (const char*)(W + (size_t)u0 * K);
+            const char* wb = (const char*)(W + (size_t)base * K);
             const size_t bytes = (size_t)nu * K * 2;
             for (size_t off = (size_t)tid * 128; off < bytes; off += (size_t)nthreads * 128) {
-                prefetch_l2(base + off);
-                if (MODE == 2) prefetch_l2(base + (size_t)n_units * K * 2 + off);
+                prefetch_l2(wb + off);
+                if (MODE == 2) prefetch_l2(wb + (size_t)n_units * K * 2 + off);
             }
         }
     }
@@ -56,65 +85,42 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
     }
     __syncthreads();
 
-    const int nchunks = K / VEC;
-    for (int base = blockIdx.x * rpb; base < n_units; base += gridDim.x * rpb) {
+    // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int step = 0; base < n_units;) {
         const int unit = base + threadIdx.y;
-        float acc0 = 0.f, acc1 = 0.f;
         if (unit < n_units) {
-            const u16* w0 = W + (size_t)unit * K;
-            const u16* w1 = W + (size_t)(unit + (MODE == 2 ? n_units : 0)) * K;
-            for (int c = threadIdx.x; c < nchunks; c += tpr * U) {
-                if (VEC == 8) {
-                    uint4 a[U], b[U];
 #pragma unroll
-                    for (int i = 0; i < U; ++i) {
-                        const int cc = c + i * tpr;
-                        if (cc < nchunks) {
-                            a[i] = ld_stream16(w0 + (size_t)cc * 8);
-                            if (MODE == 2) b[i] = ld_stream16(w1 + (size_t)cc * 8);
+            for (int i = 0; i < U; ++i) {
+                const int cc = threadIdx.x + (step * U + i) * tpr;
+                if (cc < nchunks) {
+                    if (VEC == 8) {
+                        const float4 x0 = *(const float4*)(xs + cc * 8);
+                        const float4 x1 = *(const float4*)(xs + cc * 8 + 4);
+                        float2 p;
+                        p = unpack2<DT>(a[i].x); acc0 += p.x * x0.x + p.y * x0.y;
+                        p = unpack2<DT>(a[i].y); acc0 += p.x * x0.z + p.y * x0.w;
+                        p = unpack2<DT>(a[i].z); acc0 += p.x * x1.x + p.y * x1.y;
+                        p = unpack2<DT>(a[i].w); acc0 += p.x * x1.z + p.y * x1.w;
+                        if (MODE == 2) {
+                            p = unpack2<DT>(b[i].x); acc1 += p.x * x0.x + p.y * x0.y;
+                            p = unpack2<DT>(b[i].y); acc1 += p.x * x0.z + p.y * x0.w;
+                            p = unpack2<DT>(b[i].z); acc1 += p.x * x1.x + p.y * x1.y;
+                            p = unpack2<DT>(b[i].w); acc1 += p.x * x1.z + p.y * x1.w;
                         }
-                    }
-#pragma unroll
-                    for (int i = 0; i < U; ++i) {
-                        const int cc = c + i * tpr;
-                        if (cc < nchunks) {
-                            const float4 x0 = *(const float4*)(xs + cc * 8);
-                            const float4 x1 = *(const float4*)(xs + cc * 8 + 4);
-                            float2 p;
-                            p = unpack2<DT>(a[i].x); acc0 += p.x * x0.x + p.y * x0.y;
-                            p = unpack2<DT>(a[i].y); acc0 += p.x * x0.z + p.y * x0.w;
-                            p = unpack2<DT>(a[i].z); acc0 += p.x * x1.x + p.y * x1.y;
-                            p = unpack2<DT>(a[i].w); acc0 += p.x * x1.z + p.y * x1.w;
-                            if (MODE == 2) {
-                                p = unpack2<DT>(b[i].x); acc1 += p.x * x0.x + p.y * x0.y;
-                                p = unpack2<DT>(b[i].y); acc1 += p.x * x0.z + p.y * x0.w;
-                                p = unpack2<DT>(b[i].z); acc1 += p.x * x1.x + p.y * x1.y;
-                                p = unpack2<DT>(b[i].w); acc1 += p.x * x1.z + p.y * x1.w;
-                            }
-                        }
-                    }
-                } else {
-                    u16 a[U], b[U];
-#pragma unroll
-                    for (int i = 0; i < U; ++i) {
-                        const int cc = c + i * tpr;
-                        if (cc < nchunks) {
-                            a[i] = w0[cc];
-                            if (MODE == 2) b[i] = w1[cc];
-                        }
-                    }
-#pragma unroll
-                    for (int i = 0; i < U; ++i) {
-                        const int cc = c + i * tpr;
-                        if (cc < nchunks) {
-                            acc0 += to_f32<DT>(a[i]) * xs[cc];
-                            if (MODE == 2) acc1 += to_f32<DT>(b[i]) * xs[cc];
-                        }
+                    } else {
+                        acc0 += to_f32<DT>((u16)a[i].x) * xs[cc];
+                        if (MODE == 2) acc1 += to_f32<DT>((u16)b[i].x) * xs[cc];
                     }
                 }
             }
         }
-        // Reduce over the tpr threads of the unit: shuffles inside a warp, then shared memory.
+        if (++step < steps) {
+            gemv_load<DT, VEC, U, MODE>(W, unit, n_units, K, step, nchunks, a, b);
+            continue;
+        }
+        // Row group done: reduce over the tpr threads of each unit (shuffles inside a warp,
+        // then shared memory), write, and move to the next group.
         const int width = tpr < 32 ? tpr : 32;
         for (int o = width >> 1; o > 0; o >>= 1) {
             acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
@@ -146,6 +152,11 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
                 *out = gv / (1.f + __expf(-gv)) * uv;
             }
         }
+        acc0 = 0.f;
+        acc1 = 0.f;
+        step = 0;
+        base += gridDim.x * rpb;
+        if (base < n_units) gemv_load<DT, VEC, U, MODE>(W, base + threadIdx.y, n_units, K, 0, nchunks, a, b);
     }
 }
 
