@@ -218,9 +218,11 @@ fn elementwise_ops_match_cpu() {
     }
 }
 
+/// Rope with theta 1e6 over `dims` dimensions (the GPU reads inv_freqs; the CPU reference
+/// builds the same angles by repeated multiplication, which differs by a few ulp).
 fn rope_for(dims: usize, style: RopeStyle) -> Rope {
     let inv_freqs = (0..dims / 2).map(|i| 1.0 / 1e6f32.powf(2.0 * i as f32 / dims as f32)).collect();
-    Rope { style, dims, inv_freqs }
+    Rope { style, dims, inv_freqs, theta_scale: 1e6f32.powf(-2.0 / dims as f32), freq_factors: vec![1.0; dims / 2] }
 }
 
 /// (heads, kv heads, head_dim): Qwen3-4B, Qwen3-0.6B, Qwen2.5-0.5B (group 7), odd groups.
