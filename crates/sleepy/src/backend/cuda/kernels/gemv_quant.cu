@@ -9,8 +9,25 @@
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc.  MODE 2: SwiGLU, unit u reads rows u (gate)
 // and u + n_units (up): y = silu(gate) * up.
 // Launch: block (tpr, rpb): tpr threads (power of two) share a row, rpb rows per block; each
-// thread keeps U units per row in flight. Grid (blocks, T); blocks stride over groups of rpb
-// rows. Dynamic shared memory: 3 K / 2 + 256 bytes (activations, then 64 floats to reduce).
+// thread keeps U units per row in flight (U = 2, 4, or 8 without SwiGLU). Grid (blocks, T);
+// blocks stride over groups of rpb rows. Dynamic shared memory: 3 K / 2 + 256 bytes (the
+// activations, then 64 floats for reductions).
+// The U-unit batch `step` of row `unit` (and, for SwiGLU, row unit + n_units).
+template <int FMT, int U, int MODE>
+__device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units, int nb, int nu, int step,
+                                           QUnit<FMT> (&a)[U], QUnit<FMT> (&b)[U]) {
+    if (unit >= n_units) return;
+    const int tpr = blockDim.x;
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+        const int cc = threadIdx.x + (step * U + i) * tpr;
+        if (cc < nu) {
+            a[i].load(w, (size_t)unit, nb, nu, cc);
+            if (MODE == 2) b[i].load(w, (size_t)unit + n_units, nb, nu, cc);
+        }
+    }
+}
+
 template <int FMT, int U, bool NORM, int MODE>
 __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
                                            float eps, const float* __restrict__ bias, float* y, int n_units, int K,
@@ -29,18 +46,22 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     const int t = blockIdx.y;
     const int nu = FMT == 0 ? K / 16 : K / 32;  // units per row
     const int nb = FMT >= 5 ? K / 256 : K / 32;  // blocks per row
+    const int steps = (nu + tpr * U - 1) / (tpr * U);
 
-    // Warm L2 with the quants of this block's first rows while the previous kernel drains.
+    // Weights never depend on the previous kernel: load this thread's first batch into
+    // registers and warm L2 with the rest of the block's first rows while that kernel drains.
+    int base = blockIdx.x * rpb;
+    QUnit<FMT> ua[U], ub[U];
+    gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
     {
-        const int u0 = blockIdx.x * rpb;
-        const int n = min(rpb, n_units - u0);
+        const int n = min(rpb, n_units - base);
         if (n > 0) {
             const size_t row_bytes = (size_t)nu * 16;
-            const u8* base = w.r0 + (size_t)u0 * row_bytes;
+            const u8* wb = w.r0 + (size_t)base * row_bytes;
             const size_t bytes = (size_t)n * row_bytes;
             for (size_t off = (size_t)tid * 128; off < bytes; off += (size_t)nthreads * 128) {
-                prefetch_l2(base + off);
-                if (MODE == 2) prefetch_l2(base + (size_t)n_units * row_bytes + off);
+                prefetch_l2(wb + off);
+                if (MODE == 2) prefetch_l2(wb + (size_t)n_units * row_bytes + off);
             }
         }
     }
@@ -49,32 +70,26 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
 
     quantize_acts<ActOf<FMT>::value, NORM>(x + (size_t)t * K, g, eps, K, a, red);
 
-    for (int base = blockIdx.x * rpb; base < n_units; base += gridDim.x * rpb) {
+    // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int step = 0; base < n_units;) {
         const int unit = base + threadIdx.y;
-        float acc0 = 0.f, acc1 = 0.f;
         if (unit < n_units) {
-            const size_t r0 = unit, r1 = unit + (MODE == 2 ? n_units : 0);
-            for (int c = threadIdx.x; c < nu; c += tpr * U) {
-                QUnit<FMT> ua[U], ub[U];
 #pragma unroll
-                for (int i = 0; i < U; ++i) {
-                    const int cc = c + i * tpr;
-                    if (cc < nu) {
-                        ua[i].load(w, r0, nb, nu, cc);
-                        if (MODE == 2) ub[i].load(w, r1, nb, nu, cc);
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < U; ++i) {
-                    const int cc = c + i * tpr;
-                    if (cc < nu) {
-                        acc0 += ua[i].dot(cc, a);
-                        if (MODE == 2) acc1 += ub[i].dot(cc, a);
-                    }
+            for (int i = 0; i < U; ++i) {
+                const int cc = threadIdx.x + (step * U + i) * tpr;
+                if (cc < nu) {
+                    acc0 += ua[i].dot(cc, a);
+                    if (MODE == 2) acc1 += ub[i].dot(cc, a);
                 }
             }
         }
-        // Reduce over the tpr threads of the row: shuffles inside a warp, then shared memory.
+        if (++step < steps) {
+            gemvq_load<FMT, U, MODE>(w, unit, n_units, nb, nu, step, ua, ub);
+            continue;
+        }
+        // Row group done: reduce over the tpr threads of each row (shuffles inside a warp,
+        // then shared memory), write, and move to the next group.
         const int width = tpr < 32 ? tpr : 32;
         for (int o = width >> 1; o > 0; o >>= 1) {
             acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
@@ -103,6 +118,11 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
             if (MODE == 1) *out += acc0;
             if (MODE == 2) *out = acc0 / (1.f + __expf(-acc0)) * acc1;
         }
+        acc0 = 0.f;
+        acc1 = 0.f;
+        step = 0;
+        base += gridDim.x * rpb;
+        if (base < n_units) gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
     }
 }
 
@@ -115,7 +135,8 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
         gemvq_body<FMT, U, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, ldy);                    \
     }
 #define GEMVQ_MODES(FMT, U) GEMVQ(FMT, U, 0, 0) GEMVQ(FMT, U, 1, 0) GEMVQ(FMT, U, 0, 1) GEMVQ(FMT, U, 1, 2)
-#define GEMVQ_FMT(FMT) GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4)
+// Eight units in flight only without SwiGLU (two rows of eight would spill registers).
+#define GEMVQ_FMT(FMT) GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4) GEMVQ(FMT, 8, 0, 0) GEMVQ(FMT, 8, 1, 0) GEMVQ(FMT, 8, 0, 1)
 GEMVQ_FMT(0)
 GEMVQ_FMT(1)
 GEMVQ_FMT(2)

@@ -54,7 +54,7 @@ pub struct QuantShape {
     pub rows_per_block: u32,
     /// Threads that share a row (a power of two).
     pub threads_per_row: u32,
-    /// 16-byte units per row each thread keeps in flight: 2 or 4.
+    /// 16-byte units per row each thread keeps in flight: 2, 4, or 8 (not for SwiGLU).
     pub unroll: u32,
     /// Grid size as blocks per multiprocessor (blocks loop over the remaining rows).
     pub blocks_per_sm: u32,
@@ -67,7 +67,7 @@ pub struct QuantTable {
 }
 
 /// Threads per block are capped so that any kernel variant can launch: the largest use
-/// about 155 registers, and 256 threads x 255 registers fit the 64K registers of an SM.
+/// about 160 registers (ptxas, sm_90), and 256 threads x 255 registers fit an SM's 64K.
 const MAX_THREADS: u32 = 256;
 
 impl QuantTable {
@@ -81,31 +81,33 @@ impl QuantTable {
     pub fn shape(&self, fmt: QFmt, rows: usize, k: usize, mode: u32) -> QuantShape {
         let name = fmt.dtype().name();
         let found = self.entries.iter().find(|(f, n, kk, _)| f == name && *n == rows && *kk == k).map(|e| e.3);
-        sanitize(found.unwrap_or_else(|| default_shape(fmt, rows, k, mode)))
+        sanitize(found.unwrap_or_else(|| default_shape(fmt, rows, k, mode)), mode)
     }
 }
 
-/// The default rule (unmeasured): a warp per row, two warps for long rows of short matrices
-/// (so enough loads are in flight), 256 threads a block, two blocks per SM (each block
-/// quantizes the whole input row, so fewer, fuller blocks read less of it from L2), and two
-/// units in flight per thread when a row has few units or SwiGLU reads two rows at once.
-pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32) -> QuantShape {
+/// The default rule (not yet measured for these kernels; modelled on the bf16 sweep in
+/// BENCHMARKS.md, where the best shapes give each thread 4-8 loads of a row and finish a row
+/// in one or two batches): threads per row so that each has about six units, 256 threads a
+/// block, up to four blocks per SM (fewer where registers do not allow), eight units in flight
+/// where a thread has more than four (four for SwiGLU, which loads two rows, and for the
+/// register-heavy Q5_K / Q6_K units).
+pub fn default_shape(fmt: QFmt, _rows: usize, k: usize, mode: u32) -> QuantShape {
     let units = fmt.units_per_row(k).max(1);
-    let threads_per_row = if units >= 128 && rows <= 2048 {
-        64
-    } else if units >= 32 {
-        32
-    } else {
-        (units.next_power_of_two() as u32).clamp(4, 32)
-    };
+    let threads_per_row = ((units / 6).max(1).next_power_of_two() as u32).clamp(8, 128);
     let per_thread = units.div_ceil(threads_per_row as usize);
-    let unroll = if per_thread <= 2 || mode == 2 { 2 } else { 4 };
-    QuantShape { rows_per_block: (MAX_THREADS / threads_per_row).max(1), threads_per_row, unroll, blocks_per_sm: 2 }
+    let heavy = matches!(fmt, QFmt::Q5K | QFmt::Q6K);
+    let unroll = match per_thread {
+        0..=2 => 2,
+        3..=4 => 4,
+        _ if mode == 2 || heavy => 4,
+        _ => 8,
+    };
+    QuantShape { rows_per_block: MAX_THREADS / threads_per_row, threads_per_row, unroll, blocks_per_sm: 4 }
 }
 
 /// Keep a shape launchable whatever a table file says.
-fn sanitize(mut s: QuantShape) -> QuantShape {
-    if s.unroll != 2 && s.unroll != 4 {
+fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
+    if ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
         s.unroll = 4;
     }
     s.threads_per_row = s.threads_per_row.clamp(1, MAX_THREADS).next_power_of_two();
@@ -137,7 +139,7 @@ mod tests {
                         assert!(s.threads_per_row.is_power_of_two());
                         assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
                         assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
-                        assert!(s.unroll == 2 || s.unroll == 4);
+                        assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
                         assert!(s.blocks_per_sm >= 1);
                     }
                 }

@@ -150,14 +150,17 @@ impl CudaBackend {
     pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         let norm_bit = norm.is_some() as u32;
         let key = KEY | 1 << 32 | (fmt.id() as u64) << 16 | (s.unroll as u64) << 8 | (norm_bit as u64) << 4 | mode as u64;
-        // As many rounds over the row groups as the block cap needs, the groups spread evenly.
-        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
-        let rounds = groups.div_ceil((self.gpu.info.sms * s.blocks_per_sm).max(1) as usize);
-        let blocks = groups.div_ceil(rounds) as u32;
+        let name = || format!("gemvq_{}_{}_{norm_bit}_{mode}", fmt.id(), s.unroll);
         let smem = (k * 3 / 2 + 256) as u32;
+        // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
+        // same number of row groups: a ragged last round would leave most SMs idle.
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil(cap);
+        let blocks = groups.div_ceil(rounds) as u32;
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        let name = || format!("gemvq_{}_{}_{norm_bit}_{mode}", fmt.id(), s.unroll);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
