@@ -14,6 +14,7 @@
 mod emul;
 pub mod layout;
 mod ops;
+pub mod tune;
 
 pub(crate) use ops::wants_segments;
 

@@ -23,7 +23,8 @@ pub(crate) fn wants_segments(parts: &[WeightPart]) -> bool {
     }
 }
 
-fn table() -> &'static QuantTable {
+/// The shape table of this process (loaded on first use).
+pub(crate) fn table() -> &'static QuantTable {
     static TABLE: OnceLock<QuantTable> = OnceLock::new();
     TABLE.get_or_init(QuantTable::load)
 }
