@@ -110,11 +110,17 @@ impl CudaBackend {
         let norm = norm.map(|(n, e)| (n.ptr(), e));
         let bias = bias.map_or(0, |b| b.ptr());
         if mode == 2 && q.segs.len() > 1 {
-            // Gate and up rows in different formats: both into the scratch, then SwiGLU.
-            let gate_up = q.scratch.as_ref().map(|b| b.ptr).ok_or_else(|| Error::Cuda("segmented weight without scratch".into()))?;
-            if x.rows > 2 {
-                return Err(Error::Cuda(format!("GEMV of {} rows", x.rows)));
-            }
+            // Gate and up rows in different formats: both into a scratch, then SwiGLU. Decode
+            // steps (recorded as graphs) use the weight's own scratch, so addresses stay fixed;
+            // more rows (prefill without cuBLAS, never recorded) take a pooled buffer.
+            let tmp;
+            let gate_up = match &q.scratch {
+                Some(b) if x.rows <= 2 => b.ptr,
+                _ => {
+                    tmp = self.new_act(x.rows, w.n)?;
+                    tmp.ptr()
+                }
+            };
             for s in &q.segs {
                 self.gemv_segment(s, s.rows, w.k, x, norm, 0, 0, gate_up + 4 * s.row0 as u64, w.n)?;
             }
