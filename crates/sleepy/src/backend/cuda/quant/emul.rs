@@ -343,3 +343,55 @@ fn emulated_dequant_matches_cpu_bit_for_bit() {
         }
     }
 }
+
+/// Real tensors written by GGML's own quantizer (the cached test models, when present; no
+/// fetch here): Q5_0, Q8_0, Q4_K and Q6_K of Qwen2.5-Coder's Q4_K_M file, Q4_1 of SmolLM2.
+#[test]
+fn emulated_gemv_matches_cpu_on_real_gguf_tensors() {
+    use crate::loader::TensorSource;
+    let files = [
+        ("qwen2.5-coder-0.5b-instruct.gguf", &["blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "token_embd.weight"][..]),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", &["blk.0.attn_q.weight", "blk.0.ffn_down.weight"][..]),
+    ];
+    let mut r = rand::rngs::StdRng::seed_from_u64(5);
+    for (file, names) in files {
+        let path = crate::fetch::cache_dir().join(file);
+        let Ok(gguf) = crate::loader::gguf::GgufFile::open(&path) else {
+            eprintln!("SKIP {file}: not in the model cache");
+            continue;
+        };
+        // Plus the first Q4_K down projection (Q4_K_M alternates Q4_K and Q6_K by layer).
+        let q4k = (0..64).map(|i| format!("blk.{i}.ffn_down.weight")).find(|n| gguf.tensor(n).is_some_and(|t| t.dtype == DType::Q4K));
+        for name in names.iter().map(|n| n.to_string()).chain(q4k) {
+            let name = name.as_str();
+            let t = gguf.require(name).unwrap();
+            let Some(fmt) = QFmt::of(t.dtype) else { continue };
+            let (k, dtype) = (t.dims[0], t.dtype);
+            let rb = dtype.row_bytes(k).unwrap();
+            let rows = (t.bytes.len() / rb).min(64);
+            let bytes = &t.bytes.as_slice()[..rows * rb];
+            let (packed, off) = repack(name, fmt, k, rows, bytes).unwrap();
+            let s = seg(&packed, &off);
+            let (nu, nb) = geometry(fmt, k);
+            let x = random(&mut r, k, 1.0);
+            let acts = quantize_acts(act_of(fmt), &x, None);
+            let prepared = quant::prepare_acts(dtype, &x);
+            let mut got = Vec::new();
+            let mut want = Vec::new();
+            for row in 0..rows {
+                got.push((0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>());
+                want.push(quant::dot_prepared(dtype, &bytes[row * rb..(row + 1) * rb], &prepared));
+                let mut deq = vec![0f32; k];
+                quant::dequantize_row(dtype, &bytes[row * rb..(row + 1) * rb], &mut deq);
+                let mut vals = vec![f32::NAN; k];
+                for cc in 0..nu {
+                    values(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &mut vals);
+                }
+                assert!(vals.iter().zip(&deq).all(|(a, b)| a.to_bits() == b.to_bits()), "{file} {name} row {row}: dequantized values");
+            }
+            let e = rel_err(&got, &want);
+            eprintln!("{file} {name} ({}): {e:.2e}", dtype.name());
+            assert!(e < 1e-5, "{file} {name}: {e:e} against the CPU fast path");
+        }
+    }
+}
