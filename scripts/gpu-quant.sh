@@ -10,10 +10,15 @@
 #     cuda_quant   <- target/release/deps/cuda_quant-<hash>   (cargo test --release --no-run)
 # and make_models.py: $MAKE_MODELS, or gpu-tools/[gpu/]make_models.py, or the shared tools.
 # Models go to $MODELS_DIR (default /tmp/models; made only when missing).
-# Every step has a time limit (STEP_TIMEOUT seconds, default 300; the test step 420).
-# Results (logs, bench.jsonl) go to $OUT when set (the GPU runner brings it back), else
-# gpu-run/quant-results. SKIP_TESTS=1 skips the tests; SWEEP=1 also times quantized GEMV
-# launch shapes (sleepy bench --sweep-gemv) and benches again with the measured table.
+# Steps (STEPS, comma-separated, default "tests,models,bench"; also "sweep": time quantized
+# GEMV launch shapes with sleepy bench --sweep-gemv into $SLEEPY_HOME/tune/gemv_quant.json,
+# and "tuned": bench again with that table). Each step has a time limit (STEP_TIMEOUT seconds
+# per bench or sweep, default 300). A GPU call of at most 10 minutes fits "tests" (~2-4 min
+# with the kernel compile), "models" (make_models.py, ~3 min), "bench" (~4-6 min: in-situ
+# Q4_K of qwen3-4b takes ~1 min on 16 cores), "sweep" and "tuned" one or two at a time:
+# STEPS=tests,models, then STEPS=bench, then STEPS=sweep, then STEPS=tuned.
+# Results (logs, quant-bench.jsonl) go to $OUT when set (the GPU runner brings it back), else
+# gpu-run/quant-results; the bench table covers the bench lines of this call.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -22,6 +27,8 @@ RUN=gpu-run
 RES=${OUT:-$RUN/quant-results}
 MODELS_DIR=${MODELS_DIR:-/tmp/models}
 STEP=${STEP_TIMEOUT:-300}
+STEPS=",${STEPS:-tests,models,bench},"
+want() { [[ "$STEPS" == *",$1,"* ]]; }
 mkdir -p "$RES" "$SLEEPY_HOME"
 LOG=$RES/quant-run.log
 JSONL=$RES/quant-bench.jsonl
@@ -43,11 +50,11 @@ done
 log "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee -a "$LOG"
 
-if [ "${SKIP_TESTS:-0}" != 1 ]; then
+if want tests; then
     if [ -f "$RUN/cuda_quant" ]; then
         chmod +x "$RUN/cuda_quant"
         log "cuda_quant tests (the first GPU use compiles the kernels with NVRTC)"
-        timeout 420 "$RUN/cuda_quant" --test-threads=1 --nocapture > "$RES/cuda_quant.log" 2>&1
+        timeout 400 "$RUN/cuda_quant" --test-threads=1 --nocapture > "$RES/cuda_quant.log" 2>&1
         echo "cuda_quant rc=$?" | tee -a "$LOG"
         grep -E "^test |SKIP|panicked|test result|greedy tokens|GPU .*CPU" "$RES/cuda_quant.log" | tail -30 | tee -a "$LOG"
         # The worst error of each kind of check.
@@ -69,7 +76,7 @@ PY
     fi
 fi
 
-if [ -n "$BW" ]; then
+if [ -n "$BW" ] && want models; then
     log "bandwidth ($BW)"
     timeout 120 python3 "$BW" 2>&1 | tail -4 | tee -a "$LOG"
 fi
@@ -78,7 +85,7 @@ missing=""
 for m in qwen3-0.6b qwen3-4b; do
     [ -f "$MODELS_DIR/$m/config.json" ] && ls "$MODELS_DIR/$m"/*.safetensors > /dev/null 2>&1 || missing="$missing $m"
 done
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] && want models; then
     if [ -z "$MM" ]; then
         echo "models$missing missing and no make_models.py found (set MAKE_MODELS)" | tee -a "$LOG"
     else
@@ -98,18 +105,23 @@ bench() {
     [ "$rc" = 0 ] || echo "bench $tag $m $q: rc=$rc (124 = over ${STEP}s)" | tee -a "$LOG"
 }
 
-CONFIGS="qwen3-4b:q8_0 qwen3-4b:q4_k qwen3-0.6b:q8_0"
-for c in $CONFIGS; do
-    bench default "${c%%:*}" "${c##*:}" -p 512 -n 128 -r 5
-done
+CONFIGS=${CONFIGS:-"qwen3-4b:q8_0 qwen3-4b:q4_k qwen3-0.6b:q8_0"}
+if want bench; then
+    for c in $CONFIGS; do
+        bench default "${c%%:*}" "${c##*:}" -p 512 -n 128 -r 5
+    done
+fi
 
-if [ "${SWEEP:-0}" = 1 ]; then
+if want sweep; then
     for c in $CONFIGS; do
         log "sweep ${c%%:*} --quant ${c##*:}"
         timeout "$STEP" "$RUN/sleepy" bench -m "$MODELS_DIR/${c%%:*}" --quant "${c##*:}" --device cuda -p 0 -n 0 --sweep-gemv --json 2>> "$LOG" \
             | grep gemv_sweep | tee -a "$RES/quant-sweep.jsonl"
     done
     cp "$SLEEPY_HOME/tune/gemv_quant.json" "$RES/" 2>/dev/null
+fi
+
+if want tuned; then
     for c in $CONFIGS; do
         bench tuned "${c%%:*}" "${c##*:}" -p 512 -n 128 -r 5
     done

@@ -44,13 +44,14 @@ fn randv(r: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale + scale * 1e-3).collect()
 }
 
-/// `rows` random rows of length k quantized to `dtype` (plain floats for F32 / BF16).
+/// `rows` random rows of length k quantized to `dtype` (plain floats for F32 / BF16); rows
+/// are quantized in parallel (the K-quant search is slow).
 fn rows_of(r: &mut impl Rng, dtype: DType, rows: usize, k: usize) -> Vec<u8> {
+    use rayon::prelude::*;
     let rb = dtype.row_bytes(k).expect("whole blocks");
+    let vals = randv(r, rows * k, 0.08);
     let mut out = vec![0u8; rows * rb];
-    for row in out.chunks_exact_mut(rb) {
-        quant::quantize_row(dtype, &randv(r, k, 0.08), row);
-    }
+    out.par_chunks_mut(rb).zip(vals.par_chunks(k)).for_each(|(dst, src)| quant::quantize_row(dtype, src, dst));
     out
 }
 
