@@ -51,7 +51,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let name = files.path.file_name().map_or_else(|| files.path.display().to_string(), |n| n.to_string_lossy().into_owned());
     if args.sweep_gemv {
         match &model {
-            sleepy::engine::AnyModel::Cuda(m) => sweep(m, args.json)?,
+            sleepy::engine::AnyModel::Cuda(m) => sweep(m, args.json, args.model.load_options()?.quant)?,
             _ => anyhow::bail!("--sweep-gemv needs the CUDA backend"),
         }
     }
@@ -134,8 +134,10 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
     Ok(())
 }
 
-/// Time the GEMV launch shapes of this model's matrices and save the best ones.
-fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool) -> Result<()> {
+/// Time the GEMV launch shapes of this model's matrices and save the best ones (of the
+/// quantized kernels when the weights are quantized in-situ).
+fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool, quant: Option<sleepy::quant::DType>) -> Result<()> {
+    use sleepy::backend::cuda::quant::{tune as qtune, QFmt};
     use sleepy::backend::cuda::tune::GemvProblem;
     let c = &m.cfg;
     let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_hidden);
@@ -146,16 +148,21 @@ fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool) -> Result<()
         ("down", GemvProblem { units: h, k: f, norm: false, mode: 1 }),
         ("logits", GemvProblem { units: c.vocab_size, k: h, norm: true, mode: 0 }),
     ];
-    let rows = m.backend.sweep_gemv(&problems.map(|p| p.1), true)?;
-    for ((label, p), (_, def, dt, best, bt)) in problems.iter().zip(rows) {
-        let gb = p.weight_bytes() as f64;
+    let ps = problems.map(|p| p.1);
+    let fmt = quant.and_then(QFmt::of);
+    let rows: Vec<(serde_json::Value, f64, serde_json::Value, f64)> = match fmt {
+        Some(f) => m.backend.sweep_gemv_quant(f, &ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
+        None => m.backend.sweep_gemv(&ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
+    };
+    for ((label, p), (def, dt, best, bt)) in problems.iter().zip(rows) {
+        let gb = fmt.map_or_else(|| p.weight_bytes(), |f| qtune::weight_bytes(f, p)) as f64;
         if json {
-            let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "units": p.units, "k": p.k, "bytes": gb,
+            let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "format": fmt.map_or("bf16", |f| f.dtype().name()), "units": p.units, "k": p.k, "bytes": gb,
                 "current": def, "current_us": dt, "current_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
             println!("{o}");
         } else {
             println!(
-                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {:?} | best {:>8.2} us {:>6.0} GB/s {:?}",
+                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {} | best {:>8.2} us {:>6.0} GB/s {}",
                 p.units,
                 p.k,
                 dt,
