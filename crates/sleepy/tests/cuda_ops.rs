@@ -291,11 +291,23 @@ fn decode_attention_matches_cpu_at_every_position() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(p) = pair("decode_attention_matches_cpu_at_every_position") else { return };
     let mut r = rng(5);
+    // Qwen3's rope and norm at every shape; the other rope styles (interleaved, partial,
+    // no Q/K norm) at two shapes, over more than one chunk of positions.
+    let mut cases = Vec::new();
     for (h, kvh, d) in ATTN {
         for (max_seq, steps, layer) in [(600, 300, 1), (5000, 80, 0)] {
+            cases.push((h, kvh, d, max_seq, steps, layer, RopeStyle::Neox, d, true));
+        }
+    }
+    for (h, kvh, d) in [ATTN[0], ATTN[2]] {
+        cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Interleaved, d, false));
+        cases.push((h, kvh, d, 600, 140, 0, RopeStyle::Neox, d / 2, false));
+    }
+    for (h, kvh, d, max_seq, steps, layer, style, dims, norm) in cases {
+        {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
-            let rope = rope_for(d, RopeStyle::Neox);
+            let rope = rope_for(dims, style);
             let cfg = cfg_for(h, kvh, d, max_seq);
             let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv(&cfg, max_seq).unwrap());
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
@@ -306,13 +318,14 @@ fn decode_attention_matches_cpu_at_every_position() {
                 let qkv = randn(&mut r, cols, 1.0);
                 let (mut xc, mut xg) = p.act(1, cols, &qkv);
                 let (mut oc, mut og) = (p.cpu.alloc(1, h * d).unwrap(), p.gpu.alloc(1, h * d).unwrap());
-                p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, Some((&qnc, &knc, 1e-6)), &rope, &mut oc).unwrap();
-                p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, Some((&qng, &kng, 1e-6)), &rope, &mut og).unwrap();
+                let (qk_cpu, qk_gpu) = if norm { (Some((&qnc, &knc, 1e-6)), Some((&qng, &kng, 1e-6))) } else { (None, None) };
+                p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, qk_cpu, &rope, &mut oc).unwrap();
+                p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, qk_gpu, &rope, &mut og).unwrap();
                 let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} pos={pos}: relative error {e:.3e}");
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} pos={pos}: relative error {e:.3e}");
                 worst = worst.max(e);
             }
-            eprintln!("decode attention h={h} kvh={kvh} d={d} max_seq={max_seq}: worst relative error {worst:.2e} over {steps} positions");
+            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq}: worst relative error {worst:.2e} over {steps} positions");
         }
     }
 }
