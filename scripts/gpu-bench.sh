@@ -34,17 +34,15 @@ log bandwidth
 timeout 60 python3 ../gpu-tools/bandwidth.py 2>&1 | tee -a $R
 log make_models
 timeout 200 python3 ../gpu-tools/make_models.py --out /tmp/models qwen3-0.6b qwen3-4b 2>&1 | grep -v Writing | tail -3 | tee -a $R
+if has bench; then
+  log bench default shapes
+  bench default sleepy qwen3-0.6b -p 0 -n 128 -r 3
+  bench default sleepy qwen3-4b -p 512 -n 128 -r 3
+  bench default sleepy qwen3-4b -p 0 -n 128 -r 2 --depth 4096
+fi
 if has base && [ -x sleepy-base ]; then
   log base binary
   for m in qwen3-0.6b qwen3-4b; do bench base sleepy-base $m -p 0 -n 128 -r 3; done
-  bench base sleepy-base qwen3-4b -p 0 -n 128 -r 3 --depth 4096
-fi
-if has bench; then
-  log bench default shapes
-  for m in qwen3-0.6b qwen3-4b; do
-    bench default sleepy $m -p 512 -n 128 -r 5
-    bench default sleepy $m -p 512 -n 128 -r 3 --depth 4096
-  done
 fi
 if has sweep; then
   log gemv sweep
@@ -56,8 +54,8 @@ fi
 if has tuned; then
   log bench tuned shapes
   for m in qwen3-0.6b qwen3-4b; do
-    bench tuned sleepy $m -p 512 -n 128 -r 5
-    bench tuned sleepy $m -p 512 -n 128 -r 3 --depth 4096
+    bench tuned sleepy $m -p 512 -n 128 -r 3
+    bench tuned sleepy $m -p 0 -n 128 -r 2 --depth 4096
   done
 fi
 if has variants; then
@@ -72,6 +70,7 @@ if has ncu; then
   # logits, argmax.
   for mk in qwen3-0.6b:143 qwen3-4b:183; do
     m=${mk%:*} k=${mk#*:}
+    [ $(( $(date +%s) - T0 )) -lt ${NCU_BEFORE:-260} ] || { log skip ncu $m: time; continue; }
     log ncu one $m decode token
     timeout 100 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -s $k -c $k \
       ./sleepy bench -m /tmp/models/$m -p 0 -n 1 -r 1 > $OUT/ncu-$m.csv 2>>$R; echo "ncu rc=$?" | tee -a $R
