@@ -3,7 +3,8 @@
 # cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
 # then run it on the GPU machine: bash gpu-run/gpu-bench.sh [STEPS] (logs under $OUT).
 # Optional: gpu-run/sleepy-base, a binary of the previous commit, benched in the same run
-# ("before" figures). STEPS (default: all) picks from:
+# ("before" figures). OPS_FILTER: names of cuda_ops tests to run (default all). STEPS
+# (default: all) picks from:
 #   tests base bench sweep tuned variants ncu
 # Models and the bandwidth figure are made whenever a step needs them.
 set -u
@@ -24,7 +25,7 @@ log env "$STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a $R
 if has tests; then
   log cuda_ops
-  timeout 150 ./cuda_ops --test-threads=1 --nocapture > $OUT/ops.log 2>&1; rc=$?; echo "cuda_ops rc=$rc" | tee -a $R
+  timeout 150 ./cuda_ops ${OPS_FILTER:-} --test-threads=1 --nocapture > $OUT/ops.log 2>&1; rc=$?; echo "cuda_ops rc=$rc" | tee -a $R
   grep -E "SKIP|panicked|test result|worst|out of GPU" $OUT/ops.log | tail -24 | tee -a $R
   log cuda_model
   timeout 60 ./cuda_model --test-threads=1 --nocapture > $OUT/model.log 2>&1; echo "cuda_model rc=$?" | tee -a $R
@@ -44,16 +45,16 @@ if has base && [ -x sleepy-base ]; then
   log base binary
   for m in qwen3-0.6b qwen3-4b; do bench base sleepy-base $m -p 0 -n 128 -r 3; done
 fi
-if has sweep; then
+if has sweep && [ $(( $(date +%s) - T0 )) -lt ${SWEEP_BEFORE:-999} ]; then
   log gemv sweep
-  for m in qwen3-0.6b qwen3-4b; do
+  for m in ${SWEEP_MODELS:-qwen3-0.6b qwen3-4b}; do
     timeout 120 ./sleepy bench -m /tmp/models/$m -p 0 -n 0 --sweep-gemv --json 2>>$R | grep gemv_sweep | tee -a $OUT/sweep.jsonl
   done
   cp $SLEEPY_HOME/tune/gemv.json $OUT/gemv.json 2>/dev/null
 fi
-if has tuned; then
+if has tuned && [ -f $SLEEPY_HOME/tune/gemv.json ]; then
   log bench tuned shapes
-  for m in qwen3-0.6b qwen3-4b; do
+  for m in ${SWEEP_MODELS:-qwen3-0.6b qwen3-4b}; do
     bench tuned sleepy $m -p 512 -n 128 -r 3
     bench tuned sleepy $m -p 0 -n 128 -r 2 --depth 4096
   done

@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 /// 1-wide chunks (rows whose length is not a multiple of 8) always use 8.
 pub const CHUNKS_PER_THREAD: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
 const MAX_CHUNKS: u32 = 8;
+/// Threads per block: the kernels are compiled for at most 512 (`__launch_bounds__`).
+pub const MAX_THREADS: u32 = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemvShape {
     /// Row units (output rows; gate+up pairs for SwiGLU) per block.
     pub rows_per_block: u32,
-    /// Threads that share one row: a power of two up to 32, else a multiple of 32 (<= 1024).
+    /// Threads that share one row: a power of two up to 32, else a multiple of 32 (<= 512).
     pub threads_per_row: u32,
     /// Weights per load: 8 (16 bytes) or 1.
     pub vec: u32,
@@ -71,31 +73,37 @@ impl GemvTable {
 }
 
 /// The default rule: the fewest threads per row (a power of two) that leave each thread at
-/// most 4 chunks of the row, whose x' it keeps in registers; blocks of about 256 threads; up
-/// to 4 blocks per SM (the launch caps this by what fits).
+/// most 4 chunks of the row (5 rather than more than 256 threads), whose x' it keeps in
+/// registers; blocks of about 256 threads; up to 4 blocks per SM (the launch caps this by
+/// what fits).
 pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
     let vec = if k % 8 == 0 { 8 } else { 1 };
-    let per_thread = if vec == 8 { 4 } else { MAX_CHUNKS as usize };
     let chunks = (k / vec as usize).max(1);
-    let threads_per_row = chunks.div_ceil(per_thread).next_power_of_two().min(1024) as u32;
+    let threads_per_row = if vec == 1 {
+        chunks.div_ceil(MAX_CHUNKS as usize).next_power_of_two()
+    } else {
+        let four = chunks.div_ceil(4).next_power_of_two();
+        if four > 256 && chunks.div_ceil(256) <= 5 { 256 } else { four }
+    };
+    let threads_per_row = threads_per_row.min(MAX_THREADS as usize) as u32;
     let rows_per_block = (256 / threads_per_row).max(1);
     sanitize(GemvShape { rows_per_block, threads_per_row, vec, blocks_per_sm: 4 }, k)
 }
 
 /// Keep a shape launchable whatever a table file says: a legal row width that covers the row
-/// with a compiled chunk count (where any can), whole-warp blocks of at most 1024 threads.
+/// with a compiled chunk count (where any can), whole-warp blocks of at most 512 threads.
 fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
     if k % 8 != 0 || s.vec != 8 {
         s.vec = 1;
     }
-    let mut tpr = s.threads_per_row.clamp(1, 1024);
-    tpr = if tpr <= 32 { tpr.next_power_of_two() } else { tpr.next_multiple_of(32).min(1024) };
+    let mut tpr = s.threads_per_row.clamp(1, MAX_THREADS);
+    tpr = if tpr <= 32 { tpr.next_power_of_two() } else { tpr.next_multiple_of(32).min(MAX_THREADS) };
     s.threads_per_row = tpr;
-    while s.chunks_per_thread(k).is_none() && s.threads_per_row < 1024 {
-        s.threads_per_row = (s.threads_per_row * 2).min(1024);
+    while s.chunks_per_thread(k).is_none() && s.threads_per_row < MAX_THREADS {
+        s.threads_per_row = (s.threads_per_row * 2).min(MAX_THREADS);
     }
-    s.rows_per_block = s.rows_per_block.clamp(1, 1024 / s.threads_per_row);
-    // Block sizes stay whole warps (the reductions assume it); 1024 / tpr is a multiple.
+    s.rows_per_block = s.rows_per_block.clamp(1, MAX_THREADS / s.threads_per_row);
+    // Block sizes stay whole warps (the reductions assume it); 512 / tpr is a multiple.
     if s.threads_per_row < 32 {
         s.rows_per_block = s.rows_per_block.next_multiple_of(32 / s.threads_per_row);
     }
@@ -121,11 +129,11 @@ mod tests {
 
     #[test]
     fn shapes_are_launchable() {
-        for k in [1, 7, 8, 64, 100, 1024, 2560, 8000, 9728, 65536] {
+        for k in [1, 7, 8, 64, 100, 1024, 2560, 4000, 9728, 32768] {
             for n in [1, 5, 1024, 6144, 151936] {
                 let s = GemvTable::default().shape(n, k);
                 assert!(s.threads_per_row.is_power_of_two() || s.threads_per_row % 32 == 0);
-                assert!(s.threads_per_row * s.rows_per_block <= 1024);
+                assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
                 assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0);
                 assert!(s.vec == 8 || s.vec == 1);
                 let c = s.chunks_per_thread(k).expect("row covered");
@@ -136,10 +144,10 @@ mod tests {
         let odd = GemvShape { rows_per_block: 8, threads_per_row: 32, vec: 8, blocks_per_sm: 4 };
         let table = GemvTable { entries: vec![(2560, 9728, odd)] };
         let s = table.shape(2560, 9728);
-        assert!(s.chunks_per_thread(9728).is_some() && s.threads_per_row * s.rows_per_block <= 1024);
+        assert!(s.chunks_per_thread(9728).is_some() && s.threads_per_row * s.rows_per_block <= MAX_THREADS);
         // Past what the kernels cover: no chunk count, so the launch reports an error.
-        let s = GemvTable::default().shape(4, 9001);
+        let s = GemvTable::default().shape(4, 4097);
         assert_eq!(s.vec, 1);
-        assert!(s.chunks_per_thread(9001).is_none());
+        assert!(s.chunks_per_thread(4097).is_none());
     }
 }

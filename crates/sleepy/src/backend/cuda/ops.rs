@@ -49,7 +49,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         let Some(ch) = s.chunks_per_thread(k) else {
-            return Err(Error::Cuda(format!("GEMV: rows of {k} weights are too long for the kernels (at most 65536, or 8192 when not a multiple of 8)")));
+            return Err(Error::Cuda(format!("GEMV: rows of {k} weights are too long for the kernels (at most 32768, or 4096 when not a multiple of 8)")));
         };
         let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (ch as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
         let name = || kernel_name(dt, s, ch, norm.is_some(), mode);

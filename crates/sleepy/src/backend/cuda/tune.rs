@@ -2,7 +2,7 @@
 //! back-to-back launches over weight copies larger than L2, so the time is DRAM time.
 
 use super::driver::{self, DevBuf};
-use super::gemv::{GemvShape, GemvTable};
+use super::gemv::{GemvShape, GemvTable, MAX_THREADS};
 use super::CudaBackend;
 use crate::error::Result;
 
@@ -23,12 +23,12 @@ impl GemvProblem {
 
 /// Candidate shapes for a row length: threads per row (powers of two, and the multiples of
 /// 32 that split 8-wide rows evenly) x rows per block x blocks per SM; whole-warp blocks of
-/// at most 1024 threads, no thread without a chunk, at most 6 chunks a thread.
+/// at most 512 threads, no thread without a chunk, at most 5 chunks a thread.
 pub fn candidates(k: usize) -> Vec<GemvShape> {
     let vec = if k % 8 == 0 { 8 } else { 1 };
     let chunks = k / vec as usize;
-    let mut widths: Vec<u32> = vec![8, 16, 32, 64, 128, 256, 512, 1024];
-    widths.extend((1..=6).filter(|c| chunks % (32 * c) == 0).map(|c| (chunks / c) as u32).filter(|&t| t <= 1024 && !t.is_power_of_two()));
+    let mut widths: Vec<u32> = vec![8, 16, 32, 64, 128, 256, 512];
+    widths.extend((1..=6).filter(|c| chunks % (32 * c) == 0).map(|c| (chunks / c) as u32).filter(|&t| t <= MAX_THREADS && !t.is_power_of_two()));
     let mut out = Vec::new();
     for tpr in widths {
         if tpr as usize > chunks.max(1) {
@@ -38,7 +38,7 @@ pub fn candidates(k: usize) -> Vec<GemvShape> {
             for blocks_per_sm in [1u32, 2, 4, 8] {
                 let threads = tpr * rpb;
                 let s = GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm };
-                if threads % 32 != 0 || threads > 1024 || threads * blocks_per_sm > 2048 || s.chunks_per_thread(k).is_none_or(|c| c > 6) {
+                if threads % 32 != 0 || threads > MAX_THREADS || threads * blocks_per_sm > 2048 || s.chunks_per_thread(k).is_none_or(|c| c > 5) {
                     continue;
                 }
                 out.push(s);
@@ -76,10 +76,20 @@ impl CudaBackend {
         let mut out = Vec::new();
         for s in shapes {
             self.begin(1)?;
+            let mut recorded = Ok(());
             for i in 0..per_graph {
                 let wp = w.ptr + ((i % copies) * one) as u64;
                 let norm = p.norm.then_some((g.ptr, 1e-6f32));
-                self.gemv_shaped(wp, 0, p.units, p.k, s, x.ptr, 1, norm, 0, p.mode, y.ptr, p.units)?;
+                recorded = self.gemv_shaped(wp, 0, p.units, p.k, s, x.ptr, 1, norm, 0, p.mode, y.ptr, p.units);
+                if recorded.is_err() {
+                    break;
+                }
+            }
+            if recorded.is_err() {
+                // A shape this device cannot launch (too many registers for the block): skip it.
+                self.state()?.recording = None;
+                out.push(f64::INFINITY);
+                continue;
             }
             self.end()?; // capture + first replay (warm-up)
             let mut times = Vec::new();

@@ -7,8 +7,9 @@
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc (residual add in the epilogue).
 // MODE 2: SwiGLU; unit u reads rows u (gate) and u + n_units (up): y = silu(g) * up.
 //
-// Launch: block (tpr, rpb): tpr threads share a row unit (a power of two up to 32, else a
-// multiple of 32), rpb units per block; grid (blocks, T), blocks stride over the units.
+// Launch: block (tpr, rpb), at most 512 threads: tpr threads share a row unit (a power of two
+// up to 32, else a multiple of 32), rpb units per block; grid (blocks, T), blocks stride over
+// the units. The 512 bound caps registers at 128 a thread, so every such block can launch.
 // Thread x of a row owns chunks x + j * tpr, j < CH, of every row it serves (the host makes
 // CH * tpr * VEC >= K). It keeps x' of those chunks in registers for the whole kernel, so no
 // block-wide staging of x stands between the weights and the first product, and it keeps
@@ -183,7 +184,7 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
 }
 
 #define GEMV(DT, VEC, CH, NORM, MODE)                                                             \
-    extern "C" __global__ void gemv_##DT##_##VEC##_##CH##_##NORM##_##MODE(                      \
+    extern "C" __global__ void __launch_bounds__(512) gemv_##DT##_##VEC##_##CH##_##NORM##_##MODE( \
         const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g,     \
         float eps, const float* __restrict__ bias, float* y, int n_units, int K, int ldy) {      \
         gemv_body<DT, VEC, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, ldy);              \
