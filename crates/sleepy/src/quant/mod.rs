@@ -15,7 +15,7 @@
 //! sides hold, never read past its end.
 //!
 //! Files: `float` (F32, F16, BF16), `legacy` (Q4_0 .. Q8_1, 32-value blocks), `kquants`
-//! (Q4_K, Q5_K, Q6_K, Q8_K, 256-value super-blocks), `simd` (AVX2 dots), `prepared` (the
+//! (Q4_K, Q5_K, Q6_K, Q8_K, 256-value super-blocks), `simd` / `simd_k` (AVX2 dots), `prepared` (the
 //! companion formats and the dispatch of the fast path), `half_ops` (f16 vector operations
 //! for an f16 KV cache).
 
@@ -27,6 +27,8 @@ mod legacy;
 mod prepared;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod simd_k;
 #[cfg(test)]
 mod tests;
 

@@ -147,7 +147,7 @@ unsafe fn dot_avx2(dtype: DType, rows: &[u8], row_bytes: usize, acts: &PreparedA
             (DType::F32, Acts::F32(x)) => out.iter_mut().zip(rows.chunks_exact(rb)).for_each(|(o, r)| *o = simd::dot_f32(r, x)),
             (DType::F16, Acts::F16(x)) => out.iter_mut().zip(rows.chunks_exact(rb)).for_each(|(o, r)| *o = simd::dot_f16(r, x)),
             (DType::BF16, Acts::BF16(x)) => out.iter_mut().zip(rows.chunks_exact(rb)).for_each(|(o, r)| *o = simd::dot_bf16(r, x)),
-            (DType::Q4K | DType::Q5K | DType::Q6K, Acts::Q8K(a)) => simd::dot_kquant_rows(dtype, rows, row_bytes, a, acts.q4k_fine, out),
+            (DType::Q4K | DType::Q5K | DType::Q6K, Acts::Q8K(a)) => super::simd_k::dot_kquant_rows(dtype, rows, row_bytes, a, acts.q4k_fine, out),
             (_, Acts::Q8(a)) => match legacy_kind(dtype) {
                 Some(kind) if !kind.affine() || a.s.len() == a.d.len() => simd::dot_legacy_rows(kind, rows, row_bytes, a, out),
                 _ => return false,

@@ -8,7 +8,7 @@
 //! bytes sit at any offset of a mapped file.
 
 use super::float::{reduce_4x8, STEP};
-use super::kquants::{scale_min_k4, Q8KActs, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, QK_K};
+use super::kquants::Q8KActs;
 use super::legacy::{Legacy, Q8Acts, QK};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
@@ -21,7 +21,7 @@ pub fn available() -> bool {
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn hsum_float_8(x: __m256) -> f32 {
+pub(super) fn hsum_float_8(x: __m256) -> f32 {
     let mut l = [0f32; 8];
     // SAFETY: `l` holds 8 floats.
     unsafe { _mm256_storeu_ps(l.as_mut_ptr(), x) };
@@ -29,7 +29,7 @@ fn hsum_float_8(x: __m256) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn hsum_i32_8(x: __m256i) -> i32 {
+pub(super) fn hsum_i32_8(x: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
@@ -74,7 +74,7 @@ fn bytes_from_bits_32(qh: u32) -> __m256i {
 /// `p` must point to 2 readable bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = unsafe { (p as *const u16).read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
@@ -168,174 +168,6 @@ pub unsafe fn dot_legacy_rows(kind: Legacy, rows: &[u8], row_bytes: usize, a: &Q
             Legacy::Q5_1 => legacy_all::<3>(p, row_bytes, nb, a, out),
             Legacy::Q8_0 => legacy_all::<4>(p, row_bytes, nb, a, out),
         }
-    }
-}
-
-/// 32 q8 quants of activations at `at`.
-///
-/// # Safety
-/// `at + 32 <= qs.len()`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn load_q8(qs: &[i8], at: usize) -> __m256i {
-    unsafe { _mm256_loadu_si256(qs.as_ptr().add(at) as *const __m256i) }
-}
-
-/// Number of whole super-blocks that the row and the activations both hold.
-fn k_blocks(row: &[u8], bb: usize, a: &Q8KActs) -> usize {
-    (row.len() / bb).min(a.d.len()).min(a.qs.len() / QK_K).min(a.bsums.len() / 16)
-}
-
-/// Q4_K x Q8_K (see `kquants::dot_q4k_scalar`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot_q4k(row: &[u8], a: &Q8KActs, fine: bool) -> f32 {
-    let nb = k_blocks(row, Q4K_BYTES, a);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let (mut acc, mut acc_min) = (0f32, 0f32);
-    for i in 0..nb {
-        let b = &row[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
-        // SAFETY: the block is 144 bytes long.
-        let (dx, dmin) = unsafe { (f16_at(b.as_ptr()) * a.d[i], f16_at(b.as_ptr().add(2)) * a.d[i]) };
-        let bs = &a.bsums[i * 16..(i + 1) * 16];
-        let (mut isum, mut imin) = (0i32, 0i32);
-        for c in 0..4 {
-            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
-            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
-            // SAFETY: bytes 16 + 32c .. + 32 are inside the 144-byte block; the activation
-            // quants of block i are inside a.qs (k_blocks bounds i).
-            let q4 = unsafe { _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i) };
-            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l), _mm256_set1_epi16(sc0 as i16));
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), q8h),
-                _mm256_set1_epi16(sc1 as i16),
-            );
-            isum += hsum_i32_8(_mm256_add_epi32(pl, ph));
-            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
-            if fine {
-                acc = (isum as f32).mul_add(dx, acc);
-                acc_min = (imin as f32).mul_add(dmin, acc_min);
-                (isum, imin) = (0, 0);
-            }
-        }
-        if !fine {
-            acc = (isum as f32).mul_add(dx, acc);
-            acc_min = (imin as f32).mul_add(dmin, acc_min);
-        }
-    }
-    acc - acc_min
-}
-
-/// Q5_K x Q8_K (see `kquants::dot_q5k_scalar`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot_q5k(row: &[u8], a: &Q8KActs) -> f32 {
-    let nb = k_blocks(row, Q5K_BYTES, a);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for i in 0..nb {
-        let b = &row[i * Q5K_BYTES..(i + 1) * Q5K_BYTES];
-        // SAFETY: the block is 176 bytes long.
-        let (d, dmin) = unsafe { (a.d[i] * f16_at(b.as_ptr()), -a.d[i] * f16_at(b.as_ptr().add(2))) };
-        let bs = &a.bsums[i * 16..(i + 1) * 16];
-        // SAFETY: qh is bytes 16..48 of the 176-byte block.
-        let hbits = unsafe { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) };
-        let mut sumi = _mm256_setzero_si256();
-        let mut imin = 0i32;
-        for c in 0..4 {
-            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
-            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
-            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
-            // SAFETY: nibbles 48 + 32c .. + 32 are inside the block; quants inside a.qs.
-            let q5 = unsafe { _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i) };
-            let bit = |k: usize| {
-                let mask = _mm256_set1_epi8(1 << k);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, mask), mask), _mm256_set1_epi8(16))
-            };
-            let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), bit(2 * c));
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), bit(2 * c + 1));
-            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q8l), _mm256_set1_epi16(sc0 as i16));
-            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q8h), _mm256_set1_epi16(sc1 as i16));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
-        }
-        summs = dmin.mul_add(imin as f32, summs);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_float_8(acc) + summs
-}
-
-/// Q6_K x Q8_K (see `kquants::dot_q6k_scalar`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot_q6k(row: &[u8], a: &Q8KActs) -> f32 {
-    let nb = k_blocks(row, Q6K_BYTES, a);
-    let (m3, m15) = (_mm256_set1_epi8(3), _mm256_set1_epi8(15));
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let b = &row[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
-        // SAFETY: the block is 210 bytes long.
-        let d = a.d[i] * unsafe { f16_at(b.as_ptr().add(208)) };
-        let p = b.as_ptr();
-        // SAFETY: scales are bytes 192..208 of the 210-byte block; bsums of block i are inside
-        // a.bsums.
-        let (scales, bsums) = unsafe {
-            (_mm_loadu_si128(p.add(192) as *const __m128i), _mm256_loadu_si256(a.bsums.as_ptr().add(16 * i) as *const __m256i))
-        };
-        let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)), 5);
-        let sc = |g: usize| b[192 + g] as i8 as i16;
-        let scale_pair = |g: usize| _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            // SAFETY: ql 64h..64h+64 and qh 128 + 32h..+32 are inside the block; quants inside a.qs.
-            let (lo1, lo2, hb) = unsafe {
-                (
-                    _mm256_loadu_si256(p.add(64 * h) as *const __m256i),
-                    _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i),
-                    _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
-                )
-            };
-            let top = |shift: i32| -> __m256i {
-                let bits = match shift {
-                    0 => hb,
-                    2 => _mm256_srli_epi16(hb, 2),
-                    4 => _mm256_srli_epi16(hb, 4),
-                    _ => _mm256_srli_epi16(hb, 6),
-                };
-                _mm256_slli_epi16(_mm256_and_si256(bits, m3), 4)
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(lo1, m15), top(0)),
-                _mm256_or_si256(_mm256_and_si256(lo2, m15), top(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), m15), top(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo2, 4), m15), top(6)),
-            ];
-            for (k, &qk) in q.iter().enumerate() {
-                let q8 = unsafe { load_q8(&a.qs, i * QK_K + 128 * h + 32 * k) };
-                let p16 = _mm256_maddubs_epi16(qk, q8);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(8 * h + 2 * k), p16));
-            }
-        }
-        sumi = _mm256_sub_epi32(sumi, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_float_8(acc)
-}
-
-/// K-quant rows stored back to back, each dotted with the same Q8_K activations.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_kquant_rows(dtype: super::DType, rows: &[u8], row_bytes: usize, a: &Q8KActs, fine: bool, out: &mut [f32]) {
-    use super::DType;
-    let chunks = rows.chunks_exact(row_bytes.max(1));
-    match dtype {
-        DType::Q4K => out.iter_mut().zip(chunks).for_each(|(o, r)| *o = dot_q4k(r, a, fine)),
-        DType::Q5K => out.iter_mut().zip(chunks).for_each(|(o, r)| *o = dot_q5k(r, a)),
-        DType::Q6K => out.iter_mut().zip(chunks).for_each(|(o, r)| *o = dot_q6k(r, a)),
-        _ => {}
     }
 }
 
