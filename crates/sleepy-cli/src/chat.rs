@@ -76,6 +76,7 @@ fn session<B: Backend>(model: &Model<B>, tok: &Tokenizer, template: &ChatTemplat
         eprint!("> ");
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 {
+            eprintln!(); // end of input: leave the terminal on a fresh line
             break;
         }
         let input = line.trim_end_matches(['\n', '\r']);
@@ -93,8 +94,15 @@ fn session<B: Backend>(model: &Model<B>, tok: &Tokenizer, template: &ChatTemplat
         }
         messages.push(Message::new("user", input));
         let ids = tok.encode(&template.render(&messages, true)?, false)?;
-        // Keep the part of the cache that the new rendering shares; prefill the rest.
-        let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        if ids.len() >= seq.max_seq {
+            // Not an error that ends the session: the user can /reset and go on.
+            eprintln!("(the conversation, {} tokens, no longer fits the context of {}: /reset to start over)", ids.len(), seq.max_seq);
+            messages.pop();
+            continue;
+        }
+        // Keep the part of the cache that the new rendering shares (at least one token is
+        // always prefilled, for its logits); prefill the rest.
+        let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len().saturating_sub(1));
         seq.truncate(keep);
         cached.truncate(keep);
         let answer = answer(model, tok, &mut seq, &ids[keep..], n, sampler)?;
@@ -126,6 +134,6 @@ fn answer<B: Backend>(model: &Model<B>, tok: &Tokenizer, seq: &mut Sequence<B>, 
     GENERATING.store(false, Ordering::SeqCst);
     let stats = result?;
     let _ = writeln!(out, "{}", decoder.finish());
-    eprintln!("[{} tokens, {:.1} tok/s, {:?}]", stats.generated_tokens, stats.generate_tok_per_sec(), stats.stop);
+    eprintln!("{}", crate::common::summary(&stats, &model.backend.name()));
     Ok(tokens)
 }

@@ -27,18 +27,57 @@ pub struct ModelArgs {
     pub ctx: Option<usize>,
 }
 
-impl ModelArgs {
-    pub fn model_path(&self) -> Result<PathBuf> {
-        match &self.model {
-            Some(p) => Ok(p.clone()),
-            None => sleepy::fetch::ensure_model(sleepy::fetch::DEFAULT_MODEL, &mut |msg| eprintln!("{msg}"))
-                .context("could not get the default model"),
-        }
-    }
+/// Just the model, for commands that read its files but run nothing (tokenize, info).
+#[derive(Args, Clone, Debug)]
+pub struct ModelPathArgs {
+    /// GGUF file or Hugging Face directory [default: SmolLM2-135M-Instruct Q4_1, fetched into the model cache]
+    #[arg(short = 'm', long)]
+    pub model: Option<PathBuf>,
+}
 
+impl ModelPathArgs {
     pub fn open(&self) -> Result<ModelFiles> {
-        let path = self.model_path()?;
-        ModelFiles::open(&path).with_context(|| format!("could not open {}", path.display()))
+        open_model(self.model.as_ref())
+    }
+}
+
+/// The given model path, or the default model (fetched into the cache when missing).
+pub fn model_path(model: Option<&PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(p) => Ok(p.clone()),
+        None => sleepy::fetch::ensure_model(sleepy::fetch::DEFAULT_MODEL, &mut |msg| eprintln!("{msg}"))
+            .context("could not get the default model"),
+    }
+}
+
+pub fn open_model(model: Option<&PathBuf>) -> Result<ModelFiles> {
+    let path = model_path(model)?;
+    // Said here once: the library's own message would repeat the path after our context.
+    anyhow::ensure!(path.exists(), "{}: no such model file or directory", path.display());
+    ModelFiles::open(&path).with_context(|| format!("could not open {}", path.display()))
+}
+
+/// The one summary line every generating command prints on stderr.
+pub fn summary(stats: &sleepy::generate::Stats, backend: &str) -> String {
+    use sleepy::generate::StopReason;
+    let stop = match stats.stop {
+        StopReason::EndOfGeneration => "end of generation",
+        StopReason::MaxTokens => "token limit",
+        StopReason::ContextFull => "context full",
+        StopReason::Cancelled => "stopped",
+    };
+    format!(
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | {backend}, {stop}",
+        stats.prompt_tokens,
+        stats.prompt_tok_per_sec(),
+        stats.generated_tokens,
+        stats.generate_tok_per_sec(),
+    )
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> Result<ModelFiles> {
+        open_model(self.model.as_ref())
     }
 
     pub fn device(&self) -> Result<Device> {

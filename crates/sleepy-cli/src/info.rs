@@ -1,6 +1,6 @@
 //! `sleepy tokenize` and `sleepy info`.
 
-use crate::common::ModelArgs;
+use crate::common::ModelPathArgs;
 use anyhow::Result;
 use clap::Args;
 use sleepy::engine::Files;
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 #[derive(Args)]
 pub struct TokenizeArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelPathArgs,
     /// The text to tokenize
     pub text: String,
 }
@@ -24,7 +24,7 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
 #[derive(Args)]
 pub struct InfoArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelPathArgs,
 }
 
 pub fn info(args: InfoArgs) -> Result<()> {
@@ -37,10 +37,18 @@ pub fn info(args: InfoArgs) -> Result<()> {
     println!("heads:        {} query, {} key/value, head dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
     println!("vocabulary:   {}", c.vocab_size);
     println!("context:      {}", c.context_length);
-    println!("rope:         theta {}, {:?}, {} dims{}", c.rope_theta, c.rope_style, c.rope_dims, if c.rope_scaling.is_some() { ", llama3 scaling" } else { "" });
+    println!("rope:         theta {}, {:?}, {} dims{}", c.rope_theta, c.rope_style, c.rope_dims, match (&c.rope_scaling, &c.rope_freq_factors) {
+        (Some(_), _) => ", llama3 scaling",
+        (None, Some(_)) => ", frequency factors",
+        (None, None) => "",
+    });
     println!("flags:        qkv bias {}, q/k norm {}, tied embeddings {}", c.qkv_bias, c.qk_norm, c.tied_embeddings);
     match &files.tokenizer {
-        Some(t) => println!("tokenizer:    {} tokens, bos {:?}, eos {:?}", t.vocab_size(), t.bos_id(), t.eos_id()),
+        Some(t) => {
+            let id = |id: Option<u32>| id.map_or("none".to_string(), |i| format!("{i} {:?}", t.decode_with_special(&[i])));
+            println!("tokenizer:    {}, {} tokens, bos {}{}, eos {}", t.kind(), t.vocab_size(), id(t.bos_id()), if t.adds_bos() { " (added)" } else { "" }, id(t.eos_id()));
+            println!("stops on:     {:?}", t.eog_ids().iter().map(|&i| t.decode_with_special(&[i])).collect::<Vec<_>>());
+        }
         None => println!("tokenizer:    none (run on token ids)"),
     }
     println!("chat template: {}", if files.chat_template.is_some() { "yes" } else { "no" });

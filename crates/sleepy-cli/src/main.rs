@@ -1,7 +1,10 @@
-//! The `sleepy` command: run, chat, tokenize, info (and more as the engine grows).
+//! The `sleepy` command: run, chat, tokenize, info, convert, eval (and more as the engine grows).
 
+mod bench;
 mod chat;
 mod common;
+mod convert;
+mod eval;
 mod info;
 mod run;
 
@@ -24,6 +27,12 @@ enum Command {
     Tokenize(info::TokenizeArgs),
     /// Describe a model: architecture, dimensions, tokenizer, weight formats.
     Info(info::InfoArgs),
+    /// Measure prompt processing and generation speed (tok/s, ms/token, GB/s).
+    Bench(bench::BenchArgs),
+    /// Convert a Hugging Face directory (llama, qwen2, qwen3) to a GGUF file.
+    Convert(convert::ConvertArgs),
+    /// Perplexity over a text file, or agreement with reference logits (make_models.py).
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -33,6 +42,9 @@ fn main() {
         Command::Chat(a) => chat::chat(a),
         Command::Tokenize(a) => info::tokenize(a),
         Command::Info(a) => info::info(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Convert(a) => convert::convert(a),
+        Command::Eval(a) => eval::eval(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Render the prompt as one user turn through the model's chat template
     #[arg(long)]
     pub chat: bool,
-    /// System message (with --chat)
+    /// System message (implies --chat)
     #[arg(long)]
     pub system: Option<String>,
     /// The prompt
@@ -34,7 +34,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let files = args.model.open()?;
     let tok = files.tokenizer()?;
-    let prompt_ids = if args.chat {
+    let prompt_ids = if args.chat || args.system.is_some() {
         let template = crate::chat::template_of(&files, tok)?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
@@ -64,14 +64,6 @@ fn stream<B: Backend>(model: &Model<B>, tok: &Tokenizer, prompt: &[u32], ctx: us
     })?;
     let _ = out.write_all(decoder.finish().as_bytes());
     let _ = writeln!(out);
-    eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | {} ({:?})",
-        stats.prompt_tokens,
-        stats.prompt_tok_per_sec(),
-        stats.generated_tokens,
-        stats.generate_tok_per_sec(),
-        model.backend.name(),
-        stats.stop
-    );
+    eprintln!("{}", crate::common::summary(&stats, &model.backend.name()));
     Ok(())
 }

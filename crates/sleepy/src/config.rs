@@ -62,6 +62,9 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rope_style: RopeStyle,
     pub rope_scaling: Option<RopeScaling>,
+    /// Per-pair divisors of the rotation frequencies, as GGUF files carry them
+    /// (`rope_freqs.weight`, or linear scaling keys); applied after `rope_scaling`.
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Dimensions of each head that are rotated (the rest pass through).
     pub rope_dims: usize,
     pub qkv_bias: bool,
@@ -93,6 +96,8 @@ impl ModelConfig {
             None => f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
         };
         let tied = f.tensor("output.weight").is_none();
+        let rope_dims = f.get_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
+        let rope_freq_factors = gguf_rope_factors(f, arch_name, rope_dims)?;
         let cfg = ModelConfig {
             arch,
             hidden,
@@ -107,7 +112,8 @@ impl ModelConfig {
             rope_theta: f.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
             rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Neox },
             rope_scaling: None,
-            rope_dims: f.get_u64(&key("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim),
+            rope_freq_factors,
+            rope_dims,
             qkv_bias: f.tensor("blk.0.attn_q.bias").is_some(),
             qk_norm: f.tensor("blk.0.attn_q_norm.weight").is_some(),
             tied_embeddings: tied,
@@ -141,19 +147,75 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
-    /// Rotation frequency of each dimension pair, Llama 3 scaling applied.
+    /// Rotation frequency of each dimension pair, Llama 3 scaling and frequency factors applied.
     pub fn rope_inv_freqs(&self) -> Vec<f32> {
         let half = self.rope_dims / 2;
         (0..half)
             .map(|i| {
-                let freq = 1.0 / self.rope_theta.powf(2.0 * i as f32 / self.rope_dims as f32);
-                match self.rope_scaling {
+                let freq = self.rope_base_freq(i);
+                let freq = match self.rope_scaling {
                     Some(s) => llama3_scale(freq, s),
+                    None => freq,
+                };
+                match &self.rope_freq_factors {
+                    Some(f) => freq / f.get(i).copied().unwrap_or(1.0),
                     None => freq,
                 }
             })
             .collect()
     }
+
+    fn rope_base_freq(&self, pair: usize) -> f32 {
+        1.0 / self.rope_theta.powf(2.0 * pair as f32 / self.rope_dims as f32)
+    }
+
+    /// Llama 3 scaling written as per-pair frequency divisors: the `rope_freqs.weight`
+    /// tensor GGUF files carry instead of the scaling parameters.
+    pub fn llama3_freq_factors(&self) -> Option<Vec<f32>> {
+        let s = self.rope_scaling?;
+        Some(
+            (0..self.rope_dims / 2)
+                .map(|i| {
+                    let freq = self.rope_base_freq(i);
+                    freq / llama3_scale(freq, s)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Frequency divisors of a GGUF file: the `rope_freqs.weight` tensor (Llama 3 scaling) and
+/// linear scaling keys, combined. Other scaling types are refused rather than ignored.
+fn gguf_rope_factors(f: &GgufFile, arch: &str, rope_dims: usize) -> Result<Option<Vec<f32>>> {
+    if rope_dims > 1 << 16 {
+        return Err(Error::Config(format!("{arch}.rope.dimension_count {rope_dims} is absurd")));
+    }
+    let half = rope_dims / 2;
+    let mut factors: Option<Vec<f32>> = None;
+    if let Some(t) = f.tensor("rope_freqs.weight") {
+        let n: u64 = t.dims.iter().product();
+        if t.dtype != crate::quant::DType::F32 || n != half as u64 {
+            return Err(Error::tensor(&t.name, format!("expected {half} f32 values, found {n} {}", t.dtype.name())));
+        }
+        let v: Vec<f32> = f.tensor_data(t).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(Error::tensor(&t.name, "frequency factors must be positive"));
+        }
+        factors = Some(v);
+    }
+    match f.get_str(&format!("{arch}.rope.scaling.type")) {
+        None | Some("none") => {}
+        Some("linear") => {
+            let key = format!("{arch}.rope.scaling.factor");
+            let factor = f.get_f64(&key).filter(|x| x.is_finite() && *x > 0.0);
+            let factor = factor.ok_or_else(|| Error::Config(format!("{key} missing or not positive")))? as f32;
+            let mut v = factors.unwrap_or_else(|| vec![1.0; half]);
+            v.iter_mut().for_each(|x| *x *= factor);
+            factors = Some(v);
+        }
+        Some(other) => return Err(Error::Config(format!("rope scaling type '{other}' is not supported (linear and llama3 are)"))),
+    }
+    Ok(factors)
 }
 
 fn llama3_scale(freq: f32, s: RopeScaling) -> f32 {
@@ -220,6 +282,7 @@ impl ModelConfig {
             // HF checkpoints keep Q/K unpermuted: rotate_half pairs (i, i + d/2).
             rope_style: RopeStyle::Neox,
             rope_scaling,
+            rope_freq_factors: None,
             rope_dims: head_dim,
             qkv_bias: match arch {
                 Arch::Qwen2 => true,

@@ -3,6 +3,7 @@
 //! the chosen backend.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::loader::gguf::GgufFile;
@@ -38,7 +39,8 @@ impl ModelFiles {
         }
         let gguf = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&gguf)?;
-        let tokenizer = Some(Tokenizer::from_gguf(&gguf)?);
+        // A GGUF without a vocabulary still runs, on token ids.
+        let tokenizer = if Tokenizer::gguf_has_tokenizer(&gguf) { Some(Tokenizer::from_gguf(&gguf)?) } else { None };
         let chat_template = gguf.get_str("tokenizer.chat_template").map(str::to_string);
         Ok(ModelFiles { path: path.to_path_buf(), cfg, files: Files::Gguf(gguf), tokenizer, chat_template, sampling: None })
     }
@@ -59,6 +61,22 @@ impl ModelFiles {
     pub fn load_cpu(&self, threads: usize, opts: LoadOptions) -> Result<Model<CpuBackend>> {
         Model::load(CpuBackend::new(threads)?, self.source(), self.cfg.clone(), opts)
     }
+
+    pub fn load_cuda(&self, opts: LoadOptions) -> Result<Model<CudaBackend>> {
+        Model::load(CudaBackend::new()?, self.source(), self.cfg.clone(), opts)
+    }
+
+    /// Whether the GPU should run this model's weights: 16-bit floats and every quantized
+    /// format (as stored or after `--quant`). f32 matrices would be rounded to bf16 there, so
+    /// they stay on the CPU unless the GPU is asked for.
+    pub fn gpu_supports(&self, opts: LoadOptions) -> bool {
+        use crate::quant::DType;
+        let src = self.source();
+        ["token_embd.weight", "output.weight", "blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight"]
+            .iter()
+            .filter_map(|n| src.tensor(n))
+            .all(|t| t.dtype != DType::F32 || opts.quant.is_some())
+    }
 }
 
 /// Threads for the CPU backend when the user does not say: every core.
@@ -70,6 +88,7 @@ pub fn default_threads() -> usize {
 /// once, generic over the backend, and called through `with_model!`.
 pub enum AnyModel {
     Cpu(Model<CpuBackend>),
+    Cuda(Model<CudaBackend>),
 }
 
 /// `with_model!(any, m => expr)` runs `expr` with `m: &Model<B>` for the backend in hand.
@@ -78,6 +97,7 @@ macro_rules! with_model {
     ($any:expr, $m:ident => $body:expr) => {
         match $any {
             $crate::engine::AnyModel::Cpu($m) => $body,
+            $crate::engine::AnyModel::Cuda($m) => $body,
         }
     };
 }
@@ -105,8 +125,13 @@ impl Device {
 impl ModelFiles {
     pub fn load(&self, device: Device, threads: usize, opts: LoadOptions) -> Result<AnyModel> {
         match device {
-            Device::Cuda => Err(Error::Other("this build has no CUDA backend yet".into())),
-            Device::Auto | Device::Cpu => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            Device::Cuda => Ok(AnyModel::Cuda(self.load_cuda(opts)?)),
+            Device::Cpu => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            // The GPU when one initialises and its kernels cover the weights' format.
+            Device::Auto => match self.gpu_supports(opts).then(CudaBackend::new) {
+                Some(Ok(gpu)) => Ok(AnyModel::Cuda(Model::load(gpu, self.source(), self.cfg.clone(), opts)?)),
+                _ => Ok(AnyModel::Cpu(self.load_cpu(threads, opts)?)),
+            },
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error("{0}")]
     Other(String),
 }

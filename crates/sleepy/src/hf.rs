@@ -16,7 +16,7 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
-fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
+pub(crate) fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
     if path.is_file() {
         read_json(path).map(Some)
     } else {
@@ -41,7 +41,7 @@ pub fn open_dir(dir: &Path) -> Result<ModelFiles> {
 }
 
 /// A special token written as a string or as `{"content": ...}`.
-fn token_text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
@@ -50,7 +50,7 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 }
 
 /// Token ids given as one integer or a list.
-fn ids(v: Option<&Value>) -> Vec<u32> {
+pub(crate) fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         Some(Value::Array(a)) => a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
@@ -66,17 +66,20 @@ fn load_tokenizer(dir: &Path, config: &Value, tok_cfg: Option<&Value>, gen_cfg: 
     let hf = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let lookup = |v: Option<&Value>| token_text(v).and_then(|t| hf.token_to_id(&t));
     let bos = lookup(tok_cfg.and_then(|c| c.get("bos_token"))).or_else(|| ids(config.get("bos_token_id")).first().copied());
-    let mut eos: Vec<u32> = ids(gen_cfg.and_then(|g| g.get("eos_token_id")));
-    eos.extend(ids(config.get("eos_token_id")));
-    eos.extend(lookup(tok_cfg.and_then(|c| c.get("eos_token"))));
-    eos.sort_unstable();
-    eos.dedup();
+    // The first is "the" EOS (the chat template's eos_token): the tokenizer's own, then the
+    // model config's; generation_config.json adds more end-of-generation ids.
+    let mut eos: Vec<u32> = lookup(tok_cfg.and_then(|c| c.get("eos_token"))).into_iter().collect();
+    for id in ids(config.get("eos_token_id")).into_iter().chain(ids(gen_cfg.and_then(|g| g.get("eos_token_id")))) {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
     let add_bos = tok_cfg.and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
     Ok(Some(Tokenizer::from_hf(hf, bos, eos, add_bos)))
 }
 
 /// `chat_template` as a string, or the "default" entry of a list of named templates.
-fn chat_template_of(tok_cfg: &Value) -> Option<String> {
+pub(crate) fn chat_template_of(tok_cfg: &Value) -> Option<String> {
     match tok_cfg.get("chat_template")? {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => list

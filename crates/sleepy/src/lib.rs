@@ -17,3 +17,5 @@ pub mod engine;
 pub mod hf;
 pub mod tokenizer;
 pub mod chat;
+pub mod convert;
+pub mod eval;

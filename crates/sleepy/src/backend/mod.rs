@@ -8,6 +8,7 @@
 //! a mixed-precision file), stacked in order.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -71,6 +72,49 @@ pub trait Backend {
     fn read(&self, x: &Self::Act) -> Result<Vec<f32>>;
     /// The index of the largest value of the last row (ties to the lowest index).
     fn argmax_last(&self, x: &Self::Act) -> Result<u32>;
+
+    // Fused ops. Each default is the plain composition of the ops above (the reference);
+    // a backend overrides them to save passes over memory and launches. Scratch arguments
+    // are only used by the defaults.
+
+    /// Called by the decoder around each forward pass of `tokens` tokens: a backend may
+    /// record the launches in between and replay them as one graph.
+    fn begin_forward(&self, _tokens: usize) -> Result<()> {
+        Ok(())
+    }
+    fn end_forward(&self) -> Result<()> {
+        Ok(())
+    }
+    /// out = (rmsnorm(x) * norm) @ W^T (+ bias); `xn` is scratch shaped like x.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_matmul(&self, x: &Self::Act, norm: &Self::Act, eps: f32, w: &Self::Weight, bias: Option<&Self::Act>, xn: &mut Self::Act, out: &mut Self::Act) -> Result<()> {
+        self.rmsnorm(x, norm, eps, xn)?;
+        self.matmul(xn, w, bias, out)
+    }
+    /// x += a @ W^T (the residual add in the projection's epilogue); `tmp` is shaped like x.
+    fn matmul_add(&self, a: &Self::Act, w: &Self::Weight, tmp: &mut Self::Act, x: &mut Self::Act) -> Result<()> {
+        self.matmul(a, w, None, tmp)?;
+        self.add(x, tmp)
+    }
+    /// out = swiglu((rmsnorm(x) * norm) @ W^T), W stacking gate rows then up rows;
+    /// `xn` (like x) and `gate_up` (`[t, 2f]`) are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_matmul_swiglu(&self, x: &Self::Act, norm: &Self::Act, eps: f32, w: &Self::Weight, xn: &mut Self::Act, gate_up: &mut Self::Act, out: &mut Self::Act) -> Result<()> {
+        self.rmsnorm(x, norm, eps, xn)?;
+        self.matmul(xn, w, None, gate_up)?;
+        self.swiglu(gate_up, out)
+    }
+    /// rope_qk, then attention.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(&self, qkv: &mut Self::Act, kv: &mut Self::Kv, layer: usize, pos0: usize, shape: AttnShape, qk_norm: Option<(&Self::Act, &Self::Act, f32)>, rope: &Rope, out: &mut Self::Act) -> Result<()> {
+        self.rope_qk(qkv, shape, pos0, qk_norm, rope)?;
+        self.attention(qkv, kv, layer, pos0, shape, out)
+    }
+    /// The device's memory bandwidth in GB/s (bytes read + written by a large copy),
+    /// measured now; None where it is not measured (the CPU).
+    fn measure_bandwidth(&self) -> Result<Option<f64>> {
+        Ok(None)
+    }
 }
 
 /// Rotary embedding tables, shared by all layers.
@@ -91,12 +135,10 @@ impl Rope {
     pub fn new(cfg: &crate::config::ModelConfig) -> Rope {
         let inv_freqs = cfg.rope_inv_freqs();
         let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.rope_dims as f32);
-        let freq_factors = (0..inv_freqs.len())
-            .map(|i| {
-                let unscaled = 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.rope_dims as f32);
-                if cfg.rope_scaling.is_some() && inv_freqs[i] > 0.0 { unscaled / inv_freqs[i] } else { 1.0 }
-            })
-            .collect();
+        // GGUF files carry the divisors (rope_freqs.weight); HF configs carry Llama 3 scaling.
+        let freq_factors = (cfg.rope_freq_factors.clone())
+            .or_else(|| cfg.llama3_freq_factors())
+            .unwrap_or_else(|| vec![1.0; inv_freqs.len()]);
         Rope { style: cfg.rope_style, dims: cfg.rope_dims, inv_freqs, theta_scale, freq_factors }
     }
 }

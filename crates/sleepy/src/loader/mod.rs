@@ -1,5 +1,6 @@
 pub mod bytes;
 pub mod gguf;
+pub mod gguf_write;
 pub mod names;
 pub mod safetensors;
 

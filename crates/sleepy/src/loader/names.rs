@@ -26,7 +26,7 @@ const GLOBAL_NAMES: &[(&str, &str)] = &[
 
 /// The HF name of a GGUF tensor name, if it has one.
 pub fn hf_name(gguf: &str) -> Option<String> {
-    if let Some((_, hf)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
+    if let Some((hf, _)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
         return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;
@@ -58,6 +58,8 @@ mod tests {
             let h = hf_name(g).unwrap();
             assert_eq!(gguf_name(&h).as_deref(), Some(g));
         }
+        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
         assert_eq!(hf_name("blk.2.attn_output.weight").as_deref(), Some("model.layers.2.self_attn.o_proj.weight"));
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
     }

@@ -100,54 +100,58 @@ impl<B: Backend> Model<B> {
             Some(s) if s.rows == t => s,
             _ => self.scratch(t)?,
         };
+        // The backend may record the whole pass and replay it as one graph.
+        self.backend.begin_forward(t)?;
         let logits = self.forward_layers(seq, ids, which, &mut s);
+        let ended = self.backend.end_forward();
         seq.scratch = Some(s);
-        if logits.is_ok() {
-            seq.pos += t;
-        }
-        logits
+        let logits = logits?;
+        ended?;
+        seq.pos += t;
+        Ok(logits)
     }
 
     fn forward_layers(&self, seq: &mut Sequence<B>, ids: &[u32], which: Logits, s: &mut Scratch<B>) -> Result<B::Act> {
         let (b, c, w) = (&self.backend, &self.cfg, &self.weights);
         let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         let pos0 = seq.pos;
+        let eps = c.norm_eps;
         // 1. x[t, hidden] = embedding rows of ids.
         b.embed(&w.embed, ids, &mut s.x)?;
-        // 2. xn = rmsnorm(x) for the first layer; later layers get it fused with the residual add.
-        b.rmsnorm(&s.x, &w.layers[0].attn_norm, c.norm_eps, &mut s.xn)?;
         for (i, l) in w.layers.iter().enumerate() {
-            // 3. qkv[t, q + 2kv] = xn @ Wqkv^T (+ bias); per-head Q/K norm; rope at pos0 + t.
-            b.matmul(&s.xn, &l.wqkv, l.bqkv.as_ref(), &mut s.qkv)?;
+            // 2. qkv[t, q + 2kv] = rmsnorm(x) * attn_norm @ Wqkv^T (+ bias).
+            b.rmsnorm_matmul(&s.x, &l.attn_norm, eps, &l.wqkv, l.bqkv.as_ref(), &mut s.xn, &mut s.qkv)?;
+            // 3. attn[t, q] = causal GQA over the cache, after per-head Q/K norm and rope at
+            //    pos0 + t (this step's K/V stored in the cache first).
             let qk_norm = match (&l.q_norm, &l.k_norm) {
-                (Some(q), Some(k)) => Some((q, k, c.norm_eps)),
+                (Some(q), Some(k)) => Some((q, k, eps)),
                 _ => None,
             };
-            b.rope_qk(&mut s.qkv, shape, pos0, qk_norm, &self.rope)?;
-            // 4. attn[t, q] = causal GQA over the cache (this step's K/V stored first).
-            b.attention(&s.qkv, &mut seq.kv, i, pos0, shape, &mut s.attn)?;
-            // 5. proj[t, hidden] = attn @ Wo^T; x += proj; xn = rmsnorm(x) * ffn_norm.
-            b.matmul(&s.attn, &l.wo, None, &mut s.proj)?;
-            b.add_rmsnorm(&mut s.x, &s.proj, &l.ffn_norm, c.norm_eps, &mut s.xn)?;
-            // 6. ffn[t, f] = silu(xn @ Wgate^T) * (xn @ Wup^T); proj = ffn @ Wdown^T.
-            b.matmul(&s.xn, &l.w_gate_up, None, &mut s.gate_up)?;
-            b.swiglu(&s.gate_up, &mut s.ffn)?;
-            b.matmul(&s.ffn, &l.w_down, None, &mut s.proj)?;
-            // 7. x += proj; xn = rmsnorm(x) * (next layer's attn_norm, or the final norm).
-            let next_norm = w.layers.get(i + 1).map_or(&w.output_norm, |n| &n.attn_norm);
-            b.add_rmsnorm(&mut s.x, &s.proj, next_norm, c.norm_eps, &mut s.xn)?;
+            b.rope_attention(&mut s.qkv, &mut seq.kv, i, pos0, shape, qk_norm, &self.rope, &mut s.attn)?;
+            // 4. x[t, hidden] += attn @ Wo^T.
+            b.matmul_add(&s.attn, &l.wo, &mut s.proj, &mut s.x)?;
+            // 5. ffn[t, f] = silu(xn @ Wgate^T) * (xn @ Wup^T), xn = rmsnorm(x) * ffn_norm.
+            b.rmsnorm_matmul_swiglu(&s.x, &l.ffn_norm, eps, &l.w_gate_up, &mut s.xn, &mut s.gate_up, &mut s.ffn)?;
+            // 6. x[t, hidden] += ffn @ Wdown^T.
+            b.matmul_add(&s.ffn, &l.w_down, &mut s.proj, &mut s.x)?;
         }
-        // 8. logits[t or 1, vocab] = xn @ Woutput^T.
+        // 7. logits[t or 1, vocab] = rmsnorm(x) * output_norm @ Woutput^T.
         match which {
             Logits::All => {
                 let mut logits = b.alloc(ids.len(), c.vocab_size)?;
-                b.matmul(&s.xn, w.output(), None, &mut logits)?;
+                b.rmsnorm_matmul(&s.x, &w.output_norm, eps, w.output(), None, &mut s.xn, &mut logits)?;
+                Ok(logits)
+            }
+            Logits::Last if ids.len() == 1 => {
+                let mut logits = b.alloc(1, c.vocab_size)?;
+                b.rmsnorm_matmul(&s.x, &w.output_norm, eps, w.output(), None, &mut s.xn, &mut logits)?;
                 Ok(logits)
             }
             Logits::Last => {
-                let last = b.last_row(&s.xn)?;
+                let last = b.last_row(&s.x)?;
+                let mut xn = b.alloc(1, c.hidden)?;
                 let mut logits = b.alloc(1, c.vocab_size)?;
-                b.matmul(&last, w.output(), None, &mut logits)?;
+                b.rmsnorm_matmul(&last, &w.output_norm, eps, w.output(), None, &mut xn, &mut logits)?;
                 Ok(logits)
             }
         }

@@ -1,0 +1,178 @@
+//! `sleepy bench`: prompt processing and generation speed of a model, with the bytes each
+//! generated token reads, the bandwidth that achieves, and (on a GPU) the fraction of the
+//! device's own copy bandwidth, measured in the same run.
+
+use crate::common::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use sleepy::backend::Backend;
+use sleepy::model::{Logits, Model, Sequence};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens of the prompt-processing test (0 skips it)
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens of the generation test (0 skips it)
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Fill the KV cache with this many tokens before each test
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
+    /// Repetitions of each test; the median is reported
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print one JSON object per test
+    #[arg(long)]
+    pub json: bool,
+    /// Time GEMV launch shapes for this model's weight shapes and save the best as the
+    /// shape table later runs use (CUDA only)
+    #[arg(long)]
+    pub sweep_gemv: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Pseudo-random token ids (seeded), so every run processes the same tokens.
+fn tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 40503)) % vocab.max(1)) as u32).collect()
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let files = args.model.open()?;
+    let model = files.load(args.model.device()?, args.model.threads(), args.model.load_options()?)?;
+    let name = files.path.file_name().map_or_else(|| files.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    if args.sweep_gemv {
+        match &model {
+            sleepy::engine::AnyModel::Cuda(m) => sweep(m, args.json, args.model.load_options()?.quant)?,
+            _ => anyhow::bail!("--sweep-gemv needs the CUDA backend"),
+        }
+    }
+    sleepy::with_model!(&model, m => run_tests(m, &args, &name))
+}
+
+fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<()> {
+    let c = &m.cfg;
+    let device = m.backend.name();
+    let bandwidth = m.backend.measure_bandwidth()?;
+    let ctx = args.depth + args.n_prompt.max(args.n_gen) + 1;
+    anyhow::ensure!(ctx <= c.context_length, "depth + tokens ({ctx}) exceed the model's context of {}", c.context_length);
+    let mut seq = m.new_sequence(ctx)?;
+    if args.depth > 0 {
+        let fill = tokens(args.depth, c.vocab_size, 1);
+        for chunk in fill.chunks(2048) {
+            let l = m.forward(&mut seq, chunk, Logits::Last)?;
+            m.backend.argmax_last(&l)?;
+        }
+    }
+    if !args.json {
+        println!("model {name} | {device} | depth {} | {} repeats (median)", args.depth, args.repeats);
+        if let Some(bw) = bandwidth {
+            println!("measured copy bandwidth {bw:.0} GB/s (read + write)");
+        }
+    }
+    if args.n_prompt > 0 {
+        let prompt = tokens(args.n_prompt, c.vocab_size, 2);
+        let run = |seq: &mut Sequence<B>| -> Result<f64> {
+            seq.truncate(args.depth);
+            let t = Instant::now();
+            let l = m.forward(seq, &prompt, Logits::Last)?;
+            m.backend.argmax_last(&l)?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run(&mut seq).context("prompt processing warm-up")?;
+        let secs = median((0..args.repeats).map(|_| run(&mut seq)).collect::<Result<Vec<_>>>()?);
+        let tps = args.n_prompt as f64 / secs;
+        if args.json {
+            let o = serde_json::json!({"test": format!("pp{}", args.n_prompt), "model": name, "device": device, "depth": args.depth,
+                "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64});
+            println!("{o}");
+        } else {
+            println!("pp{:<6} {:>10.1} tok/s   {:>8.2} ms total", args.n_prompt, tps, secs * 1e3);
+        }
+    }
+    if args.n_gen > 0 {
+        let start = tokens(1, c.vocab_size, 3)[0];
+        let run = |seq: &mut Sequence<B>, n: usize| -> Result<f64> {
+            seq.truncate(args.depth);
+            let mut next = start;
+            let t = Instant::now();
+            for _ in 0..n {
+                let l = m.forward(seq, &[next], Logits::Last)?;
+                next = m.backend.argmax_last(&l)?;
+            }
+            Ok(t.elapsed().as_secs_f64() / n as f64)
+        };
+        run(&mut seq, args.n_gen.min(8)).context("generation warm-up")?;
+        let secs = median((0..args.repeats).map(|_| run(&mut seq, args.n_gen)).collect::<Result<Vec<_>>>()?);
+        // Each step reads every matrix once and the K/V of every earlier position.
+        let weight_bytes = m.weights.matrix_bytes_per_token as f64;
+        let avg_pos = args.depth as f64 + (args.n_gen as f64 - 1.0) / 2.0 + 1.0;
+        let kv_bytes = 2.0 * c.n_layers as f64 * c.kv_dim() as f64 * 2.0 * avg_pos;
+        let bytes = weight_bytes + kv_bytes;
+        let gbs = bytes / secs / 1e9;
+        let frac = bandwidth.map(|bw| gbs / bw);
+        if args.json {
+            let o = serde_json::json!({"test": format!("tg{}", args.n_gen), "model": name, "device": device, "depth": args.depth,
+                "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
+                "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
+                "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
+                "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
+            println!("{o}");
+        } else {
+            let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));
+            println!("tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token   {:.1} MB/token   {:.1} GB/s{f}", args.n_gen, 1.0 / secs, secs * 1e3, bytes / 1e6, gbs);
+        }
+    }
+    Ok(())
+}
+
+/// Time the GEMV launch shapes of this model's matrices and save the best ones (of the
+/// quantized kernels when the weights are quantized in-situ).
+fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool, quant: Option<sleepy::quant::DType>) -> Result<()> {
+    use sleepy::backend::cuda::quant::{tune as qtune, QFmt};
+    use sleepy::backend::cuda::tune::GemvProblem;
+    let c = &m.cfg;
+    let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_hidden);
+    let problems = [
+        ("qkv", GemvProblem { units: q + 2 * kv, k: h, norm: true, mode: 0 }),
+        ("o", GemvProblem { units: h, k: q, norm: false, mode: 1 }),
+        ("gate_up", GemvProblem { units: f, k: h, norm: true, mode: 2 }),
+        ("down", GemvProblem { units: h, k: f, norm: false, mode: 1 }),
+        ("logits", GemvProblem { units: c.vocab_size, k: h, norm: true, mode: 0 }),
+    ];
+    let ps = problems.map(|p| p.1);
+    let fmt = quant.and_then(QFmt::of);
+    let rows: Vec<(serde_json::Value, f64, serde_json::Value, f64)> = match fmt {
+        Some(f) => m.backend.sweep_gemv_quant(f, &ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
+        None => m.backend.sweep_gemv(&ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
+    };
+    for ((label, p), (def, dt, best, bt)) in problems.iter().zip(rows) {
+        let gb = fmt.map_or_else(|| p.weight_bytes(), |f| qtune::weight_bytes(f, p)) as f64;
+        if json {
+            let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "format": fmt.map_or("bf16", |f| f.dtype().name()), "units": p.units, "k": p.k, "bytes": gb,
+                "current": def, "current_us": dt, "current_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
+            println!("{o}");
+        } else {
+            println!(
+                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {} | best {:>8.2} us {:>6.0} GB/s {}",
+                p.units,
+                p.k,
+                dt,
+                gb / dt / 1e3,
+                def,
+                bt,
+                gb / bt / 1e3,
+                best
+            );
+        }
+    }
+    Ok(())
+}

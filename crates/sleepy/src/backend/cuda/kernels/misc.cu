@@ -1,0 +1,115 @@
+// Small element-wise and row kernels: embedding lookup, RMSNorm, conversions, residual and
+// bias adds, SwiGLU, argmax. All activations are f32, row-major.
+
+// out[t, k] = table[ids[t], k] (ids checked on the host). table [vocab, K] 16-bit.
+// Grid (ceil(K / 256), T), block 256.
+template <int DT>
+__device__ __forceinline__ void embed_body(const u16* table, const u32* ids, float* out, int K) {
+    pdl_wait();
+    pdl_launch_next();
+    const int t = blockIdx.y, k = blockIdx.x * 256 + threadIdx.x;
+    if (k < K) out[(size_t)t * K + k] = to_f32<DT>(table[(size_t)ids[t] * K + k]);
+}
+extern "C" __global__ void embed_0(const u16* table, const u32* ids, float* out, int K) { embed_body<0>(table, ids, out, K); }
+extern "C" __global__ void embed_1(const u16* table, const u32* ids, float* out, int K) { embed_body<1>(table, ids, out, K); }
+
+// One block (256 threads) per row of x [T, K]: when y is given, x += y first (written
+// back); then out = x * rsqrt(mean(x^2) + eps) * w as f32 (out) and/or 16-bit (out_h, DT hdt).
+extern "C" __global__ void rmsnorm(float* x, const float* y, const float* w, float eps, float* out, u16* out_h,
+                                   int hdt, int K) {
+    __shared__ float red[32];
+    pdl_wait();
+    pdl_launch_next();
+    float* xr = x + (size_t)blockIdx.x * K;
+    float ss = 0.f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        float v = xr[k];
+        if (y) {
+            v += y[(size_t)blockIdx.x * K + k];
+            xr[k] = v;
+        }
+        ss += v * v;
+    }
+    const float r = rsqrtf(block_sum(ss, red) / (float)K + eps);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float v = xr[k] * r * w[k];
+        if (out) out[(size_t)blockIdx.x * K + k] = v;
+        if (out_h) out_h[(size_t)blockIdx.x * K + k] = hdt == 0 ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+}
+
+// out[i] = x[i] as 16-bit (DT hdt), n elements. Grid-stride, block 256.
+extern "C" __global__ void to_half(const float* x, u16* out, int hdt, long long n) {
+    pdl_wait();
+    pdl_launch_next();
+    for (long long i = blockIdx.x * 256ll + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
+        out[i] = hdt == 0 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+}
+
+// x[i] += y[i]; with ncols > 0, y is a bias row: x[i] += y[i % ncols]. Grid-stride, block 256.
+extern "C" __global__ void add(float* x, const float* y, long long n, int ncols) {
+    pdl_wait();
+    pdl_launch_next();
+    for (long long i = blockIdx.x * 256ll + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
+        x[i] += ncols > 0 ? y[i % ncols] : y[i];
+}
+
+// gu [T, 2F] (gate | up) -> out [T, F] = silu(gate) * up, f32 and/or 16-bit. Grid-stride, block 256.
+extern "C" __global__ void swiglu(const float* gu, float* out, u16* out_h, int hdt, int F, long long n) {
+    pdl_wait();
+    pdl_launch_next();
+    for (long long i = blockIdx.x * 256ll + threadIdx.x; i < n; i += (long long)gridDim.x * 256) {
+        const long long t = i / F, f = i % F;
+        const float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
+        const float v = g / (1.f + expf(-g)) * u;
+        if (out) out[i] = v;
+        if (out_h) out_h[i] = hdt == 0 ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+}
+
+// Index of the largest of x[0..n) (ties to the lowest index) into result[0]. Grid (B),
+// block 256: each block reduces a strided share into part_v/part_i [B]; the last block to
+// finish (counter, zero at rest) reduces those and resets the counter.
+extern "C" __global__ void argmax(const float* x, int n, float* part_v, int* part_i, u32* counter, int* result) {
+    __shared__ float sv[256];
+    __shared__ int si[256];
+    __shared__ int is_last;
+    pdl_wait();
+    pdl_launch_next();
+    const int tid = threadIdx.x;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = blockIdx.x * 256 + tid; i < n; i += gridDim.x * 256) {
+        const float v = x[i];
+        if (v > bv) { bv = v; bi = i; }
+    }
+    sv[tid] = bv;
+    si[tid] = bi;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (tid < s) {
+            const float v = sv[tid + s];
+            const int j = si[tid + s];
+            if (v > sv[tid] || (v == sv[tid] && j < si[tid])) { sv[tid] = v; si[tid] = j; }
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        part_v[blockIdx.x] = sv[0];
+        part_i[blockIdx.x] = si[0];
+        __threadfence();
+        is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last || tid != 0) return;
+    __threadfence();
+    float v = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int b = 0; b < (int)gridDim.x; ++b) {
+        const float pv = __ldcg(part_v + b);
+        const int pi = __ldcg(part_i + b);
+        if (pv > v || (pv == v && pi < idx)) { v = pv; idx = pi; }
+    }
+    result[0] = idx == 0x7fffffff ? 0 : idx;
+    *counter = 0u;
+}

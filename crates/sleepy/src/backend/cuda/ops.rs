@@ -1,0 +1,362 @@
+//! The Backend trait on the GPU: each op checks shapes, picks a kernel and its launch shape,
+//! and launches it (or records it, inside a decode step).
+
+use super::driver::{self, kargs, DevBuf};
+use super::gemv::{kernel_name, GemvShape};
+use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS};
+use crate::backend::{AttnShape, Backend, Rope, WeightPart};
+use crate::config::{ModelConfig, RopeStyle};
+use crate::error::{Error, Result};
+use crate::quant::DType;
+
+fn check(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("shape mismatch in {what}")))
+    }
+}
+
+fn attn_dims(s: &AttnShape) -> Result<()> {
+    if ![64, 128, 256].contains(&s.head_dim) {
+        return Err(Error::Cuda(format!("head_dim {} is not supported by the GPU attention kernels (64, 128, 256 are)", s.head_dim)));
+    }
+    if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+        return Err(Error::Cuda(format!("{} query heads do not group over {} KV heads", s.n_heads, s.n_kv_heads)));
+    }
+    Ok(())
+}
+
+/// Query heads per decode-attention block: the largest divisor of the group size up to 4.
+fn heads_per_block(group: usize) -> usize {
+    [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1)
+}
+
+impl CudaBackend {
+    /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(&self, w: &CudaWeight, x: &CudaAct, norm: Option<(&CudaAct, f32)>, bias: Option<&CudaAct>, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        if let Some(q) = &w.quant {
+            return self.gemv_quant(w, q, x, norm, bias, mode, y, ldy);
+        }
+        let units = if mode == 2 { w.n / 2 } else { w.n };
+        let s = self.table.shape(units, w.k);
+        let norm = norm.map(|(n, e)| (n.ptr(), e));
+        self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)
+    }
+
+    /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
+        let name = || kernel_name(dt, s, norm.is_some(), mode);
+        let smem = (4 * (k.next_multiple_of(4) + 64)) as u32;
+        // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
+        // same number of row groups: a ragged last round would leave most SMs idle.
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil(cap);
+        let blocks = groups.div_ceil(rounds) as u32;
+        let (g, eps) = norm.unwrap_or((0, 0.0));
+        let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+    }
+
+    /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is
+    /// already normed and roped).
+    #[allow(clippy::too_many_arguments)]
+    fn attn_decode(&self, qkv: &CudaAct, kv: &CudaKv, layer: usize, pos: usize, s: AttnShape, rope: Option<(&Rope, Option<(&CudaAct, &CudaAct, f32)>)>, out: &mut CudaAct) -> Result<()> {
+        let d = s.head_dim;
+        let step = self.set_pos(pos)?;
+        let (freqs, rope_dims, style, qn, kn, eps) = match rope {
+            Some((r, norm)) => {
+                let f = self.rope_freqs(&r.inv_freqs)?;
+                let (qn, kn, eps) = norm.map_or((0, 0, 0.0), |(q, k, e)| (q.ptr(), k.ptr(), e));
+                (f, r.dims as i32, if r.style == RopeStyle::Interleaved { 0 } else { 1 }, qn, kn, eps)
+            }
+            None => (0, 0, 0, 0, 0, 0.0),
+        };
+        let hb = kv.heads_per_block;
+        let slots = 2048 / d;
+        let floats = hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks;
+        let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
+        let args = kargs![
+            qkv.ptr(),
+            kv.k.ptr + layer_off,
+            kv.v.ptr + layer_off,
+            step,
+            s.n_heads as i32,
+            s.n_kv_heads as i32,
+            qn,
+            kn,
+            eps,
+            freqs,
+            rope_dims,
+            style,
+            kv.part.ptr,
+            kv.counters.ptr,
+            out.ptr()
+        ];
+        let key = 2 << 40 | (d as u64) << 8 | hb as u64;
+        let name = || format!("attn_decode_{d}_{hb}");
+        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
+    }
+
+    /// Prefill: store K/V of the (roped) rows, then causal attention of every row.
+    fn attn_prefill(&self, qkv: &CudaAct, kv: &CudaKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CudaAct) -> Result<()> {
+        let d = s.head_dim;
+        let t = qkv.rows;
+        let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
+        let (kc, vc) = (kv.k.ptr + layer_off, kv.v.ptr + layer_off);
+        let (h, kvh) = (s.n_heads as i32, s.n_kv_heads as i32);
+        self.launch("kv_store", [t as u32, 1, 1], [256, 1, 1], 0, kargs![qkv.ptr(), kc, vc, h, kvh, d as i32, pos0 as i32])?;
+        let smem = (4 * (16 * d + 2 * 32 * (d + 4))) as u32;
+        let args = kargs![qkv.ptr(), kc, vc, out.ptr(), t as i32, h, kvh, pos0 as i32];
+        self.launch(&format!("attn_prefill_{d}"), [t.div_ceil(16) as u32, s.n_heads as u32, 1], [128, 1, 1], smem, args)
+    }
+
+    fn check_fits(&self, kv: &CudaKv, pos0: usize, t: usize) -> Result<()> {
+        if pos0 + t > kv.max_seq {
+            return Err(Error::Other(format!("sequence of {} tokens does not fit the context of {}", pos0 + t, kv.max_seq)));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Weight = CudaWeight;
+    type Kv = CudaKv;
+
+    fn name(&self) -> String {
+        format!("cuda ({})", self.gpu.info.name)
+    }
+
+    fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
+        if super::quant::wants_segments(&parts) {
+            return self.upload_quant(name, k, parts);
+        }
+        let dtype = parts.first().map(|p| p.dtype).ok_or_else(|| Error::tensor(name, "no rows"))?;
+        let dt = match dtype {
+            DType::BF16 => 0,
+            DType::F16 => 1,
+            d => return Err(Error::tensor(name, format!("{} weights are not supported by the CUDA backend yet (bf16 and f16 are); use --device cpu", d.name()))),
+        };
+        let mut bytes = Vec::new();
+        let mut n = 0;
+        for p in &parts {
+            if p.dtype != dtype {
+                return Err(Error::tensor(name, "mixed formats in one matrix are not supported by the CUDA backend"));
+            }
+            if p.bytes.len() != p.rows * k * 2 {
+                return Err(Error::tensor(name, format!("{} bytes for {} rows of {k} {}", p.bytes.len(), p.rows, dtype.name())));
+            }
+            n += p.rows;
+        }
+        let buf = DevBuf::alloc(n * k * 2)?;
+        if parts.len() == 1 {
+            driver::upload(buf.ptr, parts[0].bytes.as_slice(), self.stream.0)?;
+        } else {
+            for p in &parts {
+                bytes.extend_from_slice(p.bytes.as_slice());
+            }
+            driver::upload(buf.ptr, &bytes, self.stream.0)?;
+        }
+        Ok(CudaWeight { n, k, dt, buf, quant: None })
+    }
+
+    fn upload_vector(&self, data: &[f32]) -> Result<CudaAct> {
+        let a = self.new_act(1, data.len())?;
+        driver::upload(a.ptr(), data, self.stream.0)?;
+        Ok(a)
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaAct> {
+        self.new_act(rows, cols)
+    }
+
+    fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<CudaKv> {
+        let s = AttnShape { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
+        attn_dims(&s)?;
+        let kv_dim = cfg.kv_dim();
+        let max_seq = max_seq.max(1);
+        let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
+        let hb = heads_per_block(cfg.n_heads / cfg.n_kv_heads);
+        let groups = cfg.n_heads / hb;
+        // About two waves of blocks over the SMs, each chunk at least 64 positions.
+        let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(64));
+        Ok(CudaKv {
+            max_seq,
+            kv_dim,
+            k: DevBuf::alloc(cache_bytes)?,
+            v: DevBuf::alloc(cache_bytes)?,
+            part: DevBuf::alloc(cfg.n_heads * chunks * (cfg.head_dim + 2) * 4)?,
+            counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
+            heads_per_block: hb,
+            chunks,
+        })
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaAct) -> Result<()> {
+        check(out.rows == ids.len() && out.cols == table.k, "embed")?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.n) {
+            return Err(Error::Other(format!("token id {bad} is outside the vocabulary of {}", table.n)));
+        }
+        let ptr = {
+            let mut st = self.state()?;
+            if st.ids.bytes < ids.len() * 4 {
+                drop(st);
+                self.flush()?;
+                driver::sync(self.stream.0)?;
+                st = self.state()?;
+                st.ids = DevBuf::alloc((ids.len() * 4).next_power_of_two())?;
+            }
+            driver::upload(st.ids.ptr, ids, self.stream.0)?;
+            st.ids.ptr
+        };
+        if let Some(q) = &table.quant {
+            return self.embed_quant(q, table.k, ptr, ids.len(), out);
+        }
+        let grid = [table.k.div_ceil(256) as u32, ids.len() as u32, 1];
+        self.launch(&format!("embed_{}", table.dt), grid, [256, 1, 1], 0, kargs![table.buf.ptr, ptr, out.ptr(), table.k as i32])
+    }
+
+    fn rmsnorm(&self, x: &CudaAct, w: &CudaAct, eps: f32, out: &mut CudaAct) -> Result<()> {
+        check(x.cols == w.cols && out.cols == x.cols && out.rows == x.rows, "rmsnorm")?;
+        self.launch("rmsnorm", [x.rows as u32, 1, 1], [256, 1, 1], 0, kargs![x.ptr(), 0u64, w.ptr(), eps, out.ptr(), 0u64, 0u32, x.cols as i32])
+    }
+
+    fn add_rmsnorm(&self, x: &mut CudaAct, y: &CudaAct, w: &CudaAct, eps: f32, out: &mut CudaAct) -> Result<()> {
+        check(x.cols == w.cols && out.cols == x.cols && out.rows == x.rows && y.rows == x.rows && y.cols == x.cols, "add_rmsnorm")?;
+        self.launch("rmsnorm", [x.rows as u32, 1, 1], [256, 1, 1], 0, kargs![x.ptr(), y.ptr(), w.ptr(), eps, out.ptr(), 0u64, 0u32, x.cols as i32])
+    }
+
+    fn matmul(&self, x: &CudaAct, w: &CudaWeight, bias: Option<&CudaAct>, out: &mut CudaAct) -> Result<()> {
+        check(x.cols == w.k && out.rows == x.rows && out.cols == w.n, "matmul")?;
+        if let Some(b) = bias {
+            check(b.cols == w.n, "matmul bias")?;
+        }
+        if self.use_gemm(x.rows) {
+            return self.gemm_f32(x, w, bias, out);
+        }
+        self.gemv(w, x, None, bias, 0, out.ptr(), w.n)
+    }
+
+    fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {
+        check(x.rows * x.cols == y.rows * y.cols, "add")?;
+        let n = x.rows * x.cols;
+        let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+        self.launch("add", [blocks, 1, 1], [256, 1, 1], 0, kargs![x.ptr(), y.ptr(), n as i64, 0i32])
+    }
+
+    fn swiglu(&self, gate_up: &CudaAct, out: &mut CudaAct) -> Result<()> {
+        let f = out.cols;
+        check(gate_up.cols == 2 * f && gate_up.rows == out.rows, "swiglu")?;
+        let n = out.rows * f;
+        let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+        self.launch("swiglu", [blocks, 1, 1], [256, 1, 1], 0, kargs![gate_up.ptr(), out.ptr(), 0u64, 0u32, f as i32, n as i64])
+    }
+
+    fn rope_qk(&self, qkv: &mut CudaAct, s: AttnShape, pos0: usize, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope) -> Result<()> {
+        let d = s.head_dim;
+        check(qkv.cols == (s.n_heads + 2 * s.n_kv_heads) * d && rope.dims <= d && rope.inv_freqs.len() * 2 >= rope.dims, "rope_qk")?;
+        let freqs = self.rope_freqs(&rope.inv_freqs)?;
+        let (qn, kn, eps) = qk_norm.map_or((0, 0, 0.0), |(q, k, e)| (q.ptr(), k.ptr(), e));
+        let style = if rope.style == RopeStyle::Interleaved { 0 } else { 1 };
+        let args = kargs![qkv.ptr(), s.n_heads as i32, s.n_kv_heads as i32, d as i32, qn, kn, eps, freqs, rope.dims as i32, style, pos0 as i32];
+        self.launch("rope_qk", [(s.n_heads + s.n_kv_heads) as u32, qkv.rows as u32, 1], [64, 1, 1], (4 * (d + 32)) as u32, args)
+    }
+
+    fn attention(&self, qkv: &CudaAct, kv: &mut CudaKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CudaAct) -> Result<()> {
+        attn_dims(&s)?;
+        let q_dim = s.n_heads * s.head_dim;
+        check(qkv.cols == q_dim + 2 * kv.kv_dim && out.cols == q_dim && out.rows == qkv.rows && kv.kv_dim == s.n_kv_heads * s.head_dim, "attention")?;
+        self.check_fits(kv, pos0, qkv.rows)?;
+        if qkv.rows == 1 {
+            return self.attn_decode(qkv, kv, layer, pos0, s, None, out);
+        }
+        self.attn_prefill(qkv, kv, layer, pos0, s, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(&self, qkv: &mut CudaAct, kv: &mut CudaKv, layer: usize, pos0: usize, s: AttnShape, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope, out: &mut CudaAct) -> Result<()> {
+        attn_dims(&s)?;
+        if qkv.rows == 1 {
+            let q_dim = s.n_heads * s.head_dim;
+            check(qkv.cols == q_dim + 2 * kv.kv_dim && out.cols == q_dim && out.rows == 1 && kv.kv_dim == s.n_kv_heads * s.head_dim, "attention")?;
+            check(rope.dims <= s.head_dim && rope.inv_freqs.len() * 2 >= rope.dims, "rope")?;
+            self.check_fits(kv, pos0, 1)?;
+            return self.attn_decode(qkv, kv, layer, pos0, s, Some((rope, qk_norm)), out);
+        }
+        self.rope_qk(qkv, s, pos0, qk_norm, rope)?;
+        self.attention(qkv, kv, layer, pos0, s, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_matmul(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, bias: Option<&CudaAct>, _xn: &mut CudaAct, out: &mut CudaAct) -> Result<()> {
+        check(x.cols == w.k && norm.cols == w.k && out.rows == x.rows && out.cols == w.n, "rmsnorm_matmul")?;
+        if self.use_gemm(x.rows) {
+            return self.gemm_normed(x, norm, eps, w, bias, out);
+        }
+        self.gemv(w, x, Some((norm, eps)), bias, 0, out.ptr(), w.n)
+    }
+
+    fn matmul_add(&self, a: &CudaAct, w: &CudaWeight, _tmp: &mut CudaAct, x: &mut CudaAct) -> Result<()> {
+        check(a.cols == w.k && x.rows == a.rows && x.cols == w.n, "matmul_add")?;
+        if self.use_gemm(a.rows) {
+            return self.gemm_add(a, w, x);
+        }
+        self.gemv(w, a, None, None, 1, x.ptr(), w.n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_matmul_swiglu(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, _xn: &mut CudaAct, gate_up: &mut CudaAct, out: &mut CudaAct) -> Result<()> {
+        check(x.cols == w.k && norm.cols == w.k && w.n % 2 == 0 && out.rows == x.rows && out.cols == w.n / 2, "rmsnorm_matmul_swiglu")?;
+        if self.use_gemm(x.rows) {
+            check(gate_up.rows == x.rows && gate_up.cols == w.n, "rmsnorm_matmul_swiglu")?;
+            self.gemm_normed(x, norm, eps, w, None, gate_up)?;
+            return self.swiglu(gate_up, out);
+        }
+        self.gemv(w, x, Some((norm, eps)), None, 2, out.ptr(), w.n / 2)
+    }
+
+    fn last_row(&self, x: &CudaAct) -> Result<CudaAct> {
+        check(x.rows > 0, "last_row")?;
+        self.flush()?;
+        let out = self.new_act(1, x.cols)?;
+        let src = x.ptr() + ((x.rows - 1) * x.cols * 4) as u64;
+        // SAFETY: both ranges lie inside their buffers.
+        driver::check(unsafe { cudarc::driver::sys::cuMemcpyDtoDAsync_v2(out.ptr(), src, x.cols * 4, self.stream.0) }, "copy row")?;
+        Ok(out)
+    }
+
+    fn read(&self, x: &CudaAct) -> Result<Vec<f32>> {
+        self.flush()?;
+        driver::download(x.ptr(), x.rows * x.cols, self.stream.0)
+    }
+
+    fn argmax_last(&self, x: &CudaAct) -> Result<u32> {
+        check(x.rows > 0, "argmax")?;
+        self.flush()?;
+        let base = self.state()?.argmax.ptr;
+        let (vals, idxs, counter, result) = (base, base + (ARGMAX_BLOCKS * 4) as u64, base + (ARGMAX_BLOCKS * 8) as u64, base + (ARGMAX_BLOCKS * 8 + 32) as u64);
+        let row = x.ptr() + ((x.rows - 1) * x.cols * 4) as u64;
+        let blocks = x.cols.div_ceil(256).clamp(1, ARGMAX_BLOCKS) as u32;
+        self.launch("argmax", [blocks, 1, 1], [256, 1, 1], 0, kargs![row, x.cols as i32, vals, idxs, counter, result])?;
+        let id: Vec<i32> = driver::download(result, 1, self.stream.0)?;
+        Ok(id[0].max(0) as u32)
+    }
+
+    fn begin_forward(&self, tokens: usize) -> Result<()> {
+        self.begin(tokens)
+    }
+
+    fn end_forward(&self) -> Result<()> {
+        self.end()
+    }
+
+    fn measure_bandwidth(&self) -> Result<Option<f64>> {
+        Ok(Some(self.copy_bandwidth()?))
+    }
+}

@@ -1,0 +1,337 @@
+//! Every CUDA op against the CPU reference on fresh random, non-zero inputs, at the real
+//! shapes of Qwen3-0.6B/4B and at odd shapes (rows and row lengths that are not multiples
+//! of any block). Where no GPU or driver is present each test prints a skip line and passes.
+
+use rand::{Rng, SeedableRng};
+use sleepy::backend::cpu::CpuBackend;
+use sleepy::backend::cuda::CudaBackend;
+use sleepy::backend::{AttnShape, Backend, Rope, WeightPart};
+use sleepy::config::RopeStyle;
+use sleepy::loader::Bytes;
+use sleepy::quant::DType;
+use std::sync::Mutex;
+
+/// GPU tests of this binary run one at a time (one device, and timing-free but memory-heavy).
+static GPU_LOCK: Mutex<()> = Mutex::new(());
+
+fn gpu(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("SKIP {test}: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_1234)
+}
+
+fn randn(r: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    // Uniform in [-scale, scale], never exactly zero.
+    (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale + scale * 1e-3).collect()
+}
+
+fn weight_bytes(dtype: DType, v: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; v.len() * 2];
+    for (i, &x) in v.iter().enumerate() {
+        let b = if dtype == DType::BF16 { half::bf16::from_f32(x).to_bits() } else { half::f16::from_f32(x).to_bits() };
+        out[2 * i..2 * i + 2].copy_from_slice(&b.to_le_bytes());
+    }
+    out
+}
+
+fn part(dtype: DType, rows: usize, v: &[f32]) -> WeightPart {
+    WeightPart { dtype, rows, bytes: Bytes::from_vec(weight_bytes(dtype, v)) }
+}
+
+/// ||a - b|| / ||b||, with NaN failing.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        assert!(x.is_finite(), "non-finite GPU output");
+        num += ((x - y) as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+    let e = rel_err(gpu, cpu);
+    eprintln!("{what}: relative error {e:.2e} (limit {tol:.0e})");
+    assert!(e <= tol, "{what}: relative error {e:.3e} over {tol:.0e}");
+}
+
+struct Pair {
+    cpu: CpuBackend,
+    gpu: CudaBackend,
+}
+
+impl Pair {
+    fn act(&self, rows: usize, cols: usize, v: &[f32]) -> (sleepy::backend::cpu::CpuAct, sleepy::backend::cuda::CudaAct) {
+        let c = sleepy::backend::cpu::CpuAct { rows, cols, data: v.to_vec() };
+        let mut g = self.gpu.upload_vector(v).unwrap();
+        g.rows = rows;
+        g.cols = cols;
+        (c, g)
+    }
+}
+
+fn pair(test: &str) -> Option<Pair> {
+    Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new(4).unwrap() })
+}
+
+/// GEMV (1-2 rows) is f32 arithmetic; GEMM rows go through 16-bit activations.
+fn tol(rows: usize, dtype: DType) -> f64 {
+    match (rows > 2, dtype) {
+        (false, _) => 2e-5,
+        (true, DType::BF16) => 1e-2,
+        (true, _) => 2e-3,
+    }
+}
+
+const SHAPES: [(usize, usize); 9] = [(6144, 2560), (2560, 4096), (4096, 1024), (1024, 3072), (37, 100), (1000, 264), (5, 8), (4097, 1032), (300, 9728)];
+
+#[test]
+fn matmul_variants_match_cpu() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("matmul_variants_match_cpu") else { return };
+    let mut r = rng(1);
+    for dtype in [DType::BF16, DType::F16] {
+        for (n, k) in SHAPES {
+            for rows in [1, 2, 7] {
+                let wv = randn(&mut r, n * k, 0.05);
+                let (wc, wg) = (p.cpu.upload_weight("w", k, vec![part(dtype, n, &wv)]).unwrap(), p.gpu.upload_weight("w", k, vec![part(dtype, n, &wv)]).unwrap());
+                let xv = randn(&mut r, rows * k, 1.0);
+                let (xc, xg) = p.act(rows, k, &xv);
+                let bv = randn(&mut r, n, 0.1);
+                let (bc, bg) = p.act(1, n, &bv);
+                let nv = randn(&mut r, k, 1.0).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>();
+                let (nc, ng) = p.act(1, k, &nv);
+                let tag = format!("{} n={n} k={k} rows={rows}", dtype.name());
+                // plain (+ bias)
+                let (mut oc, mut og) = (p.cpu.alloc(rows, n).unwrap(), p.gpu.alloc(rows, n).unwrap());
+                p.cpu.matmul(&xc, &wc, Some(&bc), &mut oc).unwrap();
+                p.gpu.matmul(&xg, &wg, Some(&bg), &mut og).unwrap();
+                assert_close(&format!("matmul {tag}"), &p.gpu.read(&og).unwrap(), &oc.data, tol(rows, dtype));
+                // rmsnorm folded in
+                let (mut xnc, mut xng) = (p.cpu.alloc(rows, k).unwrap(), p.gpu.alloc(rows, k).unwrap());
+                p.cpu.rmsnorm_matmul(&xc, &nc, 1e-6, &wc, Some(&bc), &mut xnc, &mut oc).unwrap();
+                p.gpu.rmsnorm_matmul(&xg, &ng, 1e-6, &wg, Some(&bg), &mut xng, &mut og).unwrap();
+                assert_close(&format!("rmsnorm_matmul {tag}"), &p.gpu.read(&og).unwrap(), &oc.data, tol(rows, dtype));
+                // residual add in the epilogue
+                let resid = randn(&mut r, rows * n, 1.0);
+                let (mut rc, mut rg) = p.act(rows, n, &resid);
+                let (mut tc, mut tg) = (p.cpu.alloc(rows, n).unwrap(), p.gpu.alloc(rows, n).unwrap());
+                p.cpu.matmul_add(&xc, &wc, &mut tc, &mut rc).unwrap();
+                p.gpu.matmul_add(&xg, &wg, &mut tg, &mut rg).unwrap();
+                assert_close(&format!("matmul_add {tag}"), &p.gpu.read(&rg).unwrap(), &rc.data, tol(rows, dtype));
+                // SwiGLU over stacked gate|up rows
+                if n % 2 == 0 {
+                    let f = n / 2;
+                    let (mut guc, mut gug) = (p.cpu.alloc(rows, n).unwrap(), p.gpu.alloc(rows, n).unwrap());
+                    let (mut fc, mut fg) = (p.cpu.alloc(rows, f).unwrap(), p.gpu.alloc(rows, f).unwrap());
+                    p.cpu.rmsnorm_matmul_swiglu(&xc, &nc, 1e-6, &wc, &mut xnc, &mut guc, &mut fc).unwrap();
+                    p.gpu.rmsnorm_matmul_swiglu(&xg, &ng, 1e-6, &wg, &mut xng, &mut gug, &mut fg).unwrap();
+                    assert_close(&format!("rmsnorm_matmul_swiglu {tag}"), &p.gpu.read(&fg).unwrap(), &fc.data, tol(rows, dtype) * 2.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn logits_shape_and_argmax_match_cpu() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("logits_shape_and_argmax_match_cpu") else { return };
+    let mut r = rng(2);
+    let (n, k) = (151936, 1024);
+    let wv = randn(&mut r, n * k, 0.05);
+    let wc = p.cpu.upload_weight("w", k, vec![part(DType::BF16, n, &wv)]).unwrap();
+    let wg = p.gpu.upload_weight("w", k, vec![part(DType::BF16, n, &wv)]).unwrap();
+    for trial in 0..3 {
+        let xv = randn(&mut r, k, 1.0);
+        let (xc, xg) = p.act(1, k, &xv);
+        let nv = vec![1.1f32; k];
+        let (nc, ng) = p.act(1, k, &nv);
+        let (mut oc, mut og) = (p.cpu.alloc(1, n).unwrap(), p.gpu.alloc(1, n).unwrap());
+        let (mut xnc, mut xng) = (p.cpu.alloc(1, k).unwrap(), p.gpu.alloc(1, k).unwrap());
+        p.cpu.rmsnorm_matmul(&xc, &nc, 1e-6, &wc, None, &mut xnc, &mut oc).unwrap();
+        p.gpu.rmsnorm_matmul(&xg, &ng, 1e-6, &wg, None, &mut xng, &mut og).unwrap();
+        let g = p.gpu.read(&og).unwrap();
+        assert_close(&format!("logits {trial}"), &g, &oc.data, 2e-5);
+        assert_eq!(p.gpu.argmax_last(&og).unwrap(), sleepy::backend::cpu::argmax(&g), "argmax of the GPU's own logits");
+    }
+    // Ties go to the lowest index, as on the CPU.
+    let mut v = randn(&mut r, 5000, 1.0);
+    v[4000] = 7.0;
+    v[1234] = 7.0;
+    let (_, g) = p.act(1, 5000, &v);
+    assert_eq!(p.gpu.argmax_last(&g).unwrap(), 1234);
+}
+
+#[test]
+fn elementwise_ops_match_cpu() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("elementwise_ops_match_cpu") else { return };
+    let mut r = rng(3);
+    for (rows, cols) in [(1, 2560), (3, 1024), (5, 1000), (1, 37)] {
+        let xv = randn(&mut r, rows * cols, 2.0);
+        let yv = randn(&mut r, rows * cols, 1.0);
+        let wv = randn(&mut r, cols, 1.0);
+        let ((mut xc, mut xg), (yc, yg), (wc, wg)) = (p.act(rows, cols, &xv), p.act(rows, cols, &yv), p.act(1, cols, &wv));
+        let (mut oc, mut og) = (p.cpu.alloc(rows, cols).unwrap(), p.gpu.alloc(rows, cols).unwrap());
+        p.cpu.rmsnorm(&xc, &wc, 1e-5, &mut oc).unwrap();
+        p.gpu.rmsnorm(&xg, &wg, 1e-5, &mut og).unwrap();
+        assert_close("rmsnorm", &p.gpu.read(&og).unwrap(), &oc.data, 1e-5);
+        p.cpu.add_rmsnorm(&mut xc, &yc, &wc, 1e-5, &mut oc).unwrap();
+        p.gpu.add_rmsnorm(&mut xg, &yg, &wg, 1e-5, &mut og).unwrap();
+        assert_close("add_rmsnorm out", &p.gpu.read(&og).unwrap(), &oc.data, 1e-5);
+        assert_close("add_rmsnorm x", &p.gpu.read(&xg).unwrap(), &xc.data, 1e-6);
+        p.cpu.add(&mut xc, &yc).unwrap();
+        p.gpu.add(&mut xg, &yg).unwrap();
+        assert_close("add", &p.gpu.read(&xg).unwrap(), &xc.data, 1e-6);
+        let last_c = p.cpu.last_row(&xc).unwrap();
+        let last_g = p.gpu.last_row(&xg).unwrap();
+        assert_close("last_row", &p.gpu.read(&last_g).unwrap(), &last_c.data, 0.0);
+        if cols % 2 == 0 {
+            let (mut sc, mut sg) = (p.cpu.alloc(rows, cols / 2).unwrap(), p.gpu.alloc(rows, cols / 2).unwrap());
+            p.cpu.swiglu(&xc, &mut sc).unwrap();
+            p.gpu.swiglu(&xg, &mut sg).unwrap();
+            assert_close("swiglu", &p.gpu.read(&sg).unwrap(), &sc.data, 1e-5);
+        }
+    }
+    // Embedding rows, bf16 and f16.
+    for dtype in [DType::BF16, DType::F16] {
+        let (vocab, k) = (1000, 264);
+        let tv = randn(&mut r, vocab * k, 1.0);
+        let tc = p.cpu.upload_weight("emb", k, vec![part(dtype, vocab, &tv)]).unwrap();
+        let tg = p.gpu.upload_weight("emb", k, vec![part(dtype, vocab, &tv)]).unwrap();
+        let ids = [3u32, 999, 0, 517];
+        let (mut oc, mut og) = (p.cpu.alloc(4, k).unwrap(), p.gpu.alloc(4, k).unwrap());
+        p.cpu.embed(&tc, &ids, &mut oc).unwrap();
+        p.gpu.embed(&tg, &ids, &mut og).unwrap();
+        assert_close("embed", &p.gpu.read(&og).unwrap(), &oc.data, 0.0);
+        assert!(p.gpu.embed(&tg, &[1000], &mut p.gpu.alloc(1, k).unwrap()).is_err(), "out-of-vocabulary id must be an error");
+    }
+}
+
+/// Rope with theta 1e6 over `dims` dimensions (the GPU reads inv_freqs; the CPU reference
+/// builds the same angles by repeated multiplication, which differs by a few ulp).
+fn rope_for(dims: usize, style: RopeStyle) -> Rope {
+    let inv_freqs = (0..dims / 2).map(|i| 1.0 / 1e6f32.powf(2.0 * i as f32 / dims as f32)).collect();
+    Rope { style, dims, inv_freqs, theta_scale: 1e6f32.powf(-2.0 / dims as f32), freq_factors: vec![1.0; dims / 2] }
+}
+
+/// (heads, kv heads, head_dim): Qwen3-4B, Qwen3-0.6B, Qwen2.5-0.5B (group 7), odd groups.
+const ATTN: [(usize, usize, usize); 5] = [(32, 8, 128), (16, 8, 128), (14, 2, 64), (6, 2, 64), (4, 4, 256)];
+
+#[test]
+fn rope_and_prefill_attention_match_cpu() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("rope_and_prefill_attention_match_cpu") else { return };
+    let mut r = rng(4);
+    for (h, kvh, d) in ATTN {
+        for (style, dims, norm) in [(RopeStyle::Neox, d, true), (RopeStyle::Interleaved, d, false), (RopeStyle::Neox, d / 2, false)] {
+            let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
+            let cols = (h + 2 * kvh) * d;
+            let rope = rope_for(dims, style);
+            let cfg = cfg_for(h, kvh, d, 64);
+            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, 64).unwrap(), p.gpu.new_kv(&cfg, 64).unwrap());
+            let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
+            let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
+            let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
+            // Two prompts in a row: 19 tokens at 0, then 23 more at 19 (a continued chat).
+            let mut pos0 = 0;
+            for t in [19, 23] {
+                let tag = format!("h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} t={t} pos0={pos0}");
+                let qkv = randn(&mut r, t * cols, 1.0);
+                let (mut xc, mut xg) = p.act(t, cols, &qkv);
+                let (nc, ng) = if norm { (Some((&qnc, &knc, 1e-6)), Some((&qng, &kng, 1e-6))) } else { (None, None) };
+                p.cpu.rope_qk(&mut xc, s, pos0, nc, &rope).unwrap();
+                p.gpu.rope_qk(&mut xg, s, pos0, ng, &rope).unwrap();
+                assert_close(&format!("rope_qk {tag}"), &p.gpu.read(&xg).unwrap(), &xc.data, 1e-5);
+                let (mut oc, mut og) = (p.cpu.alloc(t, h * d).unwrap(), p.gpu.alloc(t, h * d).unwrap());
+                p.cpu.attention(&xc, &mut kc, 0, pos0, s, &mut oc).unwrap();
+                p.gpu.attention(&xg, &mut kg, 0, pos0, s, &mut og).unwrap();
+                assert_close(&format!("prefill attention {tag}"), &p.gpu.read(&og).unwrap(), &oc.data, 1e-2);
+                pos0 += t;
+            }
+        }
+    }
+}
+
+fn cfg_for(h: usize, kvh: usize, d: usize, ctx: usize) -> sleepy::config::ModelConfig {
+    sleepy::config::ModelConfig {
+        arch: sleepy::config::Arch::Qwen3,
+        hidden: h * d,
+        n_layers: 2,
+        n_heads: h,
+        n_kv_heads: kvh,
+        head_dim: d,
+        ffn_hidden: 64,
+        vocab_size: 64,
+        context_length: ctx,
+        norm_eps: 1e-6,
+        rope_theta: 1e6,
+        rope_style: RopeStyle::Neox,
+        rope_scaling: None,
+        rope_freq_factors: None,
+        rope_dims: d,
+        qkv_bias: false,
+        qk_norm: true,
+        tied_embeddings: true,
+    }
+}
+
+#[test]
+fn decode_attention_matches_cpu_at_every_position() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("decode_attention_matches_cpu_at_every_position") else { return };
+    let mut r = rng(5);
+    for (h, kvh, d) in ATTN {
+        for (max_seq, steps, layer) in [(600, 300, 1), (5000, 80, 0)] {
+            let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
+            let cols = (h + 2 * kvh) * d;
+            let rope = rope_for(d, RopeStyle::Neox);
+            let cfg = cfg_for(h, kvh, d, max_seq);
+            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv(&cfg, max_seq).unwrap());
+            let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
+            let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
+            let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
+            let mut worst = 0f64;
+            for pos in 0..steps {
+                let qkv = randn(&mut r, cols, 1.0);
+                let (mut xc, mut xg) = p.act(1, cols, &qkv);
+                let (mut oc, mut og) = (p.cpu.alloc(1, h * d).unwrap(), p.gpu.alloc(1, h * d).unwrap());
+                p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, Some((&qnc, &knc, 1e-6)), &rope, &mut oc).unwrap();
+                p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, Some((&qng, &kng, 1e-6)), &rope, &mut og).unwrap();
+                let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} pos={pos}: relative error {e:.3e}");
+                worst = worst.max(e);
+            }
+            eprintln!("decode attention h={h} kvh={kvh} d={d} max_seq={max_seq}: worst relative error {worst:.2e} over {steps} positions");
+        }
+    }
+}
+
+#[test]
+fn out_of_gpu_memory_is_a_clear_error() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(g) = gpu("out_of_gpu_memory_is_a_clear_error") else { return };
+    // 2 layers x 50M positions x 1024 x bf16 x (K, V): about 400 GB.
+    let cfg = cfg_for(32, 8, 128, 50_000_000);
+    match g.new_kv(&cfg, 50_000_000) {
+        Ok(_) => panic!("a 400 GB cache cannot fit"),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("{msg}");
+            assert!(msg.contains("out of GPU memory"), "unexpected error: {msg}");
+        }
+    }
+    // The backend still works afterwards.
+    let v = g.upload_vector(&[1.0, 2.0, 3.0]).unwrap();
+    assert_eq!(g.read(&v).unwrap(), vec![1.0, 2.0, 3.0]);
+}
