@@ -5,14 +5,16 @@
 //! in f32, an online softmax over positions in order, and the weighted sum of V kept in f16
 //! (rescaled in place when a new maximum appears), divided by the running sum at the end.
 
-use super::{check, CpuAct, CpuKv};
+use super::{check, par_map, CpuAct, CpuKv};
 use crate::backend::AttnShape;
 use crate::error::{Error, Result};
 use crate::quant;
 use half::f16;
-use rayon::prelude::*;
 
-pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CpuAct) -> Result<()> {
+/// Multiply-adds (heads x positions x head size) below which attention is not threaded.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+pub fn attention(pool: &rayon::ThreadPool, threads: usize, qkv: &CpuAct, kv: &mut CpuKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CpuAct) -> Result<()> {
     let d = s.head_dim;
     let q_dim = s.n_heads * d;
     let kv_dim = s.n_kv_heads * d;
@@ -36,18 +38,16 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
     let (k_cache, v_cache) = (&kv.k[layer], &kv.v[layer]);
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let heads: Vec<Vec<f32>> = pool.install(|| {
-        (0..t_rows * s.n_heads)
-            .into_par_iter()
-            .map(|job| {
-                let (t, h) = (job / s.n_heads, job % s.n_heads);
-                let mut q = vec![f16::ZERO; d];
-                quant::f32_to_f16(&qkv.row(t)[h * d..(h + 1) * d], &mut q);
-                let head = (h / group) * d..(h / group + 1) * d;
-                let rows = (0..=pos0 + t).map(|p| (&k_cache[p * kv_dim..][head.clone()], &v_cache[p * kv_dim..][head.clone()]));
-                online_softmax_f16(&q, rows, scale)
-            })
-            .collect()
+    // Short attentions run on the caller's thread: waking the pool costs more than they do.
+    let work = t_rows * s.n_heads * (pos0 + t_rows) * d;
+    let threads = if work < PARALLEL_MIN_WORK { 1 } else { threads };
+    let heads: Vec<Vec<f32>> = par_map(pool, threads, t_rows * s.n_heads, |job| {
+        let (t, h) = (job / s.n_heads, job % s.n_heads);
+        let mut q = vec![f16::ZERO; d];
+        quant::f32_to_f16(&qkv.row(t)[h * d..(h + 1) * d], &mut q);
+        let head = (h / group) * d..(h / group + 1) * d;
+        let rows = (0..=pos0 + t).map(|p| (&k_cache[p * kv_dim..][head.clone()], &v_cache[p * kv_dim..][head.clone()]));
+        online_softmax_f16(&q, rows, scale)
     });
     for (job, acc) in heads.into_iter().enumerate() {
         let (t, h) = (job / s.n_heads, job % s.n_heads);

@@ -2,10 +2,12 @@
 //! weight rows: each run of rows is read once for all tokens, through the quant module's
 //! row kernel (activations converted once per token into the weight format's companion).
 
-use super::{check, CpuAct, CpuWeight};
+use super::{check, par_map, CpuAct, CpuWeight};
 use crate::error::Result;
 use crate::quant::{self, DType, PreparedActs};
-use rayon::prelude::*;
+
+/// Weight bytes (times rows) below which a product is not split over threads.
+const PARALLEL_MIN_BYTES: usize = 1 << 19;
 
 /// out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]).
 pub fn matmul(pool: &rayon::ThreadPool, threads: usize, q4k_gemm_groups: bool, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
@@ -40,17 +42,17 @@ pub fn matmul(pool: &rayon::ThreadPool, threads: usize, q4k_gemm_groups: bool, x
         first += p.rows;
     }
     // Each run's results, token-major: res[t * len + i] for row first + i.
-    let results: Vec<Vec<f32>> = pool.install(|| {
-        runs.par_iter()
-            .map(|&(_, len, dtype, bytes)| {
-                let acts = prepared.iter().find(|(d, _)| *d == dtype).map_or(&[][..], |(_, a)| &a[..]);
-                let mut res = vec![0f32; len * t_rows];
-                for (a, chunk) in acts.iter().zip(res.chunks_exact_mut(len)) {
-                    quant::dot_prepared_rows(dtype, bytes, a, chunk);
-                }
-                res
-            })
-            .collect()
+    // Small products run on the caller's thread: waking the pool costs more than they do.
+    let weight_bytes: usize = w.parts.iter().map(|p| p.bytes.len()).sum::<usize>() * t_rows;
+    let threads = if weight_bytes < PARALLEL_MIN_BYTES { 1 } else { threads };
+    let results: Vec<Vec<f32>> = par_map(pool, threads, runs.len(), |i| {
+        let (_, len, dtype, bytes) = runs[i];
+        let acts = prepared.iter().find(|(d, _)| *d == dtype).map_or(&[][..], |(_, a)| &a[..]);
+        let mut res = vec![0f32; len * t_rows];
+        for (a, chunk) in acts.iter().zip(res.chunks_exact_mut(len)) {
+            quant::dot_prepared_rows(dtype, bytes, a, chunk);
+        }
+        res
     });
     for (&(first, len, _, _), res) in runs.iter().zip(&results) {
         for t in 0..t_rows {

@@ -74,6 +74,16 @@ impl CpuBackend {
     }
 }
 
+/// f(0..n) on the pool, in order; with one thread, on the caller's thread: handing a small
+/// op to a pool thread and waiting for it costs more than the op (measured per token).
+fn par_map<R: Send>(pool: &rayon::ThreadPool, threads: usize, n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if threads <= 1 {
+        return (0..n).map(f).collect();
+    }
+    use rayon::prelude::*;
+    pool.install(|| (0..n).into_par_iter().map(f).collect())
+}
+
 fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
@@ -190,7 +200,7 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, qkv: &CpuAct, kv: &mut CpuKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CpuAct) -> Result<()> {
-        attention::attention(&self.pool, qkv, kv, layer, pos0, s, out)
+        attention::attention(&self.pool, self.threads, qkv, kv, layer, pos0, s, out)
     }
 
     fn last_row(&self, x: &CpuAct) -> Result<CpuAct> {
