@@ -77,3 +77,32 @@ fn online_softmax_f16<'a>(q: &[f16], rows: impl Iterator<Item = (&'a [f16], &'a 
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     acc.iter().map(|a| a.to_f32() * inv).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    /// The f16 flash-attention recipe stays within f16 rounding of a plain f64 softmax.
+    #[test]
+    fn online_softmax_matches_plain_softmax() {
+        let mut r = rand::rng();
+        for len in [1usize, 2, 7, 40, 300] {
+            let d = 64;
+            let h = |r: &mut rand::rngs::ThreadRng| -> Vec<f16> { (0..d).map(|_| f16::from_f32(r.random::<f32>() * 4.0 - 2.0)).collect() };
+            let q = h(&mut r);
+            let ks: Vec<Vec<f16>> = (0..len).map(|_| h(&mut r)).collect();
+            let vs: Vec<Vec<f16>> = (0..len).map(|_| h(&mut r)).collect();
+            let scale = 0.125;
+            let got = online_softmax_f16(&q, ks.iter().zip(&vs).map(|(k, v)| (&k[..], &v[..])), scale);
+            let scores: Vec<f64> = ks.iter().map(|k| k.iter().zip(&q).map(|(a, b)| a.to_f64() * b.to_f64()).sum::<f64>() * scale as f64).collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for i in 0..d {
+                let want: f64 = w.iter().zip(&vs).map(|(wi, v)| wi * v[i].to_f64()).sum::<f64>() / total;
+                assert!((got[i] as f64 - want).abs() <= 4e-3 * (1.0 + want.abs()), "len {len} dim {i}: {} vs {want}", got[i]);
+            }
+        }
+    }
+}

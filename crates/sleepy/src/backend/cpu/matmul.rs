@@ -65,3 +65,60 @@ pub fn matmul(pool: &rayon::ThreadPool, threads: usize, q4k_gemm_groups: bool, x
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::WeightPart;
+    use crate::loader::Bytes;
+    use rand::Rng;
+
+    fn weight(r: &mut impl Rng, k: usize, parts: &[(DType, usize)]) -> CpuWeight {
+        let parts = parts
+            .iter()
+            .map(|&(dtype, rows)| {
+                let rb = dtype.row_bytes(k).unwrap();
+                let mut bytes = vec![0u8; rb * rows];
+                for row in bytes.chunks_exact_mut(rb) {
+                    let v: Vec<f32> = (0..k).map(|_| r.random::<f32>() - 0.5).collect();
+                    quant::quantize_row(dtype, &v, row);
+                }
+                WeightPart { dtype, rows, bytes: Bytes::from_vec(bytes) }
+            })
+            .collect();
+        CpuWeight { k, parts }
+    }
+
+    /// A mixed-format matrix with bias: every output within quantized-activation error of the
+    /// plain reference dot, and the same bits on 1 and 2 threads.
+    #[test]
+    fn matmul_matches_reference_and_is_thread_independent() {
+        let mut r = rand::rng();
+        let k = 512;
+        let w = weight(&mut r, k, &[(DType::Q5_0, 40), (DType::Q8_0, 300), (DType::Q4K, 24), (DType::Q6K, 9), (DType::F16, 5)]);
+        let n = w.rows();
+        let t_rows = 6;
+        let x = CpuAct { rows: t_rows, cols: k, data: (0..t_rows * k).map(|_| r.random::<f32>() * 2.0 - 1.0).collect() };
+        let bias = CpuAct { rows: 1, cols: n, data: (0..n).map(|_| r.random::<f32>()).collect() };
+        let mut outs = Vec::new();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = CpuAct { rows: t_rows, cols: n, data: vec![0.0; t_rows * n] };
+            matmul(&pool, threads, false, &x, &w, Some(&bias), &mut out).unwrap();
+            outs.push(out.data);
+        }
+        assert!(outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for t in 0..t_rows {
+            for row in 0..n {
+                let (dtype, bytes) = w.row(row);
+                let want = quant::dot_f32(dtype, bytes, x.row(t)) + bias.data[row];
+                let got = outs[0][t * n + row];
+                // Bound: the error of quantizing the activations, relative to |w| |x|.
+                let mut wv = vec![0f32; k];
+                quant::dequantize_row(dtype, bytes, &mut wv);
+                let norms = wv.iter().map(|v| v * v).sum::<f32>().sqrt() * x.row(t).iter().map(|v| v * v).sum::<f32>().sqrt();
+                assert!((got - want).abs() <= 5e-3 * norms, "token {t} row {row}: {got} vs {want} (|w||x| {norms})");
+            }
+        }
+    }
+}
