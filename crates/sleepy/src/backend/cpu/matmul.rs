@@ -2,7 +2,7 @@
 //! weight rows: each run of rows is read once for all tokens, through the quant module's
 //! row kernel (activations converted once per token into the weight format's companion).
 
-use super::{check, par_map, CpuAct, CpuWeight};
+use super::{check, par_map, CpuAct, CpuWeight, Numerics};
 use crate::error::Result;
 use crate::quant::{self, DType, PreparedActs};
 
@@ -10,7 +10,8 @@ use crate::quant::{self, DType, PreparedActs};
 const PARALLEL_MIN_BYTES: usize = 1 << 19;
 
 /// out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]).
-pub fn matmul(pool: &rayon::ThreadPool, threads: usize, q4k_gemm_groups: bool, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(pool: &rayon::ThreadPool, threads: usize, numerics: Numerics, q4k_gemm_groups: bool, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
     check(x.cols == w.k && out.rows == x.rows && out.cols == w.rows(), "matmul")?;
     if let Some(b) = bias {
         check(b.cols == out.cols, "matmul bias")?;
@@ -24,7 +25,9 @@ pub fn matmul(pool: &rayon::ThreadPool, threads: usize, q4k_gemm_groups: bool, x
     let mut prepared: Vec<(DType, Vec<PreparedActs>)> = Vec::new();
     for p in &w.parts {
         if !prepared.iter().any(|(d, _)| *d == p.dtype) {
-            let acts = (0..t_rows).map(|t| quant::prepare_acts(p.dtype, x.row(t)).with_q4k_gemm_order(t < gemm_rows)).collect();
+            // Exact numerics dot float weights with the f32 activations themselves.
+            let companion = if numerics == Numerics::Exact && !p.dtype.is_quantized() { DType::F32 } else { p.dtype };
+            let acts = (0..t_rows).map(|t| quant::prepare_acts(companion, x.row(t)).with_q4k_gemm_order(t < gemm_rows)).collect();
             prepared.push((p.dtype, acts));
         }
     }
@@ -104,7 +107,7 @@ mod tests {
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut out = CpuAct { rows: t_rows, cols: n, data: vec![0.0; t_rows * n] };
-            matmul(&pool, threads, false, &x, &w, Some(&bias), &mut out).unwrap();
+            matmul(&pool, threads, Numerics::LlamaCpp, false, &x, &w, Some(&bias), &mut out).unwrap();
             outs.push(out.data);
         }
         assert!(outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits()));
