@@ -107,7 +107,7 @@ impl Pair {
 }
 
 fn pair(test: &str) -> Option<Pair> {
-    Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new(4).unwrap() })
+    Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new_exact(4).unwrap() })
 }
 
 /// GEMV (1-2 rows) is f32 arithmetic, checked against the exact product; GEMM rows go

@@ -319,3 +319,42 @@ fn short_inputs_do_not_panic() {
         let _ = dot_prepared(d, &bytes, &prepare_acts(other, &out));
     }
 }
+
+/// The row-run kernel gives each row exactly what the one-row reference gives.
+#[test]
+fn dot_prepared_rows_matches_row_by_row() {
+    let (mut r, seed) = rng();
+    for d in ALL_TYPES {
+        let (n, rows) = (512, 7);
+        let rb = d.row_bytes(n).unwrap();
+        let mut bytes = vec![0u8; rb * rows];
+        for chunk in bytes.chunks_exact_mut(rb) {
+            quantize_row(d, &random_vec(&mut r, n, 0.05), chunk);
+        }
+        let a = prepare_acts(d, &random_vec(&mut r, n, 1.0));
+        let mut out = vec![f32::NAN; rows];
+        dot_prepared_rows(d, &bytes, &a, &mut out);
+        for (i, chunk) in bytes.chunks_exact(rb).enumerate() {
+            assert_eq!(out[i].to_bits(), dot_prepared_scalar(d, chunk, &a).to_bits(), "{} row {i} (seed {seed})", d.name());
+        }
+    }
+}
+
+/// Exact numerics: 16-bit float weights dotted with f32 activations (no rounding of the
+/// activations) agree with the f64 reference to f32 rounding.
+#[test]
+fn half_weights_with_f32_activations_are_exact() {
+    let (mut r, seed) = rng();
+    for dtype in [DType::BF16, DType::F16] {
+        for k in [1usize, 15, 16, 1000, 4096] {
+            let w = random_vec(&mut r, k, 1.0);
+            let x = random_vec(&mut r, k, 3.0);
+            let mut row = vec![0u8; dtype.row_bytes(k).unwrap()];
+            quantize_row(dtype, &w, &mut row);
+            let want = dot_f32(dtype, &row, &x);
+            let got = dot_prepared(dtype, &row, &prepare_acts(DType::F32, &x));
+            let scale: f32 = deq(dtype, &row, k).iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            assert!((got - want).abs() <= 1e-6 * scale.max(1.0), "{dtype:?} k={k} seed {seed}: {got} vs {want}");
+        }
+    }
+}
