@@ -28,10 +28,6 @@ pub struct BenchArgs {
     /// Print one JSON object per test
     #[arg(long)]
     pub json: bool,
-    /// Time GEMV launch shapes for this model's weight shapes and save the best as the
-    /// shape table later runs use (CUDA only)
-    #[arg(long)]
-    pub sweep_gemv: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,16 +45,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let files = args.model.open()?;
     let model = files.load(args.model.device()?, args.model.threads(), args.model.load_options()?)?;
     let name = files.path.file_name().map_or_else(|| files.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    if args.sweep_gemv {
-        match &model {
-            sleepy::engine::AnyModel::Cuda(m) => sweep(m, args.json)?,
-            _ => anyhow::bail!("--sweep-gemv needs the CUDA backend"),
-        }
-    }
-    sleepy::with_model!(&model, m => run_tests(m, &args, &name))
+    // Which GEMV launch configurations this run uses: tuned (`sleepy tune`) or default.
+    let gemv = match &model {
+        sleepy::engine::AnyModel::Cuda(m) => Some(sleepy::tune::tuned_in_use(m)?),
+        _ => None,
+    };
+    sleepy::with_model!(&model, m => run_tests(m, &args, &name, gemv))
 }
 
-fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<()> {
+/// "tuned", "default" or "partly tuned", from (tuned problems, problems).
+fn gemv_label(gemv: Option<(usize, usize)>) -> Option<&'static str> {
+    gemv.map(|(tuned, all)| if tuned == 0 { "default" } else if tuned == all { "tuned" } else { "partly tuned" })
+}
+
+fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Option<(usize, usize)>) -> Result<()> {
     let c = &m.cfg;
     let device = m.backend.name();
     let bandwidth = m.backend.measure_bandwidth()?;
@@ -77,6 +77,9 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
         if let Some(bw) = bandwidth {
             println!("measured copy bandwidth {bw:.0} GB/s (read + write)");
         }
+        if let (Some(label), Some((tuned, all))) = (gemv_label(gemv), gemv) {
+            println!("GEMV launch configurations: {label} ({tuned} of {all} decode-step shapes tuned by `sleepy tune`)");
+        }
     }
     if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, c.vocab_size, 2);
@@ -92,7 +95,8 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
         let tps = args.n_prompt as f64 / secs;
         if args.json {
             let o = serde_json::json!({"test": format!("pp{}", args.n_prompt), "model": name, "device": device, "depth": args.depth,
-                "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64});
+                "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64,
+                "gemv_configs": gemv_label(gemv), "gemv_shapes_tuned": gemv.map(|g| g.0), "gemv_shapes": gemv.map(|g| g.1)});
             println!("{o}");
         } else {
             println!("pp{:<6} {:>10.1} tok/s   {:>8.2} ms total", args.n_prompt, tps, secs * 1e3);
@@ -124,47 +128,12 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
                 "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
                 "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
-                "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
+                "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6),
+                "gemv_configs": gemv_label(gemv), "gemv_shapes_tuned": gemv.map(|g| g.0), "gemv_shapes": gemv.map(|g| g.1)});
             println!("{o}");
         } else {
             let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));
             println!("tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token   {:.1} MB/token   {:.1} GB/s{f}", args.n_gen, 1.0 / secs, secs * 1e3, bytes / 1e6, gbs);
-        }
-    }
-    Ok(())
-}
-
-/// Time the GEMV launch shapes of this model's matrices and save the best ones.
-fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool) -> Result<()> {
-    use sleepy::backend::cuda::tune::GemvProblem;
-    let c = &m.cfg;
-    let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_hidden);
-    let problems = [
-        ("qkv", GemvProblem { units: q + 2 * kv, k: h, norm: true, mode: 0 }),
-        ("o", GemvProblem { units: h, k: q, norm: false, mode: 1 }),
-        ("gate_up", GemvProblem { units: f, k: h, norm: true, mode: 2 }),
-        ("down", GemvProblem { units: h, k: f, norm: false, mode: 1 }),
-        ("logits", GemvProblem { units: c.vocab_size, k: h, norm: true, mode: 0 }),
-    ];
-    let rows = m.backend.sweep_gemv(&problems.map(|p| p.1), true)?;
-    for ((label, p), (_, def, dt, best, bt)) in problems.iter().zip(rows) {
-        let gb = p.weight_bytes() as f64;
-        if json {
-            let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "units": p.units, "k": p.k, "bytes": gb,
-                "current": def, "current_us": dt, "current_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
-            println!("{o}");
-        } else {
-            println!(
-                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {:?} | best {:>8.2} us {:>6.0} GB/s {:?}",
-                p.units,
-                p.k,
-                dt,
-                gb / dt / 1e3,
-                def,
-                bt,
-                gb / bt / 1e3,
-                best
-            );
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! GEMV launch shapes. Rows per block, threads per row, vector width, loads in flight and
-//! blocks per SM are run-time values chosen per weight shape: from a table of measured
-//! choices when one exists (`$SLEEPY_HOME/tune/gemv.json`, written by a tuner), else from the
-//! default rule below. The shape is data, so tuning never touches kernel code.
+//! blocks per SM are run-time values chosen per weight shape: the built-in table of measured
+//! shapes or the default rule below, unless `sleepy tune` measured a better one on this GPU
+//! (tune/store.rs keeps those, keyed by GPU, driver and kernel source). The shape is data, so
+//! tuning never touches kernel code.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,21 +27,8 @@ pub struct GemvTable {
 }
 
 impl GemvTable {
-    /// The built-in measured shapes, overridden by the table a tuner left in the cache
-    /// folder (`$SLEEPY_HOME/tune/gemv.json`) where it has an entry for the same shape.
+    /// The built-in measured shapes (the default configurations a tuner compares against).
     pub fn load() -> GemvTable {
-        let mut table: GemvTable = serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default();
-        let path = crate::fetch::cache_dir().join("tune").join("gemv.json");
-        let tuned: GemvTable = std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-        for (n, k, s) in tuned.entries {
-            table.entries.retain(|e| !(e.0 == n && e.1 == k));
-            table.entries.push((n, k, s));
-        }
-        table
-    }
-
-    /// Only the built-in shapes (what a sweep compares against).
-    pub fn builtin() -> GemvTable {
         serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
     }
 
@@ -74,7 +62,7 @@ pub fn default_shape(rows: usize, k: usize) -> GemvShape {
 }
 
 /// Keep a shape launchable whatever a table file says.
-fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
+pub(crate) fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
     if k % 8 != 0 || s.vec != 8 {
         s.vec = 1;
         s.unroll = 4;
@@ -110,7 +98,7 @@ mod tests {
 
     #[test]
     fn builtin_table_parses() {
-        assert!(!GemvTable::builtin().entries.is_empty());
+        assert!(!GemvTable::load().entries.is_empty());
     }
 
     #[test]

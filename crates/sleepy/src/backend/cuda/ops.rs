@@ -32,12 +32,18 @@ fn heads_per_block(group: usize) -> usize {
     [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1)
 }
 
+/// Launch key and dynamic shared memory of the dense GEMV kernel a shape runs.
+fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> (u64, u32) {
+    let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm as u64) << 4 | mode as u64;
+    (key, (4 * (k.next_multiple_of(4) + 64)) as u32)
+}
+
 impl CudaBackend {
     /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
     #[allow(clippy::too_many_arguments)]
     fn gemv(&self, w: &CudaWeight, x: &CudaAct, norm: Option<(&CudaAct, f32)>, bias: Option<&CudaAct>, mode: u32, y: u64, ldy: usize) -> Result<()> {
         let units = if mode == 2 { w.n / 2 } else { w.n };
-        let s = self.table.shape(units, w.k);
+        let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
         let norm = norm.map(|(n, e)| (n.ptr(), e));
         self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)
     }
@@ -45,9 +51,9 @@ impl CudaBackend {
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
-        let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
+        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
+        let (key, smem) = gemv_key(dt, k, s, norm.is_some(), mode);
         let name = || kernel_name(dt, s, norm.is_some(), mode);
-        let smem = (4 * (k.next_multiple_of(4) + 64)) as u32;
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
         let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
@@ -58,6 +64,12 @@ impl CudaBackend {
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+    }
+
+    /// Blocks of a dense GEMV shape that fit on one SM (registers, shared memory, threads).
+    pub(super) fn gemv_occupancy(&self, dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<u32> {
+        let (key, smem) = gemv_key(dt, k, s, norm, mode);
+        self.blocks_per_sm(key, &|| kernel_name(dt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
     }
 
     /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is

@@ -1,0 +1,234 @@
+//! Tuning GEMV launch configurations on the device.
+//!
+//! A decode step runs a handful of distinct GEMV problems (weight format, row units, row
+//! length, and the fused variant: RMSNorm folded in, residual add or SwiGLU epilogue), each
+//! many times. The tuner times candidate launch configurations of each problem's kernel
+//! family on the model's own weights, checks every candidate's output against the default
+//! configuration's (itself checked against a CPU reference once) and keeps the fastest.
+//!
+//! Everything here is generic over the kernel family through `LaunchConfig`: a family is
+//! one enum variant with its shape type, its candidate space (space.rs), its launch and its
+//! host reference (measure.rs). bf16/f16 run kernels/gemv.cu (`Dense`).
+//!
+//! - space.rs: candidate configurations (launchable only, pruned).
+//! - measure.rs: timing with CUDA events over replayed graphs, output checks, the search.
+//! - store.rs: the choices on disk, keyed by GPU, driver and kernel source.
+
+mod measure;
+pub mod space;
+pub mod store;
+
+pub use measure::{Candidate, ShapeResult, TuneEvent, TuneOptions};
+pub use store::{TuneKey, TunedSet};
+
+use super::gemv::GemvShape;
+use super::CudaBackend;
+use crate::error::{Error, Result};
+use crate::quant::DType;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// One GEMV problem of a decode step: `units` row units (gate+up pairs for SwiGLU) of `k`
+/// weights in `format`, one token row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GemvProblem {
+    #[serde(with = "format_name")]
+    pub format: DType,
+    pub units: usize,
+    pub k: usize,
+    /// The input's RMSNorm is folded into the GEMV.
+    pub norm: bool,
+    /// Epilogue: 0 plain (+ bias), 1 residual add, 2 SwiGLU over gate and up rows.
+    pub mode: u32,
+}
+
+impl GemvProblem {
+    /// Weight rows the problem reads (SwiGLU reads two per unit).
+    pub fn rows(&self) -> usize {
+        self.units * if self.mode == 2 { 2 } else { 1 }
+    }
+
+    /// Bytes of weights one launch reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.format.row_bytes(self.k).unwrap_or(0) * self.rows()
+    }
+
+    /// The fused variant, in words: "norm+swiglu", "+residual", "plain".
+    pub fn variant(&self) -> String {
+        let epilogue = match self.mode {
+            1 => "residual",
+            2 => "swiglu",
+            _ => "",
+        };
+        match (self.norm, epilogue) {
+            (false, "") => "plain".to_string(),
+            (true, "") => "norm".to_string(),
+            (false, e) => format!("+{e}"),
+            (true, e) => format!("norm+{e}"),
+        }
+    }
+
+    /// "bf16 9728x2560 norm+swiglu".
+    pub fn label(&self) -> String {
+        format!("{} {}x{} {}", self.format.name(), self.units, self.k, self.variant())
+    }
+}
+
+/// Formats serialize by name ("bf16", "q4_k"): readable, and stable across enum changes.
+mod format_name {
+    use crate::quant::DType;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let name = String::deserialize(d)?;
+        DType::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown weight format {name}")))
+    }
+}
+
+/// A launch configuration of one GEMV kernel family. Adding a family (quantized GEMVs) is a
+/// variant here, its candidates in space.rs, and its launch and host reference in measure.rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kernel", rename_all = "snake_case")]
+pub enum LaunchConfig {
+    /// kernels/gemv.cu: 16-bit float weights.
+    Dense(GemvShape),
+}
+
+impl LaunchConfig {
+    /// Short form for tables: "rpb8 tpr64 v8 u8 b4".
+    pub fn short(&self) -> String {
+        match self {
+            LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} u{} b{}", s.rows_per_block, s.threads_per_row, s.vec, s.unroll, s.blocks_per_sm),
+        }
+    }
+}
+
+/// The kernel family that runs GEMVs of `format`, if any (None: not tunable here).
+pub fn family_supports(format: DType) -> bool {
+    matches!(format, DType::BF16 | DType::F16)
+}
+
+/// The dense kernels' dtype code (kernels/gemv.cu DT) and its format.
+fn dense_format(dt: u32) -> DType {
+    if dt == 1 {
+        DType::F16
+    } else {
+        DType::BF16
+    }
+}
+
+fn dense_dt(format: DType) -> u32 {
+    u32::from(format == DType::F16)
+}
+
+/// Where one GEMV launch of a decode step reads: weight regions (the dense family uses the
+/// first), the input row, the folded norm's weights and epsilon, and the bias (0: none).
+/// These are device addresses inside the model's buffers: valid while the model lives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemvOperands {
+    pub(crate) w: [u64; 4],
+    pub(crate) x: u64,
+    pub(crate) g: u64,
+    pub(crate) eps: f32,
+    pub(crate) bias: u64,
+}
+
+/// One GEMV launch seen while a decode step was recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct GemvCall {
+    pub problem: GemvProblem,
+    pub operands: GemvOperands,
+}
+
+impl CudaBackend {
+    /// Operands of a GEMV of `w` over the one-row activation `x` (tests and tools that
+    /// build their own problem). `norm`: the folded RMSNorm's weights and epsilon.
+    pub fn gemv_operands(&self, w: &super::CudaWeight, x: &super::CudaAct, norm: Option<(&super::CudaAct, f32)>, bias: Option<&super::CudaAct>) -> GemvOperands {
+        let (g, eps) = norm.map_or((0, 0.0), |(n, e)| (n.ptr(), e));
+        GemvOperands { w: [w.buf.ptr, 0, 0, 0], x: x.ptr(), g, eps, bias: bias.map_or(0, |b| b.ptr()) }
+    }
+
+    /// The configuration the backend uses for `p` when nothing is tuned: the built-in table
+    /// or the default rule.
+    pub fn default_config(&self, p: &GemvProblem) -> Result<LaunchConfig> {
+        if family_supports(p.format) {
+            return Ok(LaunchConfig::Dense(self.table.shape(p.units, p.k)));
+        }
+        Err(Error::Cuda(format!("no tunable GEMV kernel for {} weights", p.format.name())))
+    }
+
+    /// The configuration the backend uses for `p` now (tuned, else default).
+    pub fn active_config(&self, p: &GemvProblem) -> Result<LaunchConfig> {
+        match self.tuned_set().get(p) {
+            Some(c) => Ok(c),
+            None => self.default_config(p),
+        }
+    }
+
+    /// Launch `p` with configuration `c`, writing row `y` (`ldy` floats apart per token row).
+    pub(crate) fn launch_config(&self, p: &GemvProblem, c: &LaunchConfig, o: &GemvOperands, y: u64, ldy: usize) -> Result<()> {
+        let norm = (o.g != 0).then_some((o.g, o.eps));
+        match c {
+            LaunchConfig::Dense(s) => {
+                if !family_supports(p.format) {
+                    return Err(Error::Cuda(format!("a dense GEMV configuration for {} weights", p.format.name())));
+                }
+                self.gemv_shaped(o.w[0], dense_dt(p.format), p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy)
+            }
+        }
+    }
+
+    /// The shape of a dense GEMV: the tuned one for this problem when there is one.
+    pub(super) fn dense_shape(&self, dt: u32, units: usize, k: usize, norm: bool, mode: u32) -> GemvShape {
+        let p = GemvProblem { format: dense_format(dt), units, k, norm, mode };
+        match self.tuned.read().ok().and_then(|t| t.get(&p)) {
+            Some(LaunchConfig::Dense(s)) => s,
+            _ => self.table.shape(units, k),
+        }
+    }
+
+    /// The tuned configurations in use.
+    pub fn tuned_set(&self) -> Arc<TunedSet> {
+        self.tuned.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Use `set` from the next launch on (the tuner switches between default and tuned).
+    pub fn set_tuned(&self, set: Arc<TunedSet>) -> Result<()> {
+        *self.tuned.write().map_err(|_| Error::Cuda("tuned table poisoned".into()))? = set;
+        Ok(())
+    }
+
+    /// Run `step` with GEMV logging on and return every one-row GEMV it launched (or
+    /// recorded), in order.
+    pub fn log_gemv_calls<T>(&self, step: impl FnOnce() -> Result<T>) -> Result<(T, Vec<GemvCall>)> {
+        self.state()?.gemv_log = Some(Vec::new());
+        self.gemv_logging.store(true, Ordering::Release);
+        let r = step();
+        self.gemv_logging.store(false, Ordering::Release);
+        let calls = self.state()?.gemv_log.take().unwrap_or_default();
+        Ok((r?, calls))
+    }
+
+    /// Called by every dense GEMV launch: note it when logging is on (one atomic load else).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_dense(&self, w: u64, dt: u32, units: usize, k: usize, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32) {
+        if rows != 1 || !self.gemv_logging.load(Ordering::Acquire) {
+            return;
+        }
+        let (g, eps) = norm.unwrap_or((0, 0.0));
+        let call = GemvCall {
+            problem: GemvProblem { format: dense_format(dt), units, k, norm: norm.is_some(), mode },
+            operands: GemvOperands { w: [w, 0, 0, 0], x, g, eps, bias },
+        };
+        if let Ok(mut st) = self.state() {
+            if let Some(log) = st.gemv_log.as_mut() {
+                log.push(call);
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The candidate launch configurations of a GEMV problem: every shape the kernel can launch,
+//! pruned to the ones that can differ in speed.
+//!
+//! Pruning (dense family, kernels/gemv.cu):
+//! - 16-byte loads (vec 8) whenever rows allow them (k % 8 == 0); the scalar path exists only
+//!   for odd row lengths, where it is the only choice.
+//! - threads per row: powers of two from 4 to 256, at most one per 16-byte chunk of a row
+//!   (idle lanes only add reduction work). More than one warp per row is the kernel's split
+//!   of K: 2-8 warps each reduce part of a row, combined through shared memory.
+//! - 32 to 512 threads a block in whole warps (the largest variants need ~100 registers a
+//!   thread; 512 threads always fit an SM's register file).
+//! - loads in flight per thread: no more than a thread's share of the row, and at least two
+//!   when the share allows (one load in flight cannot cover DRAM latency).
+//! - blocks per SM: 1 to 16, but two settings that give the same grid (after the occupancy
+//!   cap and the balancing of rounds in `gemv_shaped`) are one launch, measured once.
+
+use super::{GemvProblem, LaunchConfig};
+use crate::backend::cuda::gemv::{sanitize, GemvShape};
+use std::collections::HashSet;
+
+/// Threads per block a candidate may use (see the module comment).
+pub const MAX_THREADS: u32 = 512;
+
+/// Blocks the kernel launches for `units` rows in groups of `rows_per_block`, with at most
+/// `cap` blocks resident: as many rounds as the cap needs, the groups spread evenly over
+/// the blocks (mirrors `CudaBackend::gemv_shaped`).
+pub fn grid_blocks(units: usize, rows_per_block: u32, cap: usize) -> usize {
+    let groups = units.div_ceil(rows_per_block.max(1) as usize).max(1);
+    let rounds = groups.div_ceil(cap.max(1));
+    groups.div_ceil(rounds)
+}
+
+/// Whether `c` can run `p`: the shape is one the launch code leaves as it is, its block
+/// fits the thread budget, and no thread of a row is idle.
+pub fn launchable(p: &GemvProblem, c: &LaunchConfig) -> bool {
+    match c {
+        LaunchConfig::Dense(s) => {
+            let threads = s.threads_per_row * s.rows_per_block;
+            let chunks = (p.k / s.vec.max(1) as usize).max(1);
+            super::family_supports(p.format)
+                && sanitize(*s, p.k) == *s
+                && threads <= MAX_THREADS
+                && threads % 32 == 0
+                && s.threads_per_row as usize <= chunks.next_power_of_two().max(4)
+                && s.blocks_per_sm >= 1
+        }
+    }
+}
+
+/// Candidate configurations of `p` on a device of `sms` multiprocessors. `fit` says how
+/// many blocks of a configuration fit on one SM (occupancy); candidates that launch the
+/// same grid are kept once (the one asking for the fewest blocks per SM).
+pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) -> u32) -> Vec<LaunchConfig> {
+    if !super::family_supports(p.format) {
+        return Vec::new();
+    }
+    let vec = if p.k % 8 == 0 { 8u32 } else { 1 };
+    let chunks = (p.k / vec as usize).max(1);
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for tpr in [4u32, 8, 16, 32, 64, 128, 256] {
+        if tpr as usize > chunks.max(4) {
+            continue;
+        }
+        let per_thread = chunks.div_ceil(tpr as usize).next_power_of_two() as u32;
+        let unrolls: Vec<u32> = match vec {
+            8 => [1u32, 2, 4, 8].into_iter().filter(|&u| u <= per_thread.max(1) && u >= per_thread.min(2)).collect(),
+            _ => vec![4],
+        };
+        for rpb in [1u32, 2, 4, 8, 16, 32] {
+            let threads = tpr * rpb;
+            if !(32..=MAX_THREADS).contains(&threads) {
+                continue;
+            }
+            for &unroll in &unrolls {
+                for blocks_per_sm in [1u32, 2, 4, 8, 16] {
+                    let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, unroll, blocks_per_sm });
+                    if !launchable(p, &c) {
+                        continue;
+                    }
+                    let cap = (sms * blocks_per_sm.min(fit(&c).max(1))) as usize;
+                    if seen.insert((tpr, rpb, unroll, grid_blocks(p.units, rpb, cap))) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::DType;
+
+    /// Occupancy as the hardware limits it for threads alone (2048 a multiprocessor).
+    fn fit(c: &LaunchConfig) -> u32 {
+        match c {
+            LaunchConfig::Dense(s) => (2048 / (s.threads_per_row * s.rows_per_block)).min(32),
+        }
+    }
+
+    fn problems() -> Vec<GemvProblem> {
+        let mut v = Vec::new();
+        for format in [DType::BF16, DType::F16] {
+            for (units, k) in [(1, 8), (5, 7), (64, 100), (960, 576), (6144, 2560), (2560, 9728), (9728, 2560), (151936, 1024), (3, 4096)] {
+                for (norm, mode) in [(true, 0), (false, 0), (false, 1), (true, 2)] {
+                    v.push(GemvProblem { format, units, k, norm, mode });
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn candidates_are_launchable_and_distinct() {
+        for p in problems() {
+            let c = candidates(&p, 132, &mut fit);
+            assert!(!c.is_empty(), "{}: no candidates", p.label());
+            for cfg in &c {
+                assert!(launchable(&p, cfg), "{}: {cfg:?}", p.label());
+                let LaunchConfig::Dense(s) = cfg;
+                assert!(s.threads_per_row.is_power_of_two());
+                let threads = s.threads_per_row * s.rows_per_block;
+                assert!(threads <= MAX_THREADS && threads % 32 == 0);
+                assert!(s.vec == 8 || (s.vec == 1 && p.k % 8 != 0));
+                assert_eq!(sanitize(*s, p.k), *s, "the launch code would change {s:?}");
+            }
+            let distinct: HashSet<_> = c.iter().map(|c| format!("{c:?}")).collect();
+            assert_eq!(distinct.len(), c.len());
+        }
+    }
+
+    #[test]
+    fn candidate_space_is_pruned() {
+        // The tall and long shapes of a 4B model: a few hundred at most, so a model's
+        // handful of problems tunes in seconds.
+        for (units, k) in [(6144, 2560), (2560, 9728), (151936, 2560)] {
+            let p = GemvProblem { format: DType::BF16, units, k, norm: false, mode: 0 };
+            let n = candidates(&p, 132, &mut fit).len();
+            assert!((20..=400).contains(&n), "{units}x{k}: {n} candidates");
+        }
+    }
+
+    #[test]
+    fn unlaunchable_shapes_are_refused() {
+        let p = GemvProblem { format: DType::BF16, units: 1024, k: 1024, norm: false, mode: 0 };
+        let good = GemvShape { rows_per_block: 4, threads_per_row: 32, vec: 8, unroll: 4, blocks_per_sm: 4 };
+        assert!(launchable(&p, &LaunchConfig::Dense(good)));
+        for bad in [
+            GemvShape { threads_per_row: 24, ..good },
+            GemvShape { rows_per_block: 32, threads_per_row: 32, ..good },
+            GemvShape { unroll: 3, ..good },
+            GemvShape { rows_per_block: 1, threads_per_row: 16, ..good },
+            GemvShape { threads_per_row: 512, rows_per_block: 1, ..good },
+            GemvShape { blocks_per_sm: 0, ..good },
+        ] {
+            assert!(!launchable(&p, &LaunchConfig::Dense(bad)), "{bad:?}");
+        }
+        let odd = GemvProblem { k: 1001, ..p };
+        assert!(!launchable(&odd, &LaunchConfig::Dense(good)), "16-byte loads need k % 8 == 0");
+        let q = GemvProblem { format: DType::Q4K, ..p };
+        assert!(!launchable(&q, &LaunchConfig::Dense(good)));
+        assert!(candidates(&q, 132, &mut fit).is_empty());
+    }
+}
