@@ -35,7 +35,7 @@ pub struct ModelTuneOptions {
 
 impl Default for ModelTuneOptions {
     fn default() -> Self {
-        ModelTuneOptions { search: TuneOptions::default(), decode_rounds: 7, decode_ms_per_run: 60.0, save: true }
+        ModelTuneOptions { search: TuneOptions::default(), decode_rounds: 7, decode_ms_per_run: 100.0, save: true }
     }
 }
 

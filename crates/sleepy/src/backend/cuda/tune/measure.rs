@@ -294,7 +294,7 @@ impl CudaBackend {
         let (reference, cpu_error) = self.checked_reference(p, &ops[0], &y)?;
         // Enough launches per replay to read `bytes_per_sample`, each copy equally often.
         let per_round = (ops.len() * p.weight_bytes()).max(1);
-        let launches = ops.len() * opts.bytes_per_sample.div_ceil(per_round).clamp(1, (4096 / ops.len()).max(1));
+        let launches = ops.len() * opts.bytes_per_sample.div_ceil(per_round).clamp(1, (1024 / ops.len()).max(1));
 
         // Warm-up: clocks up and the default's kernel loaded before anything is compared.
         let g = self.capture_config(p, &default, ops, launches, &y)?;
