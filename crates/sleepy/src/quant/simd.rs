@@ -8,9 +8,8 @@
 //! bytes sit at any offset of a mapped file.
 
 use super::float::{reduce_4x8, STEP};
-use super::kquants::{scale_min_k4, Q8KActs, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, QK_K};
+use super::kquants::Q8KActs;
 use super::legacy::{Legacy, Q8Acts, QK};
-use super::read_f16;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -22,7 +21,7 @@ pub fn available() -> bool {
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn hsum_float_8(x: __m256) -> f32 {
+pub(super) fn hsum_float_8(x: __m256) -> f32 {
     let mut l = [0f32; 8];
     // SAFETY: `l` holds 8 floats.
     unsafe { _mm256_storeu_ps(l.as_mut_ptr(), x) };
@@ -30,7 +29,7 @@ fn hsum_float_8(x: __m256) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn hsum_i32_8(x: __m256i) -> i32 {
+pub(super) fn hsum_i32_8(x: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
@@ -69,209 +68,107 @@ fn bytes_from_bits_32(qh: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
 }
 
-/// Legacy block dot (see `legacy::dot_scalar` for the arithmetic).
+/// An f16 field at p (F16C conversion).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA (`available()`).
+/// `p` must point to 2 readable bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_legacy(kind: Legacy, row: &[u8], a: &Q8Acts) -> f32 {
+#[inline]
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = unsafe { (p as *const u16).read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// One row of a legacy format against Q8_0 / Q8_1 activations (the arithmetic of
+/// `legacy::dot_scalar`); the format is a compile-time constant so each is its own loop.
+/// (Interleaving 4 rows to share the activation loads was measured 2x slower.)
+///
+/// # Safety
+/// The row holds `nb` blocks; `a` holds `nb` blocks (with sums for the affine formats).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn legacy_row<const KIND: u8>(row: *const u8, nb: usize, a: &Q8Acts) -> f32 {
+    let kind = LEGACY_KINDS[KIND as usize];
     let bb = kind.block_bytes();
-    let nb = (row.len() / bb).min(a.d.len()).min(a.qs.len() / QK);
+    let (d_act, s_act, qs) = (a.d.as_ptr(), a.s.as_ptr(), a.qs.as_ptr());
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
     for i in 0..nb {
-        let b = &row[i * bb..(i + 1) * bb];
-        let p = b.as_ptr();
-        // SAFETY: 32 quants of block i are within a.qs (nb is bounded by its length).
-        let qy = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(i * QK) as *const __m256i) };
-        let d = read_f16(b, 0) * a.d[i];
-        let qh = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        // SAFETY (all loads below): each block is bb bytes long and the offsets stay inside.
+        // SAFETY: block i of the row and of the activations exist (caller's contract).
+        unsafe {
+            let p = row.add(i * bb);
+            let qy = _mm256_loadu_si256(qs.add(i * QK) as *const __m256i);
+            let d = f16_at(p) * *d_act.add(i);
+            let qh = |at: usize| (p.add(at) as *const u32).read_unaligned();
+            acc = match kind {
+                Legacy::Q4_0 => {
+                    let qx = _mm256_sub_epi8(bytes_from_nibbles_32(p.add(2)), _mm256_set1_epi8(8));
+                    _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc)
+                }
+                Legacy::Q8_0 => {
+                    let qx = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc)
+                }
+                Legacy::Q5_0 => {
+                    // Values without their 5th bit get 0xF0 or'ed in: nibble - 16 as a signed byte.
+                    let hi = _mm256_andnot_si256(bytes_from_bits_32(qh(2)), _mm256_set1_epi8(0xF0u8 as i8));
+                    let qx = _mm256_or_si256(bytes_from_nibbles_32(p.add(6)), hi);
+                    _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc)
+                }
+                Legacy::Q4_1 => {
+                    summs = f16_at(p.add(2)).mul_add(*s_act.add(i), summs);
+                    let qx = bytes_from_nibbles_32(p.add(4));
+                    _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8_pairs_float(qx, qy), acc)
+                }
+                Legacy::Q5_1 => {
+                    summs = f16_at(p.add(2)).mul_add(*s_act.add(i), summs);
+                    let hi = _mm256_and_si256(bytes_from_bits_32(qh(4)), _mm256_set1_epi8(0x10));
+                    let qx = _mm256_or_si256(bytes_from_nibbles_32(p.add(8)), hi);
+                    _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), _mm256_set1_ps(d), acc)
+                }
+            };
+        }
+    }
+    hsum_float_8(acc) + summs
+}
+
+const LEGACY_KINDS: [Legacy; 5] = [Legacy::Q4_0, Legacy::Q4_1, Legacy::Q5_0, Legacy::Q5_1, Legacy::Q8_0];
+
+/// All rows of one format.
+///
+/// # Safety
+/// As `legacy_row`, for `out.len()` rows of `row_bytes` starting at `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn legacy_all<const KIND: u8>(p: *const u8, row_bytes: usize, nb: usize, a: &Q8Acts, out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: r < out.len(), which the caller bounds by the rows present.
+        *o = unsafe { legacy_row::<KIND>(p.add(r * row_bytes), nb, a) };
+    }
+}
+
+/// Legacy-format rows stored back to back, each dotted with the same activations.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; affine formats need the activation sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_legacy_rows(kind: Legacy, rows: &[u8], row_bytes: usize, a: &Q8Acts, out: &mut [f32]) {
+    let nb = (row_bytes / kind.block_bytes()).min(a.d.len()).min(a.qs.len() / QK);
+    if kind.affine() && a.s.len() < nb {
+        return;
+    }
+    let n = out.len().min(rows.len() / row_bytes.max(1));
+    let (p, out) = (rows.as_ptr(), &mut out[..n]);
+    // SAFETY: n rows of row_bytes lie inside `rows`; nb blocks fit a row and the activations.
+    unsafe {
         match kind {
-            Legacy::Q4_0 => {
-                let qx = _mm256_sub_epi8(unsafe { bytes_from_nibbles_32(p.add(2)) }, _mm256_set1_epi8(8));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
-            }
-            Legacy::Q8_0 => {
-                let qx = unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) };
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
-            }
-            Legacy::Q5_0 => {
-                // Values without their 5th bit get 0xF0 or'ed in: nibble - 16 as a signed byte.
-                let hi = _mm256_andnot_si256(bytes_from_bits_32(qh(2)), _mm256_set1_epi8(0xF0u8 as i8));
-                let qx = _mm256_or_si256(unsafe { bytes_from_nibbles_32(p.add(6)) }, hi);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8_pairs_float(qx, qy), acc);
-            }
-            Legacy::Q4_1 => {
-                summs = read_f16(b, 2).mul_add(a.s[i], summs);
-                let qx = unsafe { bytes_from_nibbles_32(p.add(4)) };
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8_pairs_float(qx, qy), acc);
-            }
-            Legacy::Q5_1 => {
-                summs = read_f16(b, 2).mul_add(a.s[i], summs);
-                let hi = _mm256_and_si256(bytes_from_bits_32(qh(4)), _mm256_set1_epi8(0x10));
-                let qx = _mm256_or_si256(unsafe { bytes_from_nibbles_32(p.add(8)) }, hi);
-                acc = _mm256_fmadd_ps(mul_sum_us8_pairs_float(qx, qy), _mm256_set1_ps(d), acc);
-            }
+            Legacy::Q4_0 => legacy_all::<0>(p, row_bytes, nb, a, out),
+            Legacy::Q4_1 => legacy_all::<1>(p, row_bytes, nb, a, out),
+            Legacy::Q5_0 => legacy_all::<2>(p, row_bytes, nb, a, out),
+            Legacy::Q5_1 => legacy_all::<3>(p, row_bytes, nb, a, out),
+            Legacy::Q8_0 => legacy_all::<4>(p, row_bytes, nb, a, out),
         }
     }
-    hsum_float_8(acc) + summs
-}
-
-/// 32 q8 quants of activations at `at`.
-///
-/// # Safety
-/// `at + 32 <= qs.len()`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn load_q8(qs: &[i8], at: usize) -> __m256i {
-    unsafe { _mm256_loadu_si256(qs.as_ptr().add(at) as *const __m256i) }
-}
-
-/// Number of whole super-blocks that the row and the activations both hold.
-fn k_blocks(row: &[u8], bb: usize, a: &Q8KActs) -> usize {
-    (row.len() / bb).min(a.d.len()).min(a.qs.len() / QK_K).min(a.bsums.len() / 16)
-}
-
-/// Q4_K x Q8_K (see `kquants::dot_q4k_scalar`).
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4k(row: &[u8], a: &Q8KActs, fine: bool) -> f32 {
-    let nb = k_blocks(row, Q4K_BYTES, a);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let (mut acc, mut acc_min) = (0f32, 0f32);
-    for i in 0..nb {
-        let b = &row[i * Q4K_BYTES..(i + 1) * Q4K_BYTES];
-        let (dx, dmin) = (read_f16(b, 0) * a.d[i], read_f16(b, 2) * a.d[i]);
-        let bs = &a.bsums[i * 16..(i + 1) * 16];
-        let (mut isum, mut imin) = (0i32, 0i32);
-        for c in 0..4 {
-            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
-            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
-            // SAFETY: bytes 16 + 32c .. + 32 are inside the 144-byte block; the activation
-            // quants of block i are inside a.qs (k_blocks bounds i).
-            let q4 = unsafe { _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i) };
-            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q4, m4), q8l), _mm256_set1_epi16(sc0 as i16));
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), q8h),
-                _mm256_set1_epi16(sc1 as i16),
-            );
-            isum += hsum_i32_8(_mm256_add_epi32(pl, ph));
-            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
-            if fine {
-                acc = (isum as f32).mul_add(dx, acc);
-                acc_min = (imin as f32).mul_add(dmin, acc_min);
-                (isum, imin) = (0, 0);
-            }
-        }
-        if !fine {
-            acc = (isum as f32).mul_add(dx, acc);
-            acc_min = (imin as f32).mul_add(dmin, acc_min);
-        }
-    }
-    acc - acc_min
-}
-
-/// Q5_K x Q8_K (see `kquants::dot_q5k_scalar`).
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5k(row: &[u8], a: &Q8KActs) -> f32 {
-    let nb = k_blocks(row, Q5K_BYTES, a);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for i in 0..nb {
-        let b = &row[i * Q5K_BYTES..(i + 1) * Q5K_BYTES];
-        let d = a.d[i] * read_f16(b, 0);
-        let dmin = -a.d[i] * read_f16(b, 2);
-        let bs = &a.bsums[i * 16..(i + 1) * 16];
-        // SAFETY: qh is bytes 16..48 of the 176-byte block.
-        let hbits = unsafe { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) };
-        let mut sumi = _mm256_setzero_si256();
-        let mut imin = 0i32;
-        for c in 0..4 {
-            let (sc0, m0) = scale_min_k4(2 * c, &b[4..16]);
-            let (sc1, m1) = scale_min_k4(2 * c + 1, &b[4..16]);
-            imin += m0 as i32 * (bs[4 * c] as i32 + bs[4 * c + 1] as i32) + m1 as i32 * (bs[4 * c + 2] as i32 + bs[4 * c + 3] as i32);
-            // SAFETY: nibbles 48 + 32c .. + 32 are inside the block; quants inside a.qs.
-            let q5 = unsafe { _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i) };
-            let bit = |k: usize| {
-                let mask = _mm256_set1_epi8(1 << k);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, mask), mask), _mm256_set1_epi8(16))
-            };
-            let lo = _mm256_or_si256(_mm256_and_si256(q5, m4), bit(2 * c));
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5, 4), m4), bit(2 * c + 1));
-            let (q8l, q8h) = unsafe { (load_q8(&a.qs, i * QK_K + 64 * c), load_q8(&a.qs, i * QK_K + 64 * c + 32)) };
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q8l), _mm256_set1_epi16(sc0 as i16));
-            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q8h), _mm256_set1_epi16(sc1 as i16));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
-        }
-        summs = dmin.mul_add(imin as f32, summs);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_float_8(acc) + summs
-}
-
-/// Q6_K x Q8_K (see `kquants::dot_q6k_scalar`).
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q6k(row: &[u8], a: &Q8KActs) -> f32 {
-    let nb = k_blocks(row, Q6K_BYTES, a);
-    let (m3, m15) = (_mm256_set1_epi8(3), _mm256_set1_epi8(15));
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let b = &row[i * Q6K_BYTES..(i + 1) * Q6K_BYTES];
-        let d = a.d[i] * read_f16(b, 208);
-        let p = b.as_ptr();
-        // SAFETY: scales are bytes 192..208 of the 210-byte block; bsums of block i are inside
-        // a.bsums.
-        let (scales, bsums) = unsafe {
-            (_mm_loadu_si128(p.add(192) as *const __m128i), _mm256_loadu_si256(a.bsums.as_ptr().add(16 * i) as *const __m256i))
-        };
-        let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales)), 5);
-        let sc = |g: usize| b[192 + g] as i8 as i16;
-        let scale_pair = |g: usize| _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            // SAFETY: ql 64h..64h+64 and qh 128 + 32h..+32 are inside the block; quants inside a.qs.
-            let (lo1, lo2, hb) = unsafe {
-                (
-                    _mm256_loadu_si256(p.add(64 * h) as *const __m256i),
-                    _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i),
-                    _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i),
-                )
-            };
-            let top = |shift: i32| -> __m256i {
-                let bits = match shift {
-                    0 => hb,
-                    2 => _mm256_srli_epi16(hb, 2),
-                    4 => _mm256_srli_epi16(hb, 4),
-                    _ => _mm256_srli_epi16(hb, 6),
-                };
-                _mm256_slli_epi16(_mm256_and_si256(bits, m3), 4)
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(lo1, m15), top(0)),
-                _mm256_or_si256(_mm256_and_si256(lo2, m15), top(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), m15), top(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo2, 4), m15), top(6)),
-            ];
-            for (k, &qk) in q.iter().enumerate() {
-                let q8 = unsafe { load_q8(&a.qs, i * QK_K + 128 * h + 32 * k) };
-                let p16 = _mm256_maddubs_epi16(qk, q8);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(8 * h + 2 * k), p16));
-            }
-        }
-        sumi = _mm256_sub_epi32(sumi, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_float_8(acc)
 }
 
 /// Float dot over n values with 4 x 8 lanes; `load(i)` gives 8 f32 values from index i.
@@ -354,4 +251,86 @@ pub unsafe fn dot_f16_halves(a: &[f16], b: &[f16]) -> f32 {
         |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i)) },
         |i| a[i].to_f32() * b[i].to_f32(),
     )
+}
+
+/// dst = f16(src), 8 at a time (see `half_ops::f32_to_f16`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let whole = n / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= n for both slices; f16 is a transparent u16.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+    }
+    for i in whole..n {
+        dst[i] = f16::from_f32(src[i]);
+    }
+}
+
+/// acc = f16(v * s + acc) (see `half_ops::f16_axpy`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_axpy(acc: &mut [f16], v: &[f16], s: f32) {
+    let n = acc.len().min(v.len());
+    let whole = n / 8 * 8;
+    let vs = _mm256_set1_ps(s);
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= n for both slices; f16 is a transparent u16.
+        unsafe {
+            let pa = acc.as_mut_ptr().add(i) as *mut __m128i;
+            let a = _mm256_cvtph_ps(_mm_loadu_si128(pa));
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
+            _mm_storeu_si128(pa, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_fmadd_ps(x, vs, a)));
+        }
+    }
+    for i in whole..n {
+        acc[i] = f16::from_f32(v[i].to_f32().mul_add(s, acc[i].to_f32()));
+    }
+}
+
+/// acc = f16(acc * s) (see `half_ops::f16_scale`).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_scale(acc: &mut [f16], s: f32) {
+    let n = acc.len();
+    let whole = n / 8 * 8;
+    let vs = _mm256_set1_ps(s);
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= n; f16 is a transparent u16.
+        unsafe {
+            let pa = acc.as_mut_ptr().add(i) as *mut __m128i;
+            let a = _mm256_cvtph_ps(_mm_loadu_si128(pa));
+            _mm_storeu_si128(pa, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(a, vs)));
+        }
+    }
+    for a in &mut acc[whole..] {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
+/// Activation quantizers compiled for AVX2 (rounding is one instruction instead of a libm
+/// call); the same code and values as the plain versions.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_acts_q8(x: &[f32], with_sums: bool) -> Q8Acts {
+    super::legacy::quantize_acts_q8(x, with_sums)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_acts_q8k(x: &[f32]) -> Q8KActs {
+    super::kquants::quantize_acts_q8k(x)
 }

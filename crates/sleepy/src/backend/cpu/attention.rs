@@ -30,10 +30,8 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
     for t in 0..t_rows {
         let row = qkv.row(t);
         let at = (pos0 + t) * kv_dim;
-        for i in 0..kv_dim {
-            kv.k[layer][at + i] = f16::from_f32(row[q_dim + i]);
-            kv.v[layer][at + i] = f16::from_f32(row[q_dim + kv_dim + i]);
-        }
+        quant::f32_to_f16(&row[q_dim..q_dim + kv_dim], &mut kv.k[layer][at..at + kv_dim]);
+        quant::f32_to_f16(&row[q_dim + kv_dim..], &mut kv.v[layer][at..at + kv_dim]);
     }
     let (k_cache, v_cache) = (&kv.k[layer], &kv.v[layer]);
     let group = s.n_heads / s.n_kv_heads;
@@ -43,7 +41,8 @@ pub fn attention(pool: &rayon::ThreadPool, qkv: &CpuAct, kv: &mut CpuKv, layer: 
             .into_par_iter()
             .map(|job| {
                 let (t, h) = (job / s.n_heads, job % s.n_heads);
-                let q: Vec<f16> = qkv.row(t)[h * d..(h + 1) * d].iter().map(|&v| f16::from_f32(v)).collect();
+                let mut q = vec![f16::ZERO; d];
+                quant::f32_to_f16(&qkv.row(t)[h * d..(h + 1) * d], &mut q);
                 let head = (h / group) * d..(h / group + 1) * d;
                 let rows = (0..=pos0 + t).map(|p| (&k_cache[p * kv_dim..][head.clone()], &v_cache[p * kv_dim..][head.clone()]));
                 online_softmax_f16(&q, rows, scale)
@@ -68,15 +67,11 @@ fn online_softmax_f16<'a>(q: &[f16], rows: impl Iterator<Item = (&'a [f16], &'a 
             // A new maximum: earlier terms shrink by exp(old - new); this one weighs 1.
             ms = (max - score).exp();
             max = score;
-            for a in acc.iter_mut() {
-                *a = f16::from_f32(a.to_f32() * ms);
-            }
+            quant::f16_scale(&mut acc, ms);
         } else {
             vs = (score - max).exp();
         }
-        for (a, &x) in acc.iter_mut().zip(v) {
-            *a = f16::from_f32(x.to_f32().mul_add(vs, a.to_f32()));
-        }
+        quant::f16_axpy(&mut acc, v, vs);
         sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };

@@ -3,13 +3,13 @@
 //! way llama.cpp's CPU path does), so greedy text follows llama.cpp's.
 
 mod attention;
+mod matmul;
 mod numerics;
 
 use super::{AttnShape, Backend, Rope, WeightPart};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::quant::{self, DType, PreparedActs};
-use rayon::prelude::*;
+use crate::quant::{self, DType};
 
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
@@ -149,52 +149,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
-        check(x.cols == w.k && out.rows == x.rows && out.cols == w.rows(), "matmul")?;
-        if let Some(b) = bias {
-            check(b.cols == out.cols, "matmul bias")?;
-        }
-        let t_rows = x.rows;
-        let n = out.cols;
-        // Activations in each part's companion format, prepared once per token row. llama.cpp
-        // runs Q4_K matrices (repacked) through a 4-row GEMM for the rows of a batch that fill
-        // groups of 4 and a GEMV for the rest, which sum floats in different orders.
-        let gemm_rows = if self.q4k_gemm_groups && t_rows > 3 { t_rows - t_rows % 4 } else { 0 };
-        let mut prepared: Vec<(DType, Vec<PreparedActs>)> = Vec::new();
-        for p in &w.parts {
-            if !prepared.iter().any(|(d, _)| *d == p.dtype) {
-                let acts = (0..t_rows).map(|t| quant::prepare_acts(p.dtype, x.row(t)).with_q4k_gemm_order(t < gemm_rows)).collect();
-                prepared.push((p.dtype, acts));
-            }
-        }
-        // Work is split over weight rows so each row is read once for all tokens; results are
-        // gathered per row chunk and scattered into out[t, n].
-        const CHUNK: usize = 16;
-        let results: Vec<Vec<f32>> = self.pool.install(|| {
-            (0..n.div_ceil(CHUNK))
-                .into_par_iter()
-                .map(|c| {
-                    let rows = c * CHUNK..((c + 1) * CHUNK).min(n);
-                    let mut res = Vec::with_capacity(rows.len() * t_rows);
-                    for r in rows {
-                        let (dtype, bytes) = w.row(r);
-                        let acts = &prepared.iter().find(|(d, _)| *d == dtype).expect("prepared above").1;
-                        let b = bias.map_or(0.0, |b| b.data[r]);
-                        for a in acts {
-                            res.push(quant::dot_prepared(dtype, bytes, a) + b);
-                        }
-                    }
-                    res
-                })
-                .collect()
-        });
-        for (c, res) in results.iter().enumerate() {
-            for (i, v) in res.iter().enumerate() {
-                let r = c * CHUNK + i / t_rows;
-                let t = i % t_rows;
-                out.data[t * n + r] = *v;
-            }
-        }
-        Ok(())
+        matmul::matmul(&self.pool, self.threads, self.q4k_gemm_groups, x, w, bias, out)
     }
 
     fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {

@@ -28,8 +28,29 @@ pub fn rope_cache(rope: &Rope, pos: usize, cache: &mut Vec<(f32, f32)>) {
     }
 }
 
+/// Run `$body` compiled for AVX2 + FMA where the CPU has them (so `mul_add` is one
+/// instruction rather than a libm call), else as plain Rust: same values either way.
+macro_rules! with_fma {
+    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name($($arg: $ty),*) $body
+        #[cfg(target_arch = "x86_64")]
+        if crate::quant::cpu_has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { $name($($arg),*) };
+        }
+        $body
+    }};
+}
+
 /// Rotate one head with a cache from `rope_cache` (ggml rotate_pairs).
 pub fn rotate(head: &mut [f32], cache: &[(f32, f32)], style: RopeStyle, dims: usize) {
+    with_fma!(rotate_fma, fn(head: &mut [f32], cache: &[(f32, f32)], style: RopeStyle, dims: usize) { rotate_impl(head, cache, style, dims) })
+}
+
+#[inline(always)]
+fn rotate_impl(head: &mut [f32], cache: &[(f32, f32)], style: RopeStyle, dims: usize) {
     let half = dims / 2;
     for (i, &(cos, sin)) in cache.iter().enumerate() {
         let (a, b) = match style {
@@ -44,6 +65,7 @@ pub fn rotate(head: &mut [f32], cache: &[(f32, f32)], style: RopeStyle, dims: us
 
 /// ggml's vectorised expf for AVX2 (ggml_v_expf, after ARM's optimized routine): a degree-5
 /// polynomial around a power of two, within about 1.5 ulp; scalar twin of one lane.
+#[inline(always)]
 pub fn expf_avx2(x: f32) -> f32 {
     let r = f32::from_bits(0x4B40_0000); // 0x1.8p23: rounds to an integer when added
     let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r); // x * log2(e) + r
@@ -75,6 +97,11 @@ const LANES: usize = 8;
 /// ggml_vec_swiglu_f32: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) with the vector
 /// expf on whole groups of 8 and libm's expf on the tail.
 pub fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    with_fma!(swiglu_fma, fn(gate: &[f32], up: &[f32], out: &mut [f32]) { swiglu_impl(gate, up, out) })
+}
+
+#[inline(always)]
+fn swiglu_impl(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let whole = gate.len() / LANES * LANES;
     for (i, ((o, &g), &u)) in out.iter_mut().zip(gate).zip(up).enumerate() {
         let e = if i < whole { expf_avx2(0.0 - g) } else { (-g).exp() };

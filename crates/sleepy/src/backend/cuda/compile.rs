@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
 
 /// Every kernel source, in the order they are compiled as one program.
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 8] = [
     ("prelude.cuh", include_str!("kernels/prelude.cuh")),
     ("rope.cu", include_str!("kernels/rope.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
+    ("quant_units.cu", include_str!("kernels/quant_units.cu")),
+    ("gemv_quant.cu", include_str!("kernels/gemv_quant.cu")),
     ("prefill_attention.cu", include_str!("kernels/prefill_attention.cu")),
     ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("misc.cu", include_str!("kernels/misc.cu")),

@@ -9,6 +9,7 @@ mod compile;
 pub mod gemv;
 mod ops;
 mod prefill;
+pub mod quant;
 pub mod tune;
 
 use crate::error::{Error, Result};
@@ -90,12 +91,14 @@ impl CudaAct {
     }
 }
 
-/// A weight matrix `[n, k]` in 16-bit floats (dt 0 bf16, 1 f16).
+/// A weight matrix `[n, k]` in 16-bit floats (dt 0 bf16, 1 f16), or (`quant`) made of row
+/// segments of quantized or mixed formats stored in `buf` (dt 0: prefill runs in bf16).
 pub struct CudaWeight {
     pub n: usize,
     pub k: usize,
     pub dt: u32,
     buf: DevBuf,
+    quant: Option<Box<quant::QuantLayout>>,
 }
 
 /// The KV cache of one sequence (bf16, `[layer][pos][kv_head * head_dim]`) and the scratch

@@ -42,6 +42,9 @@ impl CudaBackend {
     /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
     #[allow(clippy::too_many_arguments)]
     fn gemv(&self, w: &CudaWeight, x: &CudaAct, norm: Option<(&CudaAct, f32)>, bias: Option<&CudaAct>, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        if let Some(q) = &w.quant {
+            return self.gemv_quant(w, q, x, norm, bias, mode, y, ldy);
+        }
         let units = if mode == 2 { w.n / 2 } else { w.n };
         let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
         let norm = norm.map(|(n, e)| (n.ptr(), e));
@@ -143,6 +146,9 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
+        if super::quant::wants_segments(&parts) {
+            return self.upload_quant(name, k, parts);
+        }
         let dtype = parts.first().map(|p| p.dtype).ok_or_else(|| Error::tensor(name, "no rows"))?;
         let dt = match dtype {
             DType::BF16 => 0,
@@ -169,7 +175,7 @@ impl Backend for CudaBackend {
             }
             driver::upload(buf.ptr, &bytes, self.stream.0)?;
         }
-        Ok(CudaWeight { n, k, dt, buf })
+        Ok(CudaWeight { n, k, dt, buf, quant: None })
     }
 
     fn upload_vector(&self, data: &[f32]) -> Result<CudaAct> {
@@ -221,6 +227,9 @@ impl Backend for CudaBackend {
             driver::upload(st.ids.ptr, ids, self.stream.0)?;
             st.ids.ptr
         };
+        if let Some(q) = &table.quant {
+            return self.embed_quant(q, table.k, ptr, ids.len(), out);
+        }
         let grid = [table.k.div_ceil(256) as u32, ids.len() as u32, 1];
         self.launch(&format!("embed_{}", table.dt), grid, [256, 1, 1], 0, kargs![table.buf.ptr, ptr, out.ptr(), table.k as i32])
     }

@@ -59,11 +59,21 @@ impl CudaBackend {
 
     /// y[t, n] (= or +=) sum_k xh[t, k] * W[n, k]; xh is 16-bit in W's format, y f32.
     fn gemm(&self, xh: u64, rows: usize, w: &CudaWeight, y: u64, accumulate: bool) -> Result<()> {
+        if let Some(q) = &w.quant {
+            return self.gemm_quant(xh, rows, w, q, y, accumulate);
+        }
+        self.gemm_ex(w.buf.ptr, w.dt, w.n, w.k, xh, rows, y, w.n, accumulate)
+    }
+
+    /// The GEMM on raw pointers: y[t, 0..m] (row stride ldc) = or += xh[t, :] @ A^T, with A
+    /// `[m, k]` row-major and xh `[rows, k]`, both 16-bit (dt), y f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm_ex(&self, a: u64, dt: u32, m: usize, k: usize, xh: u64, rows: usize, y: u64, ldc: usize, accumulate: bool) -> Result<()> {
         let Some(h) = &self.blas else { return Err(Error::Cuda("cuBLAS is not available".into())) };
         self.flush()?;
-        let dtype = if w.dt == 0 { blas::cudaDataType::CUDA_R_16BF } else { blas::cudaDataType::CUDA_R_16F };
+        let dtype = if dt == 0 { blas::cudaDataType::CUDA_R_16BF } else { blas::cudaDataType::CUDA_R_16F };
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-        let (m, n, k) = (w.n as i32, rows as i32, w.k as i32);
+        let (m, n, k, ldc) = (m as i32, rows as i32, k as i32, ldc as i32);
         // Column-major view: Y^T [n_out, t] = W [k, n_out]^T * X^T [k, t].
         // SAFETY: pointers are live device buffers of the sizes the dims describe.
         blas_check(
@@ -76,7 +86,7 @@ impl CudaBackend {
                     n,
                     k,
                     &alpha as *const f32 as *const c_void,
-                    w.buf.ptr as *const c_void,
+                    a as *const c_void,
                     dtype,
                     k,
                     xh as *const c_void,
@@ -85,7 +95,7 @@ impl CudaBackend {
                     &beta as *const f32 as *const c_void,
                     y as *mut c_void,
                     blas::cudaDataType::CUDA_R_32F,
-                    m,
+                    ldc,
                     blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                     blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
                 )

@@ -8,13 +8,15 @@
 
 use super::{space, GemvOperands, GemvProblem, LaunchConfig};
 use crate::backend::cuda::driver::{self, check, DevBuf, Graph};
+use crate::backend::cuda::quant::layout::{unpack, QFmt};
 use crate::backend::cuda::CudaBackend;
 use crate::error::{Error, Result};
 use crate::quant::DType;
 use cudarc::driver::sys;
 
-/// The default configuration's output against the CPU (f64 sums): a wrong row, a missing
-/// chunk or a lost epilogue is off by O(1); f32 summation by ~1e-6.
+/// The default configuration's output against the CPU (f64 sums for 16-bit weights, the
+/// CPU's integer dot products for quantized ones): a wrong row, a missing chunk or a lost
+/// epilogue is off by O(1); f32 summation by ~1e-6.
 const CPU_TOLERANCE: f64 = 1e-3;
 /// A candidate against the default configuration: both f32 sums, in another order.
 const MATCH_TOLERANCE: f64 = 1e-4;
@@ -181,40 +183,77 @@ impl CudaBackend {
         self.run_into(p, c, o, &y)
     }
 
-    /// The CPU reference of `p` at `units` (f64 sums over the weights read back).
+    /// Rows `row0 .. row0 + n` of the weight as stored in the file (16-bit values, or GGML
+    /// blocks reassembled from the device layout's regions).
+    fn read_rows(&self, p: &GemvProblem, o: &GemvOperands, row0: usize, n: usize) -> Result<Vec<u8>> {
+        let row_bytes = p.format.row_bytes(p.k).ok_or_else(|| Error::Cuda(format!("{}: rows are not whole blocks", p.label())))?;
+        let Some(f) = QFmt::of(p.format) else {
+            return driver::download::<u8>(o.w[0] + (row0 * row_bytes) as u64, n * row_bytes, self.stream.0);
+        };
+        let blocks_per_row = p.k / p.format.block_len();
+        let mut seg = Vec::new();
+        let mut offsets = [0usize; 4];
+        for (r, &(_, len)) in f.regions().iter().enumerate() {
+            offsets[r] = seg.len();
+            let at = o.w[r] + (row0 * blocks_per_row * len) as u64;
+            seg.extend(driver::download::<u8>(at, n * blocks_per_row * len, self.stream.0)?);
+        }
+        Ok(unpack(f, &seg, &offsets, n * blocks_per_row))
+    }
+
+    /// The CPU reference of `p` at `units`: 16-bit weights in f64 sums; quantized weights
+    /// through the CPU's own dot products, on activations quantized as the kernels do.
     fn cpu_reference(&self, p: &GemvProblem, o: &GemvOperands, units: &[usize]) -> Result<Vec<f64>> {
         let k = p.k;
-        let to_f64: fn(u16) -> f64 = match p.format {
-            DType::BF16 => |b| f32::from_bits((b as u32) << 16) as f64,
-            DType::F16 => |b| half::f16::from_bits(b).to_f64(),
-            f => return Err(Error::Cuda(format!("no CPU reference for {} GEMVs here", f.name()))),
-        };
         let x: Vec<f32> = driver::download(o.x, k, self.stream.0)?;
-        let mut xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-        let mut scale = 1.0;
-        if o.g != 0 {
-            let g: Vec<f32> = driver::download(o.g, k, self.stream.0)?;
-            let ss = xs.iter().map(|v| v * v).sum::<f64>() / k as f64;
-            scale = 1.0 / (ss + o.eps as f64).sqrt();
-            xs.iter_mut().zip(&g).for_each(|(v, &w)| *v *= w as f64);
-        }
+        let g: Vec<f32> = if o.g != 0 { driver::download(o.g, k, self.stream.0)? } else { vec![1.0; k] };
+        // RMSNorm as the CPU backend computes it (f64 sum, f32 scale).
+        let scale = if o.g != 0 {
+            let mean = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / k as f64) as f32;
+            1.0 / (mean + o.eps).sqrt()
+        } else {
+            1.0
+        };
+        let row_bytes = p.format.row_bytes(k).unwrap_or(0);
+        let dot: Box<dyn Fn(&[u8]) -> f64> = match p.format {
+            DType::BF16 | DType::F16 => {
+                let xs: Vec<f64> = x.iter().zip(&g).map(|(&v, &w)| v as f64 * w as f64).collect();
+                let bf16 = p.format == DType::BF16;
+                Box::new(move |row: &[u8]| {
+                    let sum: f64 = row
+                        .chunks_exact(2)
+                        .zip(&xs)
+                        .map(|(b, &v)| {
+                            let bits = u16::from_le_bytes([b[0], b[1]]);
+                            let w = if bf16 { f32::from_bits((bits as u32) << 16) as f64 } else { half::f16::from_bits(bits).to_f64() };
+                            w * v
+                        })
+                        .sum();
+                    sum * scale as f64
+                })
+            }
+            f if QFmt::of(f).is_some() => {
+                let xn: Vec<f32> = x.iter().zip(&g).map(|(&v, &w)| v * scale * w).collect();
+                let acts = crate::quant::prepare_acts(f, &xn);
+                Box::new(move |row: &[u8]| crate::quant::dot_prepared(f, row, &acts) as f64)
+            }
+            f => return Err(Error::Cuda(format!("no CPU reference for {} GEMVs", f.name()))),
+        };
         let bias: Vec<f32> = if o.bias != 0 && p.mode == 0 { driver::download(o.bias, p.units, self.stream.0)? } else { Vec::new() };
-        let dot = |row: &[u16]| row.iter().zip(&xs).map(|(&w, &v)| to_f64(w) * v).sum::<f64>() * scale;
         let mut out = Vec::with_capacity(units.len());
-        // Consecutive units are read back together.
+        // Runs of consecutive units are read back together.
         let mut i = 0;
         while i < units.len() {
             let mut n = 1;
             while i + n < units.len() && units[i + n] == units[i] + n {
                 n += 1;
             }
-            let read = |row0: usize| driver::download::<u16>(o.w[0] + (row0 * k * 2) as u64, n * k, self.stream.0);
-            let gate = read(units[i])?;
-            let up = if p.mode == 2 { read(units[i] + p.units)? } else { Vec::new() };
+            let gate = self.read_rows(p, o, units[i], n)?;
+            let up = if p.mode == 2 { self.read_rows(p, o, units[i] + p.units, n)? } else { Vec::new() };
             for j in 0..n {
-                let a = dot(&gate[j * k..(j + 1) * k]);
+                let a = dot(&gate[j * row_bytes..(j + 1) * row_bytes]);
                 out.push(match p.mode {
-                    2 => a / (1.0 + (-a).exp()) * dot(&up[j * k..(j + 1) * k]),
+                    2 => a / (1.0 + (-a).exp()) * dot(&up[j * row_bytes..(j + 1) * row_bytes]),
                     1 => a,
                     _ => a + bias.get(units[i] + j).map_or(0.0, |&b| b as f64),
                 });
@@ -271,6 +310,10 @@ impl CudaBackend {
     fn occupancy(&self, p: &GemvProblem, c: &LaunchConfig) -> u32 {
         match c {
             LaunchConfig::Dense(s) => self.gemv_occupancy(super::dense_dt(p.format), p.k, s, p.norm, p.mode).unwrap_or(1),
+            LaunchConfig::Quant(s) => match QFmt::of(p.format) {
+                Some(f) => self.gemvq_occupancy(f, p.k, s, p.norm, p.mode).unwrap_or(1),
+                None => 1,
+            },
         }
     }
 

@@ -8,7 +8,8 @@
 //!
 //! Everything here is generic over the kernel family through `LaunchConfig`: a family is
 //! one enum variant with its shape type, its candidate space (space.rs), its launch and its
-//! host reference (measure.rs). bf16/f16 run kernels/gemv.cu (`Dense`).
+//! host reference (measure.rs). bf16/f16 run kernels/gemv.cu (`Dense`); the GGML block
+//! formats run kernels/gemv_quant.cu (`Quant`).
 //!
 //! - space.rs: candidate configurations (launchable only, pruned).
 //! - measure.rs: timing with CUDA events over replayed graphs, output checks, the search.
@@ -22,6 +23,7 @@ pub use measure::{Candidate, ShapeResult, TuneEvent, TuneOptions};
 pub use store::{TuneKey, TunedSet};
 
 use super::gemv::GemvShape;
+use super::quant::{self, QFmt, QuantShape};
 use super::CudaBackend;
 use crate::error::{Error, Result};
 use crate::quant::DType;
@@ -90,13 +92,15 @@ mod format_name {
     }
 }
 
-/// A launch configuration of one GEMV kernel family. Adding a family (quantized GEMVs) is a
-/// variant here, its candidates in space.rs, and its launch and host reference in measure.rs.
+/// A launch configuration of one GEMV kernel family. Adding a family is a variant here, its
+/// candidates in space.rs, and its launch and host reference in measure.rs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kernel", rename_all = "snake_case")]
 pub enum LaunchConfig {
     /// kernels/gemv.cu: 16-bit float weights.
     Dense(GemvShape),
+    /// kernels/gemv_quant.cu: GGML block formats (int8 activations, dp4a).
+    Quant(QuantShape),
 }
 
 impl LaunchConfig {
@@ -104,12 +108,17 @@ impl LaunchConfig {
     pub fn short(&self) -> String {
         match self {
             LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} u{} b{}", s.rows_per_block, s.threads_per_row, s.vec, s.unroll, s.blocks_per_sm),
+            LaunchConfig::Quant(s) => format!("rpb{} tpr{} u{} b{}", s.rows_per_block, s.threads_per_row, s.unroll, s.blocks_per_sm),
         }
     }
 }
 
-/// The kernel family that runs GEMVs of `format`, if any (None: not tunable here).
+/// Whether a tunable kernel family runs GEMVs of `format`.
 pub fn family_supports(format: DType) -> bool {
+    is_dense(format) || QFmt::of(format).is_some()
+}
+
+fn is_dense(format: DType) -> bool {
     matches!(format, DType::BF16 | DType::F16)
 }
 
@@ -131,6 +140,7 @@ fn dense_dt(format: DType) -> u32 {
 /// These are device addresses inside the model's buffers: valid while the model lives.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemvOperands {
+    /// Weight regions: the dense family reads the first; quantized layouts up to four.
     pub(crate) w: [u64; 4],
     pub(crate) x: u64,
     pub(crate) g: u64,
@@ -146,18 +156,36 @@ pub struct GemvCall {
 }
 
 impl CudaBackend {
-    /// Operands of a GEMV of `w` over the one-row activation `x` (tests and tools that
-    /// build their own problem). `norm`: the folded RMSNorm's weights and epsilon.
-    pub fn gemv_operands(&self, w: &super::CudaWeight, x: &super::CudaAct, norm: Option<(&super::CudaAct, f32)>, bias: Option<&super::CudaAct>) -> GemvOperands {
+    /// The problem and operands of a one-row GEMV of `w` over `x` (tests and tools that build
+    /// their own problem). `norm`: the folded RMSNorm's weights and epsilon; `mode` the
+    /// epilogue (0 plain, 1 residual add, 2 SwiGLU over the two halves of `w`'s rows).
+    pub fn gemv_call(&self, w: &super::CudaWeight, x: &super::CudaAct, norm: Option<(&super::CudaAct, f32)>, bias: Option<&super::CudaAct>, mode: u32) -> Result<GemvCall> {
+        let (format, regions) = match &w.quant {
+            None => (dense_format(w.dt), [w.buf.ptr, 0, 0, 0]),
+            Some(q) => match q.segs.as_slice() {
+                [s] => match s.kind {
+                    quant::SegKind::Quant(f) => (f.dtype(), s.regions),
+                    quant::SegKind::Bf16 => (DType::BF16, [s.regions[0], 0, 0, 0]),
+                },
+                _ => return Err(Error::Cuda("a weight of several formats is several GEMV problems".into())),
+            },
+        };
         let (g, eps) = norm.map_or((0, 0.0), |(n, e)| (n.ptr(), e));
-        GemvOperands { w: [w.buf.ptr, 0, 0, 0], x: x.ptr(), g, eps, bias: bias.map_or(0, |b| b.ptr()) }
+        let units = if mode == 2 { w.n / 2 } else { w.n };
+        Ok(GemvCall {
+            problem: GemvProblem { format, units, k: w.k, norm: norm.is_some(), mode },
+            operands: GemvOperands { w: regions, x: x.ptr(), g, eps, bias: bias.map_or(0, |b| b.ptr()) },
+        })
     }
 
     /// The configuration the backend uses for `p` when nothing is tuned: the built-in table
     /// or the default rule.
     pub fn default_config(&self, p: &GemvProblem) -> Result<LaunchConfig> {
-        if family_supports(p.format) {
+        if is_dense(p.format) {
             return Ok(LaunchConfig::Dense(self.table.shape(p.units, p.k)));
+        }
+        if let Some(f) = QFmt::of(p.format) {
+            return Ok(LaunchConfig::Quant(quant::sanitize(quant::default_shape(f, p.units, p.k, p.mode), p.mode)));
         }
         Err(Error::Cuda(format!("no tunable GEMV kernel for {} weights", p.format.name())))
     }
@@ -173,12 +201,17 @@ impl CudaBackend {
     /// Launch `p` with configuration `c`, writing row `y` (`ldy` floats apart per token row).
     pub(crate) fn launch_config(&self, p: &GemvProblem, c: &LaunchConfig, o: &GemvOperands, y: u64, ldy: usize) -> Result<()> {
         let norm = (o.g != 0).then_some((o.g, o.eps));
+        let wrong = || Error::Cuda(format!("configuration {c:?} does not run {} weights", p.format.name()));
         match c {
             LaunchConfig::Dense(s) => {
-                if !family_supports(p.format) {
-                    return Err(Error::Cuda(format!("a dense GEMV configuration for {} weights", p.format.name())));
+                if !is_dense(p.format) {
+                    return Err(wrong());
                 }
                 self.gemv_shaped(o.w[0], dense_dt(p.format), p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy)
+            }
+            LaunchConfig::Quant(s) => {
+                let f = QFmt::of(p.format).ok_or_else(wrong)?;
+                self.gemvq_shaped(f, &o.w, p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy)
             }
         }
     }
@@ -189,6 +222,15 @@ impl CudaBackend {
         match self.tuned.read().ok().and_then(|t| t.get(&p)) {
             Some(LaunchConfig::Dense(s)) => s,
             _ => self.table.shape(units, k),
+        }
+    }
+
+    /// The shape of a quantized GEMV: the tuned one for this problem when there is one.
+    pub(crate) fn quant_shape(&self, fmt: QFmt, units: usize, k: usize, norm: bool, mode: u32) -> QuantShape {
+        let p = GemvProblem { format: fmt.dtype(), units, k, norm, mode };
+        match self.tuned.read().ok().and_then(|t| t.get(&p)) {
+            Some(LaunchConfig::Quant(s)) => s,
+            _ => quant::sanitize(quant::default_shape(fmt, units, k, mode), mode),
         }
     }
 
@@ -217,14 +259,22 @@ impl CudaBackend {
     /// Called by every dense GEMV launch: note it when logging is on (one atomic load else).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn log_dense(&self, w: u64, dt: u32, units: usize, k: usize, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32) {
+        self.log_gemv(dense_format(dt), [w, 0, 0, 0], units, k, x, rows, norm, bias, mode);
+    }
+
+    /// Called by every quantized GEMV launch, as `log_dense`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn log_quant(&self, fmt: QFmt, w: &[u64; 4], units: usize, k: usize, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32) {
+        self.log_gemv(fmt.dtype(), *w, units, k, x, rows, norm, bias, mode);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_gemv(&self, format: DType, w: [u64; 4], units: usize, k: usize, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32) {
         if rows != 1 || !self.gemv_logging.load(Ordering::Acquire) {
             return;
         }
         let (g, eps) = norm.unwrap_or((0, 0.0));
-        let call = GemvCall {
-            problem: GemvProblem { format: dense_format(dt), units, k, norm: norm.is_some(), mode },
-            operands: GemvOperands { w: [w, 0, 0, 0], x, g, eps, bias },
-        };
+        let call = GemvCall { problem: GemvProblem { format, units, k, norm: norm.is_some(), mode }, operands: GemvOperands { w, x, g, eps, bias } };
         if let Ok(mut st) = self.state() {
             if let Some(log) = st.gemv_log.as_mut() {
                 log.push(call);

@@ -1,0 +1,208 @@
+// Decode GEMV over quantized weights, and dequantization of weight rows (embedding lookup,
+// prefill tiles for cuBLAS). Formats and layouts: quant_units.cu.
+//
+// gemvq_FMT_U_NORM_MODE: y[t, u] = epilogue(sum_k W[u, k] * x'[t, k]), W one segment of rows
+// in layout FMT (regions r0..r3), x f32 [T, K] (row stride K), y f32 [T, ldy].
+// Each block first quantizes its token row x[t] (RMS-normed and times g when NORM) into
+// shared memory in the weight format's companion int8 format; every unit is then one 16-byte
+// streaming load of quants plus its scales, dotted with dp4a.
+// MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc.  MODE 2: SwiGLU, unit u reads rows u (gate)
+// and u + n_units (up): y = silu(gate) * up.
+// Launch: block (tpr, rpb): tpr threads (power of two) share a row, rpb rows per block; each
+// thread keeps U units per row in flight (U = 2, 4, or 8 without SwiGLU). Grid (blocks, T);
+// blocks stride over groups of rpb rows. Dynamic shared memory: 3 K / 2 + 256 bytes (the
+// activations, then 64 floats for reductions).
+// The U-unit batch `step` of row `unit` (and, for SwiGLU, row unit + n_units).
+template <int FMT, int U, int MODE>
+__device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units, int nb, int nu, int step,
+                                           QUnit<FMT> (&a)[U], QUnit<FMT> (&b)[U]) {
+    if (unit >= n_units) return;
+    const int tpr = blockDim.x;
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+        const int cc = threadIdx.x + (step * U + i) * tpr;
+        if (cc < nu) {
+            a[i].load(w, (size_t)unit, nb, nu, cc);
+            if (MODE == 2) b[i].load(w, (size_t)unit + n_units, nb, nu, cc);
+        }
+    }
+}
+
+template <int FMT, int U, bool NORM, int MODE>
+__device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
+                                           float eps, const float* __restrict__ bias, float* y, int n_units, int K,
+                                           int ldy) {
+    extern __shared__ uint4 qsmem[];
+    u8* sm = (u8*)qsmem;
+    Acts a;
+    a.q = (signed char*)sm;
+    a.d32 = (float*)(sm + K);
+    a.s32 = a.d32 + K / 32;
+    a.s16 = (int*)(a.s32 + K / 32);
+    float* red = (float*)(a.s16 + K / 16);
+    const int tpr = blockDim.x, rpb = blockDim.y;
+    const int tid = threadIdx.y * tpr + threadIdx.x;
+    const int nthreads = tpr * rpb;
+    const int t = blockIdx.y;
+    const int nu = FMT == 0 ? K / 16 : K / 32;  // units per row
+    const int nb = FMT >= 5 ? K / 256 : K / 32;  // blocks per row
+    const int steps = (nu + tpr * U - 1) / (tpr * U);
+
+    // Weights never depend on the previous kernel: load this thread's first batch into
+    // registers and warm L2 with the rest of the block's first rows while that kernel drains.
+    int base = blockIdx.x * rpb;
+    QUnit<FMT> ua[U], ub[U];
+    gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
+    {
+        const int n = min(rpb, n_units - base);
+        if (n > 0) {
+            const size_t row_bytes = (size_t)nu * 16;
+            const u8* wb = w.r0 + (size_t)base * row_bytes;
+            const size_t bytes = (size_t)n * row_bytes;
+            for (size_t off = (size_t)tid * 128; off < bytes; off += (size_t)nthreads * 128) {
+                prefetch_l2(wb + off);
+                if (MODE == 2) prefetch_l2(wb + (size_t)n_units * row_bytes + off);
+            }
+        }
+    }
+    pdl_wait();
+    pdl_launch_next();
+
+    quantize_acts<ActOf<FMT>::value, NORM>(x + (size_t)t * K, g, eps, K, a, red);
+
+    // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int step = 0; base < n_units;) {
+        const int unit = base + threadIdx.y;
+        if (unit < n_units) {
+#pragma unroll
+            for (int i = 0; i < U; ++i) {
+                const int cc = threadIdx.x + (step * U + i) * tpr;
+                if (cc < nu) {
+                    acc0 += ua[i].dot(cc, a);
+                    if (MODE == 2) acc1 += ub[i].dot(cc, a);
+                }
+            }
+        }
+        if (++step < steps) {
+            gemvq_load<FMT, U, MODE>(w, unit, n_units, nb, nu, step, ua, ub);
+            continue;
+        }
+        // Row group done: reduce over the tpr threads of each row (shuffles inside a warp,
+        // then shared memory), write, and move to the next group.
+        const int width = tpr < 32 ? tpr : 32;
+        for (int o = width >> 1; o > 0; o >>= 1) {
+            acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+            if (MODE == 2) acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
+        }
+        if (tpr > 32) {
+            const int wpr = tpr >> 5;
+            __syncthreads();
+            if ((threadIdx.x & 31) == 0) {
+                red[threadIdx.y * wpr + (threadIdx.x >> 5)] = acc0;
+                if (MODE == 2) red[32 + threadIdx.y * wpr + (threadIdx.x >> 5)] = acc1;
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                acc0 = 0.f;
+                acc1 = 0.f;
+                for (int i = 0; i < wpr; ++i) {
+                    acc0 += red[threadIdx.y * wpr + i];
+                    if (MODE == 2) acc1 += red[32 + threadIdx.y * wpr + i];
+                }
+            }
+        }
+        if (threadIdx.x == 0 && unit < n_units) {
+            float* out = y + (size_t)t * ldy + unit;
+            if (MODE == 0) *out = acc0 + (bias ? bias[unit] : 0.f);
+            if (MODE == 1) *out += acc0;
+            if (MODE == 2) *out = acc0 / (1.f + __expf(-acc0)) * acc1;
+        }
+        acc0 = 0.f;
+        acc1 = 0.f;
+        step = 0;
+        base += gridDim.x * rpb;
+        if (base < n_units) gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
+    }
+}
+
+#define GEMVQ(FMT, U, NORM, MODE)                                                                   \
+    extern "C" __global__ void gemvq_##FMT##_##U##_##NORM##_##MODE(                                \
+        const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,        \
+        const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y,          \
+        int n_units, int K, int ldy) {                                                             \
+        const QPtr w = {r0, r1, r2, r3};                                                           \
+        gemvq_body<FMT, U, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, ldy);                    \
+    }
+#define GEMVQ_MODES(FMT, U) GEMVQ(FMT, U, 0, 0) GEMVQ(FMT, U, 1, 0) GEMVQ(FMT, U, 0, 1) GEMVQ(FMT, U, 1, 2)
+// Eight units in flight only without SwiGLU (two rows of eight would spill registers).
+#define GEMVQ_FMT(FMT) GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4) GEMVQ(FMT, 8, 0, 0) GEMVQ(FMT, 8, 1, 0) GEMVQ(FMT, 8, 0, 1)
+GEMVQ_FMT(0)
+GEMVQ_FMT(1)
+GEMVQ_FMT(2)
+GEMVQ_FMT(3)
+GEMVQ_FMT(4)
+GEMVQ_FMT(5)
+GEMVQ_FMT(6)
+GEMVQ_FMT(7)
+
+// dequant_FMT_OUT: out row r (0 .. R-1) = weight row (ids ? ids[r] : row0 + r), dequantized,
+// as f32 (OUT 0, the embedding lookup) or bf16 (OUT 1, a prefill tile for cuBLAS). out is
+// [R, K] row-major. Grid (R, ceil(nu / 128)), block 128: one thread per 16-byte unit.
+template <int FMT, int OUT>
+__device__ __forceinline__ void dequant_body(const QPtr& w, const u32* ids, int row0, int K, void* out) {
+    pdl_wait();
+    pdl_launch_next();
+    const int nu = FMT == 0 ? K / 16 : K / 32;
+    const int nb = FMT >= 5 ? K / 256 : K / 32;
+    const int cc = blockIdx.y * 128 + threadIdx.x;
+    if (cc >= nu) return;
+    const size_t r = blockIdx.x;
+    const size_t row = ids ? (size_t)ids[r] : (size_t)row0 + r;
+    QUnit<FMT> u;
+    u.load(w, row, nb, nu, cc);
+    float lo[16], hi[16];
+    int vlo, vhi;
+    u.values(cc, lo, hi, vlo, vhi);
+    if (OUT == 0) {
+        float4* o = (float4*)((float*)out + r * K + vlo);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[i] = make_float4(lo[4 * i], lo[4 * i + 1], lo[4 * i + 2], lo[4 * i + 3]);
+        if (vhi >= 0) {
+            o = (float4*)((float*)out + r * K + vhi);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) o[i] = make_float4(hi[4 * i], hi[4 * i + 1], hi[4 * i + 2], hi[4 * i + 3]);
+        }
+    } else {
+        u32 p[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) p[i] = (u32)f32_to_bf16(lo[2 * i]) | ((u32)f32_to_bf16(lo[2 * i + 1]) << 16);
+        uint4* o = (uint4*)((u16*)out + r * K + vlo);
+        o[0] = make_uint4(p[0], p[1], p[2], p[3]);
+        o[1] = make_uint4(p[4], p[5], p[6], p[7]);
+        if (vhi >= 0) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) p[i] = (u32)f32_to_bf16(hi[2 * i]) | ((u32)f32_to_bf16(hi[2 * i + 1]) << 16);
+            o = (uint4*)((u16*)out + r * K + vhi);
+            o[0] = make_uint4(p[0], p[1], p[2], p[3]);
+            o[1] = make_uint4(p[4], p[5], p[6], p[7]);
+        }
+    }
+}
+
+#define DEQUANT(FMT, OUT)                                                                           \
+    extern "C" __global__ void dequant_##FMT##_##OUT(const u8* r0, const u8* r1, const u8* r2,      \
+                                                     const u8* r3, const u32* ids, int row0, int K, \
+                                                     void* out) {                                   \
+        const QPtr w = {r0, r1, r2, r3};                                                            \
+        dequant_body<FMT, OUT>(w, ids, row0, K, out);                                               \
+    }
+#define DEQUANT_FMT(FMT) DEQUANT(FMT, 0) DEQUANT(FMT, 1)
+DEQUANT_FMT(0)
+DEQUANT_FMT(1)
+DEQUANT_FMT(2)
+DEQUANT_FMT(3)
+DEQUANT_FMT(4)
+DEQUANT_FMT(5)
+DEQUANT_FMT(6)
+DEQUANT_FMT(7)

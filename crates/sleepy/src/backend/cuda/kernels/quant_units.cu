@@ -1,0 +1,373 @@
+// Quantized weight formats on the GPU: how one 16-byte unit of quants is loaded, dotted with
+// int8 activations and dequantized. Used by gemv_quant.cu (decode GEMV, embedding rows and
+// prefill weight tiles). backend/cuda/quant/emul.rs mirrors this file line by line on the CPU;
+// its tests check the index math against the CPU reference, so change both together.
+//
+// Weight layout (written by backend/cuda/quant/layout.rs): each GGML block is split into up to
+// four regions R0..R3; a region is an array over all blocks of the matrix in row-major block
+// order (block index = row * nb + j, nb blocks per row), so every field is aligned:
+//   FMT 0 Q8_0: R0 qs[32]   R1 d f16
+//   FMT 1 Q4_0: R0 qs[16]   R1 d f16
+//   FMT 2 Q4_1: R0 qs[16]   R1 (d, m) f16 x2
+//   FMT 3 Q5_0: R0 qs[16]   R1 d f16            R2 qh u32
+//   FMT 4 Q5_1: R0 qs[16]   R1 (d, m) f16 x2    R2 qh u32
+//   FMT 5 Q4_K: R0 qs[128]  R1 d, dmin, scales[12] (16 B)
+//   FMT 6 Q5_K: R0 qs[128]  R1 d, dmin, scales[12]       R2 qh[32]
+//   FMT 7 Q6_K: R0 ql[128]  R1 qh[64]           R2 scales i8[16]   R3 d f16
+// A unit is 16 bytes of R0; a row is units 0 .. NU-1 (NU = K/16 for Q8_0, K/32 otherwise) and
+// unit cc of row r is at R0 + 16 * (r * NU + cc). A unit holds one group of 16 values (Q8_0)
+// or two, "lo" and "hi" (low and high nibbles), at the value offsets unit_lo / unit_hi.
+//
+// Activations (shared memory, filled by quantize_acts in the companion format of the weight
+// format, as quant::prepare_acts does on the CPU): q int8 [K]; d32 [K/32] the scale of each
+// 32 values; s32 [K/32] the f16-rounded d * sum of the 32 quants (Q8_1 only); s16 [K/16] the
+// integer sum of each 16 quants.
+
+typedef unsigned char u8;
+
+struct QPtr {
+    const u8* r0;
+    const u8* r1;
+    const u8* r2;
+    const u8* r3;
+};
+
+struct Acts {
+    signed char* q;
+    float* d32;
+    float* s32;
+    int* s16;
+};
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
+__device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
+    const int4 v = *(const int4*)a;
+    return dp4a((int)w3, v.w, dp4a((int)w2, v.z, dp4a((int)w1, v.y, dp4a((int)w0, v.x, 0))));
+}
+
+__device__ __forceinline__ float f16r(float f) { return f16_to_f32(f32_to_f16(f)); }
+
+// Bits 0..3 of b to bit 4 of bytes 0..3 (the 5th bit of four 5-bit quants): the multiply
+// puts copies of b 7 bits apart, so bit i lands on bit 8 i.
+__device__ __forceinline__ u32 spread4(u32 b) { return (((b & 0xFu) * 0x00204081u) & 0x01010101u) << 4; }
+
+__device__ __forceinline__ float lo_f16(u32 w) { return f16_to_f32((u16)(w & 0xffffu)); }
+__device__ __forceinline__ float hi_f16(u32 w) { return f16_to_f32((u16)(w >> 16)); }
+
+// Byte i (0..3) of w as an unsigned / signed value.
+__device__ __forceinline__ int ubyte(u32 w, int i) { return (int)((w >> (8 * i)) & 0xffu); }
+__device__ __forceinline__ int sbyte(u32 w, int i) { return (int)(signed char)((w >> (8 * i)) & 0xffu); }
+
+template <int FMT> struct QUnit;
+
+// ---- Q8_0: a unit is half a block, 16 values.
+template <> struct QUnit<0> {
+    uint4 q;
+    float d;
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
+        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        d = f16_to_f32(((const u16*)w.r1)[row * nb + (cc >> 1)]);
+    }
+    __device__ __forceinline__ float dot(int cc, const Acts& a) const {
+        const int v = 16 * cc;
+        return d * a.d32[v >> 5] * (float)dot16(q.x, q.y, q.z, q.w, a.q + v);
+    }
+    __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
+        vlo = 16 * cc;
+        vhi = -1;
+        const u32 ws[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 16; ++i) lo[i] = __fmul_rn((float)sbyte(ws[i >> 2], i & 3), d);
+    }
+};
+
+// ---- Q4_0 .. Q5_1: a unit is one block of 32: value j < 16 in the low nibble of byte j,
+// value 16 + j in its high nibble; Q5 formats take bit j of qh as the 5th bit of value j.
+template <int FMT> struct QLegacy {
+    uint4 q;
+    u32 dm;  // d (low half), m (high half, Q4_1 / Q5_1)
+    u32 qh;
+    static constexpr bool AFFINE = FMT == 2 || FMT == 4;
+    static constexpr bool FIVE = FMT == 3 || FMT == 4;
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
+        const size_t b = row * nb + cc;
+        q = ld_stream16(w.r0 + 16 * b);
+        dm = AFFINE ? ((const u32*)w.r1)[b] : (u32)((const u16*)w.r1)[b];
+        qh = FIVE ? ((const u32*)w.r2)[b] : 0u;
+    }
+    // The quants of word i (values 4i..4i+3) of the lo group and of the hi group.
+    __device__ __forceinline__ u32 lo_word(u32 qw, int i) const {
+        u32 r = qw & 0x0F0F0F0Fu;
+        if (FIVE) r |= spread4(qh >> (4 * i));
+        return r;
+    }
+    __device__ __forceinline__ u32 hi_word(u32 qw, int i) const {
+        u32 r = (qw >> 4) & 0x0F0F0F0Fu;
+        if (FIVE) r |= spread4(qh >> (16 + 4 * i));
+        return r;
+    }
+    __device__ __forceinline__ float dot(int cc, const Acts& a) const {
+        const int v = 32 * cc;
+        const int lo = dot16(lo_word(q.x, 0), lo_word(q.y, 1), lo_word(q.z, 2), lo_word(q.w, 3), a.q + v);
+        const int hi = dot16(hi_word(q.x, 0), hi_word(q.y, 1), hi_word(q.z, 2), hi_word(q.w, 3), a.q + v + 16);
+        const float d = lo_f16(dm), da = a.d32[cc];
+        if (AFFINE) return d * da * (float)(lo + hi) + hi_f16(dm) * a.s32[cc];
+        const int off = FIVE ? 16 : 8;
+        return d * da * (float)(lo + hi - off * (a.s16[2 * cc] + a.s16[2 * cc + 1]));
+    }
+    __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
+        vlo = 32 * cc;
+        vhi = 32 * cc + 16;
+        const u32 ws[4] = {q.x, q.y, q.z, q.w};
+        const float d = lo_f16(dm), m = hi_f16(dm);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 l = lo_word(ws[i], i), h = hi_word(ws[i], i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                if (AFFINE) {
+                    lo[4 * i + j] = __fadd_rn(__fmul_rn((float)ubyte(l, j), d), m);
+                    hi[4 * i + j] = __fadd_rn(__fmul_rn((float)ubyte(h, j), d), m);
+                } else {
+                    const int off = FIVE ? 16 : 8;
+                    lo[4 * i + j] = __fmul_rn((float)(ubyte(l, j) - off), d);
+                    hi[4 * i + j] = __fmul_rn((float)(ubyte(h, j) - off), d);
+                }
+            }
+        }
+    }
+};
+template <> struct QUnit<1> : QLegacy<1> {};
+template <> struct QUnit<2> : QLegacy<2> {};
+template <> struct QUnit<3> : QLegacy<3> {};
+template <> struct QUnit<4> : QLegacy<4> {};
+
+// ---- Q4_K / Q5_K: unit cc is bytes 16 w of super-block sb's 128 (w = cc % 8): chunk
+// c = w / 2 of 64 values, offset l0 = 16 (w % 2); low nibbles are values 64c + l0 + j of
+// sub-block 2c, high nibbles 64c + 32 + l0 + j of sub-block 2c + 1. Q5_K: bit 2c (2c + 1)
+// of qh[l0 + j] is the 5th bit of the low (high) value.
+template <int FMT> struct QK45 {
+    uint4 q;
+    uint4 meta;
+    uint4 qh;
+    static constexpr bool FIVE = FMT == 6;
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
+        const size_t sb = row * nb + (cc >> 3);
+        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        meta = *(const uint4*)(w.r1 + 16 * sb);
+        if (FIVE) qh = *(const uint4*)(w.r2 + 32 * sb + 16 * (cc & 1));
+    }
+    // 6-bit scale and min of sub-blocks 2c (s0, m0) and 2c + 1 (s1, m1) from the 12 packed
+    // bytes in meta.y..w: sub-blocks 0..3 in the low 6 bits of bytes 0..7, 4..7 in bytes 8..11
+    // plus the top 2 bits of bytes 0..7.
+    __device__ __forceinline__ void scales(int c, int& s0, int& s1, int& m0, int& m1) const {
+        u32 s, m;
+        if (c < 2) {
+            s = meta.y & 0x3F3F3F3Fu;
+            m = meta.z & 0x3F3F3F3Fu;
+        } else {
+            s = (meta.w & 0x0F0F0F0Fu) | (((meta.y >> 6) & 0x03030303u) << 4);
+            m = ((meta.w >> 4) & 0x0F0F0F0Fu) | (((meta.z >> 6) & 0x03030303u) << 4);
+        }
+        const int b = 2 * (c & 1);
+        s0 = ubyte(s, b);
+        s1 = ubyte(s, b + 1);
+        m0 = ubyte(m, b);
+        m1 = ubyte(m, b + 1);
+    }
+    __device__ __forceinline__ u32 lo_word(u32 qw, u32 hw, int c) const {
+        u32 r = qw & 0x0F0F0F0Fu;
+        if (FIVE) r |= ((hw >> (2 * c)) & 0x01010101u) << 4;
+        return r;
+    }
+    __device__ __forceinline__ u32 hi_word(u32 qw, u32 hw, int c) const {
+        u32 r = (qw >> 4) & 0x0F0F0F0Fu;
+        if (FIVE) r |= ((hw >> (2 * c + 1)) & 0x01010101u) << 4;
+        return r;
+    }
+    __device__ __forceinline__ static int vlo_of(int cc) { return 256 * (cc >> 3) + 64 * ((cc & 7) >> 1) + 16 * (cc & 1); }
+    __device__ __forceinline__ float dot(int cc, const Acts& a) const {
+        const int c = (cc & 7) >> 1;
+        const int vl = vlo_of(cc), vh = vl + 32;
+        const u32 h0 = FIVE ? qh.x : 0u, h1 = FIVE ? qh.y : 0u, h2 = FIVE ? qh.z : 0u, h3 = FIVE ? qh.w : 0u;
+        const int lo = dot16(lo_word(q.x, h0, c), lo_word(q.y, h1, c), lo_word(q.z, h2, c), lo_word(q.w, h3, c), a.q + vl);
+        const int hi = dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.q + vh);
+        int s0, s1, m0, m1;
+        scales(c, s0, s1, m0, m1);
+        const float da = a.d32[vl >> 5];
+        const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
+        return dx * (float)(s0 * lo + s1 * hi) - dmin * (float)(m0 * a.s16[vl >> 4] + m1 * a.s16[vh >> 4]);
+    }
+    __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
+        const int c = (cc & 7) >> 1;
+        vlo = vlo_of(cc);
+        vhi = vlo + 32;
+        int s0, s1, m0, m1;
+        scales(c, s0, s1, m0, m1);
+        const float d = lo_f16(meta.x), dmin = hi_f16(meta.x);
+        const float d0 = __fmul_rn(d, (float)s0), d1 = __fmul_rn(d, (float)s1);
+        const float n0 = __fmul_rn(dmin, (float)m0), n1 = __fmul_rn(dmin, (float)m1);
+        const u32 ws[4] = {q.x, q.y, q.z, q.w};
+        const u32 hs[4] = {FIVE ? qh.x : 0u, FIVE ? qh.y : 0u, FIVE ? qh.z : 0u, FIVE ? qh.w : 0u};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 l = lo_word(ws[i], hs[i], c), h = hi_word(ws[i], hs[i], c);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                lo[4 * i + j] = __fsub_rn(__fmul_rn(d0, (float)ubyte(l, j)), n0);
+                hi[4 * i + j] = __fsub_rn(__fmul_rn(d1, (float)ubyte(h, j)), n1);
+            }
+        }
+    }
+};
+template <> struct QUnit<5> : QK45<5> {};
+template <> struct QUnit<6> : QK45<6> {};
+
+// ---- Q6_K: unit cc is bytes 16 w of super-block sb's ql (w = cc % 8): half h = w / 4,
+// j = w % 4. Low nibbles are values 128h + 16j + i, high nibbles those + 64; their top two
+// bits are in qh[32h + 16 (j % 2) + i] at bit s (low) and s + 4 (high), s = 2 when j >= 2.
+// Value v of the super-block has scale v / 16 and is d * scale * (q - 32).
+template <> struct QUnit<7> {
+    uint4 q;
+    uint4 qh;
+    uint4 sc;
+    float d;
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
+        const size_t sb = row * nb + (cc >> 3);
+        const int wi = cc & 7;
+        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        qh = *(const uint4*)(w.r1 + 64 * sb + 32 * (wi >> 2) + 16 * (wi & 1));
+        sc = *(const uint4*)(w.r2 + 16 * sb);
+        d = f16_to_f32(((const u16*)w.r3)[sb]);
+    }
+    __device__ __forceinline__ static u32 lo_word(u32 qw, u32 hw, int s) {
+        return (qw & 0x0F0F0F0Fu) | (((hw >> s) & 0x03030303u) << 4);
+    }
+    __device__ __forceinline__ static u32 hi_word(u32 qw, u32 hw, int s) {
+        return ((qw >> 4) & 0x0F0F0F0Fu) | (((hw >> (s + 4)) & 0x03030303u) << 4);
+    }
+    __device__ __forceinline__ static int vlo_of(int cc) { return 256 * (cc >> 3) + 128 * ((cc & 7) >> 2) + 16 * (cc & 3); }
+    // Scales of the lo group (8h + j) and the hi group (8h + j + 4).
+    __device__ __forceinline__ void scales(int cc, int& slo, int& shi) const {
+        const int h = (cc & 7) >> 2, j = cc & 3;
+        slo = sbyte(h ? sc.z : sc.x, j);
+        shi = sbyte(h ? sc.w : sc.y, j);
+    }
+    __device__ __forceinline__ float dot(int cc, const Acts& a) const {
+        const int s = (cc & 3) >= 2 ? 2 : 0;
+        const int vl = vlo_of(cc), vh = vl + 64;
+        const int lo = dot16(lo_word(q.x, qh.x, s), lo_word(q.y, qh.y, s), lo_word(q.z, qh.z, s), lo_word(q.w, qh.w, s), a.q + vl);
+        const int hi = dot16(hi_word(q.x, qh.x, s), hi_word(q.y, qh.y, s), hi_word(q.z, qh.z, s), hi_word(q.w, qh.w, s), a.q + vh);
+        int slo, shi;
+        scales(cc, slo, shi);
+        const float dx = d * a.d32[vl >> 5];
+        return dx * (float)(slo * (lo - 32 * a.s16[vl >> 4]) + shi * (hi - 32 * a.s16[vh >> 4]));
+    }
+    __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
+        const int s = (cc & 3) >= 2 ? 2 : 0;
+        vlo = vlo_of(cc);
+        vhi = vlo + 64;
+        int slo, shi;
+        scales(cc, slo, shi);
+        const float dl = __fmul_rn(d, (float)slo), dh = __fmul_rn(d, (float)shi);
+        const u32 ws[4] = {q.x, q.y, q.z, q.w};
+        const u32 hs[4] = {qh.x, qh.y, qh.z, qh.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const u32 l = lo_word(ws[i], hs[i], s), h = hi_word(ws[i], hs[i], s);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                lo[4 * i + j] = __fmul_rn(dl, (float)(ubyte(l, j) - 32));
+                hi[4 * i + j] = __fmul_rn(dh, (float)(ubyte(h, j) - 32));
+            }
+        }
+    }
+};
+
+// Quantize the row x [K] into the block's shared activations (ACT 0: Q8_0, per 32 values,
+// scale rounded to f16; ACT 1: Q8_1, Q8_0 plus the f16-rounded d * sum of each 32; ACT 2:
+// Q8_K, per 256 values, f32 scale), matching quant::prepare_acts bit for bit. With NORM, x is
+// RMS-normed and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
+// 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
+// (% 256 for ACT 2). Contains barriers: every thread of the block calls it.
+template <int ACT, bool NORM>
+__device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
+                                              const Acts& a, float* red) {
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int nthreads = blockDim.x * blockDim.y;
+    const int lane = tid & 31;
+    float scale = 1.f;
+    if (NORM) {
+        float ss = 0.f;
+        for (int i = tid; i < K / 4; i += nthreads) {
+            const float4 v = ((const float4*)x)[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = block_sum(ss, red);
+        scale = 1.f / sqrtf(ss / (float)K + eps);
+    }
+    const int nchunks = K / 8;
+    // The loop bound is the same for the whole warp (base = this warp's first chunk), so the
+    // shuffles below always have all 32 lanes.
+    for (int base = tid - lane; base < nchunks; base += nthreads) {
+        const int i = base + lane;
+        float v[8];
+        if (i < nchunks) {
+            const float4 a0 = ((const float4*)x)[2 * i], a1 = ((const float4*)x)[2 * i + 1];
+            v[0] = a0.x; v[1] = a0.y; v[2] = a0.z; v[3] = a0.w;
+            v[4] = a1.x; v[5] = a1.y; v[6] = a1.z; v[7] = a1.w;
+            if (NORM) {
+                const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
+                const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = 0.f;
+        }
+        float amax = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        if (ACT == 2) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+        }
+        const float id = amax != 0.f ? 127.f / amax : 0.f;
+        float d;
+        if (ACT == 2) d = amax != 0.f ? 1.f / id : 0.f;
+        else d = f16r(amax / 127.f);
+        int sum = 0;
+        u32 p0 = 0, p1 = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int q = __float2int_rn(v[j] * id);
+            sum += q;
+            if (j < 4) p0 |= ((u32)q & 0xffu) << (8 * j);
+            else p1 |= ((u32)q & 0xffu) << (8 * (j - 4));
+        }
+        const int s16 = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+        const int s32 = s16 + __shfl_xor_sync(0xffffffffu, s16, 2);
+        if (i < nchunks) {
+            *(uint2*)(a.q + 8 * i) = make_uint2(p0, p1);
+            if ((lane & 1) == 0) a.s16[i >> 1] = s16;
+            if ((lane & 3) == 0) {
+                a.d32[i >> 2] = d;
+                if (ACT == 1) a.s32[i >> 2] = f16r(amax / 127.f * (float)s32);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// The activation format each weight format is dotted with (see quant::prepare_acts).
+template <int FMT> struct ActOf { static constexpr int value = FMT >= 5 ? 2 : (FMT == 2 || FMT == 4) ? 1 : 0; };

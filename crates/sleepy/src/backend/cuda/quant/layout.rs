@@ -1,0 +1,171 @@
+//! The GPU layout of quantized weights. The file's GGML blocks are split at upload into up to
+//! four regions (quants, scales, high bits, ...), each an array over every block of the
+//! segment in row-major block order, so that the kernels read quants with aligned 16-byte
+//! loads and every scale with one aligned load. The bytes are the same as the file's, only
+//! reordered: a weight read per token costs exactly its stored size.
+
+use crate::error::{Error, Result};
+use crate::quant::DType;
+
+/// A quantized format the GPU kernels read; `id()` is the FMT number in the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QFmt {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+pub const ALL_FORMATS: [QFmt; 8] = [QFmt::Q8_0, QFmt::Q4_0, QFmt::Q4_1, QFmt::Q5_0, QFmt::Q5_1, QFmt::Q4K, QFmt::Q5K, QFmt::Q6K];
+
+impl QFmt {
+    pub fn of(dtype: DType) -> Option<QFmt> {
+        Some(match dtype {
+            DType::Q8_0 => QFmt::Q8_0,
+            DType::Q4_0 => QFmt::Q4_0,
+            DType::Q4_1 => QFmt::Q4_1,
+            DType::Q5_0 => QFmt::Q5_0,
+            DType::Q5_1 => QFmt::Q5_1,
+            DType::Q4K => QFmt::Q4K,
+            DType::Q5K => QFmt::Q5K,
+            DType::Q6K => QFmt::Q6K,
+            _ => return None,
+        })
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            QFmt::Q8_0 => DType::Q8_0,
+            QFmt::Q4_0 => DType::Q4_0,
+            QFmt::Q4_1 => DType::Q4_1,
+            QFmt::Q5_0 => DType::Q5_0,
+            QFmt::Q5_1 => DType::Q5_1,
+            QFmt::Q4K => DType::Q4K,
+            QFmt::Q5K => DType::Q5K,
+            QFmt::Q6K => DType::Q6K,
+        }
+    }
+
+    /// The FMT template argument of the kernels (quant_units.cu).
+    pub fn id(self) -> u32 {
+        match self {
+            QFmt::Q8_0 => 0,
+            QFmt::Q4_0 => 1,
+            QFmt::Q4_1 => 2,
+            QFmt::Q5_0 => 3,
+            QFmt::Q5_1 => 4,
+            QFmt::Q4K => 5,
+            QFmt::Q5K => 6,
+            QFmt::Q6K => 7,
+        }
+    }
+
+    /// Byte ranges (start, length) of one GGML block that make regions R0, R1, ... in order.
+    pub fn regions(self) -> &'static [(usize, usize)] {
+        match self {
+            QFmt::Q8_0 => &[(2, 32), (0, 2)],
+            QFmt::Q4_0 => &[(2, 16), (0, 2)],
+            QFmt::Q4_1 => &[(4, 16), (0, 4)],
+            QFmt::Q5_0 => &[(6, 16), (0, 2), (2, 4)],
+            QFmt::Q5_1 => &[(8, 16), (0, 4), (4, 4)],
+            QFmt::Q4K => &[(16, 128), (0, 16)],
+            QFmt::Q5K => &[(48, 128), (0, 16), (16, 32)],
+            QFmt::Q6K => &[(0, 128), (128, 64), (192, 16), (208, 2)],
+        }
+    }
+
+    /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once).
+    pub fn units_per_row(self, k: usize) -> usize {
+        if self == QFmt::Q8_0 {
+            k / 16
+        } else {
+            k / 32
+        }
+    }
+}
+
+/// Regions start on this boundary inside a weight's device buffer.
+pub const REGION_ALIGN: usize = 256;
+
+/// The segment bytes of `rows` rows of `k` values in the GPU layout, and the offset of each
+/// region from the segment start (unused regions point at the segment start).
+pub fn repack(name: &str, fmt: QFmt, k: usize, rows: usize, blocks: &[u8]) -> Result<(Vec<u8>, [usize; 4])> {
+    let dtype = fmt.dtype();
+    let row_bytes = dtype
+        .row_bytes(k)
+        .ok_or_else(|| Error::tensor(name, format!("row length {k} is not a multiple of the {} block of {} values", dtype.name(), dtype.block_len())))?;
+    if blocks.len() != rows * row_bytes {
+        return Err(Error::tensor(name, format!("{} bytes for {rows} rows of {k} {}", blocks.len(), dtype.name())));
+    }
+    let bb = dtype.block_bytes();
+    let n_blocks = blocks.len() / bb;
+    let mut offsets = [0usize; 4];
+    let mut total = 0;
+    for (r, &(_, len)) in fmt.regions().iter().enumerate() {
+        offsets[r] = total;
+        total = (total + n_blocks * len).next_multiple_of(REGION_ALIGN);
+    }
+    let mut out = vec![0u8; total];
+    for (b, block) in blocks.chunks_exact(bb).enumerate() {
+        for (r, &(start, len)) in fmt.regions().iter().enumerate() {
+            let at = offsets[r] + b * len;
+            out[at..at + len].copy_from_slice(&block[start..start + len]);
+        }
+    }
+    Ok((out, offsets))
+}
+
+/// The inverse of `repack` (tests, and the tuner's CPU reference reading a weight back).
+pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize) -> Vec<u8> {
+    let bb = fmt.dtype().block_bytes();
+    let mut out = vec![0u8; n_blocks * bb];
+    for (b, block) in out.chunks_exact_mut(bb).enumerate() {
+        for (r, &(start, len)) in fmt.regions().iter().enumerate() {
+            let at = offsets[r] + b * len;
+            block[start..start + len].copy_from_slice(&seg[at..at + len]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_cover_each_block_once() {
+        for fmt in ALL_FORMATS {
+            let bb = fmt.dtype().block_bytes();
+            let mut seen = vec![0u8; bb];
+            for &(start, len) in fmt.regions() {
+                seen[start..start + len].iter_mut().for_each(|s| *s += 1);
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{fmt:?}");
+            // R0 is whole 16-byte units, one block's worth of a row's units.
+            let (_, len0) = fmt.regions()[0];
+            assert_eq!(len0 % 16, 0);
+            assert_eq!(fmt.units_per_row(fmt.dtype().block_len()), len0 / 16, "{fmt:?}");
+        }
+    }
+
+    #[test]
+    fn repack_round_trips_and_aligns() {
+        for fmt in ALL_FORMATS {
+            let d = fmt.dtype();
+            let (k, rows) = (2 * d.block_len(), 3);
+            let bytes: Vec<u8> = (0..rows * d.row_bytes(k).unwrap()).map(|i| (i * 7 + 3) as u8).collect();
+            let (seg, off) = repack("w", fmt, k, rows, &bytes).unwrap();
+            for (r, &(_, len)) in fmt.regions().iter().enumerate() {
+                assert_eq!(off[r] % REGION_ALIGN, 0);
+                assert!(off[r] + rows * 2 * len <= seg.len());
+            }
+            assert_eq!(unpack(fmt, &seg, &off, rows * 2), bytes);
+        }
+        assert!(repack("w", QFmt::Q4K, 100, 1, &[0u8; 10]).is_err());
+        assert!(repack("w", QFmt::Q8_0, 32, 2, &[0u8; 34]).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! Quantized and mixed-format weights on the GPU.
+//!
+//! A weight whose parts are not all bf16 or all f16 (any GGML quant format, f32, or a mix as
+//! in a fused Q|K|V of a Q4_K_M file) is stored as row segments: runs of parts of one format,
+//! each in the GPU layout of `layout` (quantized) or as bf16 rows (float parts). Decode runs
+//! one GEMV launch per segment on its row range (kernels/gemv_quant.cu: int8 activations,
+//! dp4a, the weight dequantized in registers); prefill dequantizes row chunks to bf16 and uses
+//! the cuBLAS path; the embedding lookup dequantizes the rows it needs.
+//!
+//! Launch shapes are data, as for bf16: a default rule, replaced per problem (format, rows, k,
+//! fused variant) by what `sleepy tune` measured on this GPU (cuda/tune/store.rs).
+
+#[cfg(test)]
+mod emul;
+pub mod layout;
+mod ops;
+
+pub(crate) use ops::wants_segments;
+
+pub use layout::QFmt;
+use serde::{Deserialize, Serialize};
+
+/// What a segment's rows are stored as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegKind {
+    Quant(QFmt),
+    /// bf16 rows (float parts of a mixed weight, converted at upload).
+    Bf16,
+}
+
+/// A run of rows of one format inside a weight's device buffer.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub kind: SegKind,
+    /// First row of the segment in the whole matrix, and its row count.
+    pub row0: usize,
+    pub rows: usize,
+    /// Device addresses of regions R0..R3 (bf16: R0 only).
+    pub regions: [u64; 4],
+}
+
+/// The segments of a quantized or mixed weight, in row order.
+pub struct QuantLayout {
+    pub segs: Vec<Segment>,
+    /// Weights of several segments: room for the two rows of a decode GEMV's output, where a
+    /// SwiGLU whose gate and up rows differ in format is computed in two steps.
+    scratch: Option<super::driver::DevBuf>,
+}
+
+/// A launch shape of the quantized GEMV (see kernels/gemv_quant.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantShape {
+    /// Rows (gate+up pairs for SwiGLU) per block.
+    pub rows_per_block: u32,
+    /// Threads that share a row (a power of two).
+    pub threads_per_row: u32,
+    /// 16-byte units per row each thread keeps in flight: 2, 4, or 8 (not for SwiGLU).
+    pub unroll: u32,
+    /// Grid size as blocks per multiprocessor (blocks loop over the remaining rows).
+    pub blocks_per_sm: u32,
+}
+
+/// Threads per block are capped so that any kernel variant can launch: the largest use
+/// about 160 registers (ptxas, sm_90), and 256 threads x 255 registers fit an SM's 64K.
+pub(crate) const MAX_THREADS: u32 = 256;
+
+/// The default rule (not yet measured for these kernels; modelled on the bf16 sweep in
+/// BENCHMARKS.md, where the best shapes give each thread 4-8 loads of a row and finish a row
+/// in one or two batches): threads per row so that each has about six units, 256 threads a
+/// block, up to four blocks per SM (fewer where registers do not allow), eight units in flight
+/// where a thread has more than four (four for SwiGLU, which loads two rows, and for the
+/// register-heavy Q5_K / Q6_K units).
+pub fn default_shape(fmt: QFmt, _rows: usize, k: usize, mode: u32) -> QuantShape {
+    let units = fmt.units_per_row(k).max(1);
+    let threads_per_row = ((units / 6).max(1).next_power_of_two() as u32).clamp(8, 128);
+    let per_thread = units.div_ceil(threads_per_row as usize);
+    let heavy = matches!(fmt, QFmt::Q5K | QFmt::Q6K);
+    let unroll = match per_thread {
+        0..=2 => 2,
+        3..=4 => 4,
+        _ if mode == 2 || heavy => 4,
+        _ => 8,
+    };
+    QuantShape { rows_per_block: MAX_THREADS / threads_per_row, threads_per_row, unroll, blocks_per_sm: 4 }
+}
+
+/// Keep a shape launchable whatever a table file says.
+pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
+    if ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
+        s.unroll = 4;
+    }
+    s.threads_per_row = s.threads_per_row.clamp(1, MAX_THREADS).next_power_of_two();
+    // A power of two, so that doubling up to a whole warp below stays within MAX_THREADS.
+    let rows = s.rows_per_block.clamp(1, MAX_THREADS / s.threads_per_row);
+    s.rows_per_block = 1 << (31 - rows.leading_zeros());
+    // Block sizes stay whole warps (the reductions assume it).
+    while (s.threads_per_row * s.rows_per_block) % 32 != 0 {
+        s.rows_per_block *= 2;
+    }
+    s.blocks_per_sm = s.blocks_per_sm.clamp(1, 32);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quant_shapes_are_launchable() {
+        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0 };
+        for fmt in layout::ALL_FORMATS {
+            for k in [32, 256, 896, 2560, 4864, 9728] {
+                for n in [1, 7, 128, 1024, 6144, 151936] {
+                    for mode in [0, 1, 2] {
+                        for s in [sanitize(default_shape(fmt, n, k, mode), mode), sanitize(odd, mode)] {
+                            assert!(s.threads_per_row.is_power_of_two());
+                            assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
+                            assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
+                            assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
+                            assert!(s.blocks_per_sm >= 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

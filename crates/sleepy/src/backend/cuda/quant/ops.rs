@@ -1,0 +1,225 @@
+//! Segmented weights on the device: upload (split into segments, repacked), the decode GEMV
+//! of each segment, embedding rows, and prefill GEMMs through bf16 tiles.
+
+use super::layout::{repack, QFmt, REGION_ALIGN};
+use super::{QuantLayout, QuantShape, SegKind, Segment};
+use crate::backend::cuda::driver::{self, kargs, DevBuf};
+use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
+use crate::backend::WeightPart;
+use crate::error::{Error, Result};
+use crate::quant::{self, DType};
+
+/// Launch-key prefix of this module's kernels (see CudaBackend::launch_keyed).
+const KEY: u64 = 0x51 << 48;
+/// Bytes of the bf16 weight tile a prefill GEMM dequantizes into at a time.
+const TILE_BYTES: usize = 32 << 20;
+
+/// Whether `upload_weight` hands these parts here: anything but all bf16 or all f16.
+pub(crate) fn wants_segments(parts: &[WeightPart]) -> bool {
+    match parts.first() {
+        Some(first) => !(matches!(first.dtype, DType::BF16 | DType::F16) && parts.iter().all(|p| p.dtype == first.dtype)),
+        None => false,
+    }
+}
+
+fn kind_of(dtype: DType) -> SegKind {
+    QFmt::of(dtype).map_or(SegKind::Bf16, SegKind::Quant)
+}
+
+/// Float rows (f32, f16 or bf16) as bf16 bytes.
+fn bf16_rows(dtype: DType, bytes: &[u8], k: usize, out: &mut Vec<u8>) {
+    if dtype == DType::BF16 {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let rb = dtype.row_bytes(k).unwrap_or(0).max(1);
+    let mut row = vec![0f32; k];
+    for src in bytes.chunks_exact(rb) {
+        quant::dequantize_row(dtype, src, &mut row);
+        out.extend(row.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()));
+    }
+}
+
+/// Launch key and dynamic shared memory of the quantized GEMV kernel a shape runs.
+fn gemvq_key(fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> (u64, u32) {
+    let key = KEY | 1 << 32 | (fmt.id() as u64) << 16 | (s.unroll as u64) << 8 | (norm as u64) << 4 | mode as u64;
+    (key, (k * 3 / 2 + 256) as u32)
+}
+
+fn gemvq_name(fmt: QFmt, s: &QuantShape, norm: bool, mode: u32) -> String {
+    format!("gemvq_{}_{}_{}_{mode}", fmt.id(), s.unroll, norm as u32)
+}
+
+impl CudaBackend {
+    /// Upload a weight of quantized, f32 or mixed-format parts as segments (see the module doc).
+    pub(crate) fn upload_quant(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
+        // Runs of consecutive parts of one kind become one segment.
+        let mut runs: Vec<(SegKind, usize, Vec<&WeightPart>)> = Vec::new();
+        for p in &parts {
+            let rb = p.dtype.row_bytes(k).ok_or_else(|| Error::tensor(name, format!("row length {k} is not a whole number of {} blocks", p.dtype.name())))?;
+            if rb * p.rows != p.bytes.len() {
+                return Err(Error::tensor(name, format!("{} bytes for {} rows of {k} {}", p.bytes.len(), p.rows, p.dtype.name())));
+            }
+            let kind = kind_of(p.dtype);
+            match runs.last_mut() {
+                Some((kd, rows, ps)) if *kd == kind => {
+                    *rows += p.rows;
+                    ps.push(p);
+                }
+                _ => runs.push((kind, p.rows, vec![p])),
+            }
+        }
+        // The host image of the device buffer, and each segment's region offsets in it.
+        let mut image: Vec<u8> = Vec::new();
+        let mut metas = Vec::new();
+        let mut row0 = 0;
+        for (kind, rows, ps) in &runs {
+            let start = image.len();
+            let offsets = match kind {
+                SegKind::Quant(f) => {
+                    let joined;
+                    let bytes = if ps.len() == 1 {
+                        ps[0].bytes.as_slice()
+                    } else {
+                        joined = ps.iter().flat_map(|p| p.bytes.as_slice().iter().copied()).collect::<Vec<u8>>();
+                        &joined
+                    };
+                    let (seg, off) = repack(name, *f, k, *rows, bytes)?;
+                    image.extend_from_slice(&seg);
+                    off.map(|o| start + o)
+                }
+                SegKind::Bf16 => {
+                    for p in ps {
+                        bf16_rows(p.dtype, p.bytes.as_slice(), k, &mut image);
+                    }
+                    [start; 4]
+                }
+            };
+            image.resize(image.len().next_multiple_of(REGION_ALIGN), 0);
+            metas.push((*kind, row0, *rows, offsets));
+            row0 += rows;
+        }
+        let buf = DevBuf::alloc(image.len())?;
+        driver::upload(buf.ptr, &image, self.stream.0)?;
+        let segs = metas.into_iter().map(|(kind, row0, rows, off)| Segment { kind, row0, rows, regions: off.map(|o| buf.ptr + o as u64) }).collect::<Vec<_>>();
+        let scratch = if segs.len() > 1 { Some(DevBuf::alloc(2 * row0 * 4)?) } else { None };
+        Ok(CudaWeight { n: row0, k, dt: 0, buf, quant: Some(Box::new(QuantLayout { segs, scratch })) })
+    }
+
+    /// Decode GEMV of a segmented weight: one launch per segment on its rows (see
+    /// CudaBackend::gemv for the modes). x has 1 or 2 rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemv_quant(&self, w: &CudaWeight, q: &QuantLayout, x: &CudaAct, norm: Option<(&CudaAct, f32)>, bias: Option<&CudaAct>, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        let norm = norm.map(|(n, e)| (n.ptr(), e));
+        let bias = bias.map_or(0, |b| b.ptr());
+        if mode == 2 && q.segs.len() > 1 {
+            // Gate and up rows in different formats: both into a scratch, then SwiGLU. Decode
+            // steps (recorded as graphs) use the weight's own scratch, so addresses stay fixed;
+            // more rows (prefill without cuBLAS, never recorded) take a pooled buffer.
+            let tmp;
+            let gate_up = match &q.scratch {
+                Some(b) if x.rows <= 2 => b.ptr,
+                _ => {
+                    tmp = self.new_act(x.rows, w.n)?;
+                    tmp.ptr()
+                }
+            };
+            for s in &q.segs {
+                self.gemv_segment(s, s.rows, w.k, x, norm, 0, 0, gate_up + 4 * s.row0 as u64, w.n)?;
+            }
+            let f = w.n / 2;
+            let n = x.rows * f;
+            let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+            return self.launch("swiglu", [blocks, 1, 1], [256, 1, 1], 0, kargs![gate_up, y, 0u64, 0u32, f as i32, n as i64]);
+        }
+        for s in &q.segs {
+            // SwiGLU (one segment): unit u reads rows u and u + rows / 2 of the segment.
+            let (units, at) = if mode == 2 { (s.rows / 2, 0) } else { (s.rows, 4 * s.row0 as u64) };
+            let b = if bias == 0 { 0 } else { bias + at };
+            self.gemv_segment(s, units, w.k, x, norm, b, mode, y + at, ldy)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_segment(&self, s: &Segment, units: usize, k: usize, x: &CudaAct, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        match s.kind {
+            SegKind::Bf16 => {
+                let shape = self.dense_shape(0, units, k, norm.is_some(), mode);
+                self.gemv_shaped(s.regions[0], 0, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
+            }
+            SegKind::Quant(f) => {
+                let shape = self.quant_shape(f, units, k, norm.is_some(), mode);
+                self.gemvq_shaped(f, &s.regions, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
+            }
+        }
+    }
+
+    /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
+        let (key, smem) = gemvq_key(fmt, k, s, norm.is_some(), mode);
+        let name = || gemvq_name(fmt, s, norm.is_some(), mode);
+        // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
+        // same number of row groups: a ragged last round would leave most SMs idle.
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
+        let groups = units.div_ceil(s.rows_per_block as usize).max(1);
+        let rounds = groups.div_ceil(cap);
+        let blocks = groups.div_ceil(rounds) as u32;
+        let (g, eps) = norm.unwrap_or((0, 0.0));
+        let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+    }
+
+    /// Blocks of a quantized GEMV shape that fit on one SM.
+    pub(crate) fn gemvq_occupancy(&self, fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> Result<u32> {
+        let (key, smem) = gemvq_key(fmt, k, s, norm, mode);
+        self.blocks_per_sm(key, &|| gemvq_name(fmt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
+    }
+
+    /// Rows of a quantized segment dequantized into `out` ([n, k], f32 or bf16): rows
+    /// ids[0..n] when `ids` is given, else rows row0 .. row0 + n.
+    #[allow(clippy::too_many_arguments)]
+    fn dequant(&self, fmt: QFmt, r: &[u64; 4], ids: u64, row0: usize, n: usize, k: usize, out: u64, bf16: bool) -> Result<()> {
+        let key = KEY | 2 << 32 | (fmt.id() as u64) << 8 | bf16 as u64;
+        let name = || format!("dequant_{}_{}", fmt.id(), bf16 as u32);
+        let grid = [n as u32, fmt.units_per_row(k).div_ceil(128) as u32, 1];
+        self.launch_keyed(key, &name, grid, [128, 1, 1], 0, kargs![r[0], r[1], r[2], r[3], ids, row0 as i32, k as i32, out])
+    }
+
+    /// out[t, :] = row ids[t] of a segmented embedding table (ids already on the device).
+    pub(crate) fn embed_quant(&self, q: &QuantLayout, k: usize, ids: u64, n_ids: usize, out: &CudaAct) -> Result<()> {
+        let [s] = q.segs.as_slice() else {
+            return Err(Error::Cuda("an embedding table made of several formats is not supported".into()));
+        };
+        match s.kind {
+            SegKind::Bf16 => self.launch("embed_0", [k.div_ceil(256) as u32, n_ids as u32, 1], [256, 1, 1], 0, kargs![s.regions[0], ids, out.ptr(), k as i32]),
+            SegKind::Quant(f) => self.dequant(f, &s.regions, ids, 0, n_ids, k, out.ptr(), false),
+        }
+    }
+
+    /// Prefill GEMM of a segmented weight: y[t, n] (= or +=) sum_k xh[t, k] * W[n, k] with xh
+    /// bf16; quantized segments are dequantized to bf16 a tile of rows at a time.
+    pub(crate) fn gemm_quant(&self, xh: u64, rows: usize, w: &CudaWeight, q: &QuantLayout, y: u64, accumulate: bool) -> Result<()> {
+        let k = w.k;
+        for s in &q.segs {
+            let ys = y + 4 * s.row0 as u64;
+            match s.kind {
+                SegKind::Bf16 => self.gemm_ex(s.regions[0], 0, s.rows, k, xh, rows, ys, w.n, accumulate)?,
+                SegKind::Quant(f) => {
+                    let chunk = (TILE_BYTES / (2 * k)).max(1);
+                    let tile = self.buffer(TILE_BYTES.max(2 * k))?;
+                    let tp = tile.buf.as_ref().map_or(0, |b| b.ptr);
+                    for c0 in (0..s.rows).step_by(chunk) {
+                        let n = chunk.min(s.rows - c0);
+                        self.dequant(f, &s.regions, 0, c0, n, k, tp, true)?;
+                        self.gemm_ex(tp, 0, n, k, xh, rows, ys + 4 * c0 as u64, w.n, accumulate)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
