@@ -73,6 +73,7 @@ fn json(r: &TuneReport, load_s: f64) -> serde_json::Value {
         .collect();
     serde_json::json!({"test": "tune", "model": r.model, "gpu": r.key.gpu, "driver": r.key.driver, "kernels": r.key.kernels,
         "shapes": shapes, "skipped": r.skipped.iter().map(|p| p.label()).collect::<Vec<_>>(),
+        "failed": r.failed.iter().map(|(p, e)| serde_json::json!({"shape": p.label(), "error": e})).collect::<Vec<_>>(),
         "decode_before": comparison(&r.before), "decode_after": comparison(&r.after),
         "saved": r.saved.as_ref().map(|p| p.display().to_string()), "tune_seconds": r.seconds, "load_seconds": load_s})
 }
@@ -98,6 +99,9 @@ fn print_table(r: &TuneReport, load_s: f64) {
     }
     for p in &r.skipped {
         println!("{:<30} not tunable: no tunable GEMV kernel for {} yet", p.label(), p.format.name());
+    }
+    for (p, e) in &r.failed {
+        println!("{:<30} not tuned (default kept): {e}", p.label());
     }
     let line = |what: &str, c: &DecodeComparison| {
         println!(

@@ -64,6 +64,8 @@ pub struct TuneReport {
     pub shapes: Vec<ShapeResult>,
     /// Problems of the decode step no tunable kernel runs (formats not covered yet).
     pub skipped: Vec<GemvProblem>,
+    /// Problems whose tuning failed (they keep their defaults), and why.
+    pub failed: Vec<(GemvProblem, String)>,
     /// Default against every per-shape winner.
     pub before: Option<DecodeComparison>,
     /// Default against the final choice (after any fallback).
@@ -189,8 +191,14 @@ pub fn tune_model(m: &Model<CudaBackend>, model_name: &str, o: &ModelTuneOptions
     progress(TuneEvent::Steps(2));
 
     let mut shapes = Vec::new();
+    let mut failed = Vec::new();
     for (p, ops) in &tunable {
-        shapes.push(b.tune_gemv(p, ops, &o.search, progress)?);
+        // One problem that cannot be tuned (its default disagreeing with the CPU, a launch
+        // failing) keeps its default; the others are still tuned.
+        match b.tune_gemv(p, ops, &o.search, progress) {
+            Ok(r) => shapes.push(r),
+            Err(e) => failed.push((*p, e.to_string())),
+        }
     }
 
     let winners = shapes.iter().filter(|r| r.best.config != r.default.config).fold(TunedSet::default(), |s, r| s.with(r.problem, r.best.config));
@@ -246,5 +254,5 @@ pub fn tune_model(m: &Model<CudaBackend>, model_name: &str, o: &ModelTuneOptions
         None
     };
     b.set_tuned(Arc::new(in_use))?;
-    Ok(TuneReport { key, model: model_name.to_string(), shapes, skipped, before, after, reverted, saved, seconds: t0.elapsed().as_secs_f64() })
+    Ok(TuneReport { key, model: model_name.to_string(), shapes, skipped, failed, before, after, reverted, saved, seconds: t0.elapsed().as_secs_f64() })
 }

@@ -171,6 +171,7 @@ fn tune_and_check(m: &sleepy::model::Model<CudaBackend>, format: DType) {
     let report = sleepy::tune::tune_model(m, "tiny", &o, &mut |_| {}).unwrap();
     // qkv (norm), o (+residual), gate/up (norm+swiglu), down (+residual), logits (norm).
     let labels: Vec<String> = report.shapes.iter().map(|s| s.problem.label()).collect();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.shapes.len(), 5, "{labels:?}");
     assert!(report.skipped.is_empty() && report.saved.is_none());
     for s in &report.shapes {
