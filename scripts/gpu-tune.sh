@@ -8,7 +8,11 @@
 # qwen3-4b bf16 and qwen3-4b q4_k: bench with default shapes, tune, bench with tuned shapes;
 # a key mismatch (the saved table's kernel hash altered) to show it is ignored with a note;
 # default benches again if time allows (drift bracket); a short table last.
+# At most 8 files come back from $OUT: the main ones, and every log in logs.tgz.
 set -u
+FINAL_OUT=$OUT
+OUT=/tmp/tune-out
+mkdir -p $OUT
 export PYTHONUNBUFFERED=1 SLEEPY_HOME=/tmp/sleepy_home
 cd "$(dirname "$0")"
 chmod +x sleepy cuda_tune cuda_model
@@ -97,7 +101,8 @@ if [ $(el) -lt 345 ]; then
   [ $(el) -lt 370 ] && SLEEPY_GEMV_TUNED=0 bench default2 $M/qwen3-4b
 fi
 log done
-
+cp $R $B $TJ $OUT/cuda_tune.log $OUT/gemv.json $FINAL_OUT/ 2>/dev/null
+tar czf $FINAL_OUT/logs.tgz -C $OUT . 2>/dev/null
 echo "==== SUMMARY"
 grep -E "rc=|test result|wall" $R
 python3 - $TJ $B <<'PY'
@@ -117,5 +122,6 @@ for t in rows(sys.argv[1]):
         d = t.get(k)
         if d: print(f'  {k}: default {d["default_ms_per_token"]:.3f} tuned {d["tuned_ms_per_token"]:.3f} ms/token ratio {d["ratio"]:.4f} noise {100*d["noise"]:.1f}% ({d["tokens_per_run"]} tok/run)')
 for o in rows(sys.argv[2]):
-    print(f'bench {o["tag"]:<9} {o["model"]:<22} {o["ms_per_token"]:7.3f} ms/token {o["gb_per_s"]:6.0f} GB/s {100*(o.get("fraction_of_bandwidth") or 0):5.1f}% bw  gemv={o.get("gemv_configs")} ({o.get("gemv_shapes_tuned")}/{o.get("gemv_shapes")})')
+    print(f'bench {o["tag"]:<9} {o["model"]:<22} {o["ms_per_token"]:7.3f} ms/token {o["gb_per_s"]:6.0f} GB/s {100*(o.get("fraction_of_bandwidth") or 0):5.1f}% bw'
+          f'  gemv={o.get("gemv_configs")} ({o.get("gemv_shapes_tuned")}/{o.get("gemv_shapes")} tuned, {o.get("gemv_shapes_changed")} changed)')
 PY

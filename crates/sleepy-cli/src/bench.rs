@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sleepy::backend::Backend;
 use sleepy::model::{Logits, Model, Sequence};
+use sleepy::tune::ConfigsInUse;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -54,12 +55,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     sleepy::with_model!(&model, m => run_tests(m, &args, &name, gemv))
 }
 
-/// "tuned", "default" or "partly tuned", from (tuned problems, problems).
-fn gemv_label(gemv: Option<(usize, usize)>) -> Option<&'static str> {
-    gemv.map(|(tuned, all)| if tuned == 0 { "default" } else if tuned == all { "tuned" } else { "partly tuned" })
+/// The GEMV fields of a JSON line (null on the CPU).
+fn gemv_json(gemv: Option<ConfigsInUse>) -> serde_json::Value {
+    serde_json::json!({"gemv_configs": gemv.map(|g| g.label()), "gemv_shapes": gemv.map(|g| g.shapes),
+        "gemv_shapes_tuned": gemv.map(|g| g.tuned), "gemv_shapes_changed": gemv.map(|g| g.changed)})
 }
 
-fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Option<(usize, usize)>) -> Result<()> {
+/// `o` with the GEMV fields added.
+fn with_gemv(mut o: serde_json::Value, gemv: Option<ConfigsInUse>) -> serde_json::Value {
+    if let (Some(map), serde_json::Value::Object(extra)) = (o.as_object_mut(), gemv_json(gemv)) {
+        map.extend(extra);
+    }
+    o
+}
+
+fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Option<ConfigsInUse>) -> Result<()> {
     let c = &m.cfg;
     let device = m.backend.name();
     let bandwidth = m.backend.measure_bandwidth()?;
@@ -78,8 +88,14 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         if let Some(bw) = bandwidth {
             println!("measured copy bandwidth {bw:.0} GB/s (read + write)");
         }
-        if let (Some(label), Some((tuned, all))) = (gemv_label(gemv), gemv) {
-            println!("GEMV launch configurations: {label} ({tuned} of {all} decode-step shapes tuned by `sleepy tune`)");
+        if let Some(g) = gemv {
+            println!(
+                "GEMV launch configurations: {} ({} of {} decode-step shapes chosen by `sleepy tune`, {} of them other than the default)",
+                g.label(),
+                g.tuned,
+                g.shapes,
+                g.changed
+            );
         }
     }
     if args.n_prompt > 0 {
@@ -96,8 +112,8 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         let tps = args.n_prompt as f64 / secs;
         if args.json {
             let o = serde_json::json!({"test": format!("pp{}", args.n_prompt), "model": name, "device": device, "depth": args.depth,
-                "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64,
-                "gemv_configs": gemv_label(gemv), "gemv_shapes_tuned": gemv.map(|g| g.0), "gemv_shapes": gemv.map(|g| g.1)});
+                "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64});
+            let o = with_gemv(o, gemv);
             println!("{o}");
         } else {
             println!("pp{:<6} {:>10.1} tok/s   {:>8.2} ms total", args.n_prompt, tps, secs * 1e3);
@@ -129,8 +145,8 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
                 "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
                 "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
-                "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6),
-                "gemv_configs": gemv_label(gemv), "gemv_shapes_tuned": gemv.map(|g| g.0), "gemv_shapes": gemv.map(|g| g.1)});
+                "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
+            let o = with_gemv(o, gemv);
             println!("{o}");
         } else {
             let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));

@@ -118,7 +118,7 @@ fn print_table(r: &TuneReport, load_s: f64) {
             line("per-shape winners", b);
             if !r.reverted.is_empty() {
                 let names: Vec<String> = r.reverted.iter().map(|p| p.label()).collect();
-                println!("slower than default as a whole: put back to the default: {}", names.join(", "));
+                println!("not clearly faster as a whole: put back to the default: {}", names.join(", "));
                 line("final", a);
             }
         }

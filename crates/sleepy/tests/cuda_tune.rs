@@ -125,12 +125,18 @@ fn tuned_winner_matches_cpu_reference() {
         assert!(res.tried > 0 && res.rejected == 0, "every candidate of the pruned space launches and agrees");
         assert!(space::launchable(&p, &res.best.config));
         assert!(res.best.us > 0.0 && res.default.us > 0.0);
+        let d = g.run_gemv(&p, &res.default.config, &ops).unwrap();
+        let w = g.run_gemv(&p, &res.best.config, &ops).unwrap();
+        assert!(max_rel(&w, &d) <= 1e-4, "{}: the winner differs from the default by more than summation order", p.label());
         for (what, c) in [("default", res.default.config), ("winner", res.best.config)] {
             let out = g.run_gemv(&p, &c, &ops).unwrap();
             let e = max_rel(&out, &want.data);
             eprintln!("{} {what}: error against the CPU {e:.2e}", p.label());
-            // The quantized kernels sum the CPU's integer products in another order.
-            let tol = if format.is_quantized() { 1e-3 } else { 1e-4 };
+            // The CPU reference rounds activations to the weight's 16-bit format before its
+            // dot products, as llama.cpp's CPU path does (measured 9.5e-4 here on an H100: the
+            // tuner's own f64 reference put the same output at 2.5e-7); the quantized kernels
+            // sum the CPU's integer products in another order.
+            let tol = if format.is_quantized() { 1e-3 } else { 4e-3 };
             assert!(e < tol, "{} {what} ({c:?}): error {e:.3e} against the CPU", p.label());
         }
     }
@@ -186,5 +192,8 @@ fn tune_and_check(m: &sleepy::model::Model<CudaBackend>, format: DType) {
         assert!(b.default_ms > 0.0 && a.tuned_ms > 0.0);
     }
     assert_eq!(greedy(m), before, "tuned launch shapes change no token");
-    assert_eq!(sleepy::tune::tuned_in_use(m).unwrap(), (5, 5));
+    let used = sleepy::tune::tuned_in_use(m).unwrap();
+    assert_eq!((used.shapes, used.tuned, used.label()), (5, 5, "tuned"));
+    let changed = report.shapes.iter().filter(|s| report.chosen(s).config != s.default.config).count();
+    assert_eq!(used.changed, changed);
 }
