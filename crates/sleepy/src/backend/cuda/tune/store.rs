@@ -26,10 +26,6 @@ impl TuneKey {
     pub fn for_device(info: &DeviceInfo) -> TuneKey {
         TuneKey { gpu: info.name.clone(), driver: driver_string(info.driver_version), kernels: crate::backend::cuda::compile::source_hash() }
     }
-
-    pub fn describe(&self) -> String {
-        format!("{}, driver {}, kernels {}", self.gpu, self.driver, self.kernels)
-    }
 }
 
 /// The kernel module's version (the driver users name, e.g. 580.159.04) where Linux shows
