@@ -59,7 +59,17 @@ impl ModelFiles {
     }
 
     pub fn load_cpu(&self, threads: usize, opts: LoadOptions) -> Result<Model<CpuBackend>> {
-        Model::load(CpuBackend::new(threads)?, self.source(), self.cfg.clone(), opts)
+        // A GGUF file promises llama.cpp's text, a Hugging Face directory transformers' logits.
+        let backend = match self.files {
+            Files::Gguf(_) => CpuBackend::new(threads)?,
+            Files::Hf(_) => CpuBackend::new_exact(threads)?,
+        };
+        self.load_on(backend, opts)
+    }
+
+    /// The model on a backend the caller made (tests pick the CPU's numerics this way).
+    pub fn load_on<B: crate::backend::Backend>(&self, backend: B, opts: LoadOptions) -> Result<Model<B>> {
+        Model::load(backend, self.source(), self.cfg.clone(), opts)
     }
 
     pub fn load_cuda(&self, opts: LoadOptions) -> Result<Model<CudaBackend>> {

@@ -114,7 +114,7 @@ fn models(test: &str, c: &ModelConfig, src: &MemSource) -> Option<(Model<sleepy:
             return None;
         }
     };
-    let cpu = Model::load(sleepy::backend::cpu::CpuBackend::new(4).unwrap(), src, c.clone(), LoadOptions::default()).unwrap();
+    let cpu = Model::load(sleepy::backend::cpu::CpuBackend::new_exact(4).unwrap(), src, c.clone(), LoadOptions::default()).unwrap();
     let gpu = Model::load(gpu, src, c.clone(), LoadOptions::default()).unwrap();
     Some((cpu, gpu))
 }

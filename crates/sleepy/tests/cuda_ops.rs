@@ -80,7 +80,7 @@ impl Pair {
 }
 
 fn pair(test: &str) -> Option<Pair> {
-    Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new(4).unwrap() })
+    Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new_exact(4).unwrap() })
 }
 
 /// GEMV (1-2 rows) is f32 arithmetic; GEMM rows go through 16-bit activations.

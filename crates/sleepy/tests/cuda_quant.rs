@@ -83,7 +83,7 @@ struct Pair {
 
 impl Pair {
     fn new(test: &str) -> Option<Pair> {
-        Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new(threads()).unwrap() })
+        Some(Pair { gpu: gpu(test)?, cpu: CpuBackend::new_exact(threads()).unwrap() })
     }
     fn act(&self, rows: usize, cols: usize, v: &[f32]) -> (CpuAct, CudaAct) {
         let c = CpuAct { rows, cols, data: v.to_vec() };
@@ -356,7 +356,7 @@ fn source(c: &ModelConfig, seed: u64, fmt: &dyn Fn(&str) -> DType) -> MemSource 
 /// sequences may part, and the test stops comparing).
 fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions, tag: &str) {
     let Some(g) = gpu(test) else { return };
-    let cpu = Model::load(CpuBackend::new(threads()).unwrap(), src, c.clone(), opts).unwrap();
+    let cpu = Model::load(CpuBackend::new_exact(threads()).unwrap(), src, c.clone(), opts).unwrap();
     let gpu = Model::load(g, src, c.clone(), opts).unwrap();
     assert_eq!(cpu.weights.matrix_bytes_per_token, gpu.weights.matrix_bytes_per_token);
     let v = c.vocab_size;

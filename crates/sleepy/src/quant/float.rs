@@ -106,6 +106,24 @@ pub fn dot_f16_halves_scalar(a: &[f16], b: &[f16]) -> f32 {
     dot_lanes(a.len().min(b.len()), |i| a[i].to_f32(), |i| b[i].to_f32())
 }
 
+/// 16-bit float weights against f32 activations (exact numerics): each product exact in f32,
+/// summed in 16 lanes that the compiler vectorizes.
+pub fn dot_half_f32(row: &[u8], x: &[f32], to_f32: impl Fn(u16) -> f32) -> f32 {
+    let n = count(row.len(), 2, x.len());
+    let mut lanes = [0f32; 16];
+    let whole = n / 16 * 16;
+    for (w, a) in row[..2 * whole].chunks_exact(32).zip(x[..whole].chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += to_f32(u16::from_le_bytes([w[2 * l], w[2 * l + 1]])) * a[l];
+        }
+    }
+    let mut sum = lanes.iter().map(|&v| v as f64).sum::<f64>();
+    for i in whole..n {
+        sum += (to_f32(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])) * x[i]) as f64;
+    }
+    sum as f32
+}
+
 /// BF16 weights against activations rounded to bf16.
 pub fn dot_bf16_scalar(row: &[u8], x: &[bf16]) -> f32 {
     let n = count(row.len(), 2, x.len());

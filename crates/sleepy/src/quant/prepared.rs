@@ -165,6 +165,8 @@ pub fn dot_prepared_scalar(dtype: DType, row: &[u8], acts: &PreparedActs) -> f32
         (DType::F32, Acts::F32(x)) => float::dot_f32_scalar(row, x),
         (DType::F16, Acts::F16(x)) => float::dot_f16_scalar(row, x),
         (DType::BF16, Acts::BF16(x)) => float::dot_bf16_scalar(row, x),
+        (DType::BF16, Acts::F32(x)) => float::dot_half_f32(row, x, |b| bf16::from_bits(b).to_f32()),
+        (DType::F16, Acts::F32(x)) => float::dot_half_f32(row, x, |b| f16::from_bits(b).to_f32()),
         (DType::Q4K, Acts::Q8K(a)) => kquants::dot_q4k_scalar(row, a, acts.q4k_fine),
         (DType::Q5K, Acts::Q8K(a)) => kquants::dot_q5k_scalar(row, a),
         (DType::Q6K, Acts::Q8K(a)) => kquants::dot_q6k_scalar(row, a),

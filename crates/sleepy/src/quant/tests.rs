@@ -339,3 +339,22 @@ fn dot_prepared_rows_matches_row_by_row() {
         }
     }
 }
+
+/// Exact numerics: 16-bit float weights dotted with f32 activations (no rounding of the
+/// activations) agree with the f64 reference to f32 rounding.
+#[test]
+fn half_weights_with_f32_activations_are_exact() {
+    let (mut r, seed) = rng();
+    for dtype in [DType::BF16, DType::F16] {
+        for k in [1usize, 15, 16, 1000, 4096] {
+            let w = random_vec(&mut r, k, 1.0);
+            let x = random_vec(&mut r, k, 3.0);
+            let mut row = vec![0u8; dtype.row_bytes(k).unwrap()];
+            quantize_row(dtype, &w, &mut row);
+            let want = dot_f32(dtype, &row, &x);
+            let got = dot_prepared(dtype, &row, &prepare_acts(DType::F32, &x));
+            let scale: f32 = deq(dtype, &row, k).iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            assert!((got - want).abs() <= 1e-6 * scale.max(1.0), "{dtype:?} k={k} seed {seed}: {got} vs {want}");
+        }
+    }
+}

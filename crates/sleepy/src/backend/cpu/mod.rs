@@ -1,6 +1,9 @@
 //! The CPU backend: the reference for every op, threaded over output rows with rayon.
-//! Matrix products use the quant module's fast dot (activations quantized once per call, the
-//! way llama.cpp's CPU path does), so greedy text follows llama.cpp's.
+//! Two numerics: `LlamaCpp` (GGUF files) rounds the way llama.cpp's CPU path does (activations
+//! in each weight format's companion, f16 KV cache and flash attention), so greedy text follows
+//! llama.cpp's; `Exact` (Hugging Face directories, and the reference other backends are tested
+//! against) keeps activations, the KV cache and attention in f32, so logits follow
+//! transformers' float32 within the weights' own rounding.
 
 mod attention;
 mod matmul;
@@ -11,9 +14,17 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::quant::{self, DType};
 
+/// How the CPU rounds between ops (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    LlamaCpp,
+    Exact,
+}
+
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    pub numerics: Numerics,
     /// Sum Q4_K dots of the rows of a batch that fill groups of 4 in the order of llama.cpp's
     /// 4-row GEMM (true, the default: greedy text follows llama.cpp's), or every row in the
     /// single-row order (false: a token's result no longer depends on how tokens are batched).
@@ -55,12 +66,17 @@ impl CpuWeight {
     }
 }
 
-/// K and V of every layer, f16 as in llama.cpp's default cache: `[layer][pos][kv_head * d]`.
+/// K and V of every layer, `[layer][pos][kv_head * d]`: f16 as in llama.cpp's default cache,
+/// or f32 for exact numerics.
 pub struct CpuKv {
     pub max_seq: usize,
     pub kv_dim: usize,
-    pub k: Vec<Vec<half::f16>>,
-    pub v: Vec<Vec<half::f16>>,
+    pub rows: KvRows,
+}
+
+pub enum KvRows {
+    F16 { k: Vec<Vec<half::f16>>, v: Vec<Vec<half::f16>> },
+    F32 { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
 }
 
 impl CpuBackend {
@@ -70,8 +86,27 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("could not start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool, threads, q4k_gemm_groups: true })
+        Ok(CpuBackend { pool, threads, numerics: Numerics::LlamaCpp, q4k_gemm_groups: true })
     }
+
+    /// A backend with exact (f32) numerics: the reference for other backends and for
+    /// transformers' logits. Batched Q4_K rows use the single-row order too.
+    pub fn new_exact(threads: usize) -> Result<CpuBackend> {
+        let mut b = CpuBackend::new(threads)?;
+        b.numerics = Numerics::Exact;
+        b.q4k_gemm_groups = false;
+        Ok(b)
+    }
+}
+
+/// f(0..n) on the pool, in order; with one thread, on the caller's thread: handing a small
+/// op to a pool thread and waiting for it costs more than the op (measured per token).
+fn par_map<R: Send>(pool: &rayon::ThreadPool, threads: usize, n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if threads <= 1 {
+        return (0..n).map(f).collect();
+    }
+    use rayon::prelude::*;
+    pool.install(|| (0..n).into_par_iter().map(f).collect())
 }
 
 fn check(cond: bool, what: &str) -> Result<()> {
@@ -113,13 +148,15 @@ impl Backend for CpuBackend {
 
     fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<CpuKv> {
         let kv_dim = cfg.kv_dim();
-        let zero = || vec![half::f16::ZERO; max_seq * kv_dim];
-        Ok(CpuKv {
-            max_seq,
-            kv_dim,
-            k: (0..cfg.n_layers).map(|_| zero()).collect(),
-            v: (0..cfg.n_layers).map(|_| zero()).collect(),
-        })
+        fn layers<T: Clone>(n: usize, len: usize, zero: T) -> Vec<Vec<T>> {
+            vec![vec![zero; len]; n]
+        }
+        let (n, len) = (cfg.n_layers, max_seq * kv_dim);
+        let rows = match self.numerics {
+            Numerics::LlamaCpp => KvRows::F16 { k: layers(n, len, half::f16::ZERO), v: layers(n, len, half::f16::ZERO) },
+            Numerics::Exact => KvRows::F32 { k: layers(n, len, 0f32), v: layers(n, len, 0f32) },
+        };
+        Ok(CpuKv { max_seq, kv_dim, rows })
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) -> Result<()> {
@@ -149,7 +186,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuAct, w: &CpuWeight, bias: Option<&CpuAct>, out: &mut CpuAct) -> Result<()> {
-        matmul::matmul(&self.pool, self.threads, self.q4k_gemm_groups, x, w, bias, out)
+        matmul::matmul(&self.pool, self.threads, self.numerics, self.q4k_gemm_groups, x, w, bias, out)
     }
 
     fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
@@ -190,7 +227,7 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, qkv: &CpuAct, kv: &mut CpuKv, layer: usize, pos0: usize, s: AttnShape, out: &mut CpuAct) -> Result<()> {
-        attention::attention(&self.pool, qkv, kv, layer, pos0, s, out)
+        attention::attention(&self.pool, self.threads, qkv, kv, layer, pos0, s, out)
     }
 
     fn last_row(&self, x: &CpuAct) -> Result<CpuAct> {
