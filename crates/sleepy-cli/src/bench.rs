@@ -121,18 +121,25 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
     }
     if args.n_gen > 0 {
         let start = tokens(1, c.vocab_size, 3)[0];
-        let run = |seq: &mut Sequence<B>, n: usize| -> Result<f64> {
+        // Per token: the whole step, and the host's share of it (recording and launching the
+        // step, while the device has nothing queued: the previous token id was just read).
+        let run = |seq: &mut Sequence<B>, n: usize| -> Result<(f64, f64)> {
             seq.truncate(args.depth);
             let mut next = start;
+            let mut host = 0.0;
             let t = Instant::now();
             for _ in 0..n {
+                let th = Instant::now();
                 let l = m.forward(seq, &[next], Logits::Last)?;
+                host += th.elapsed().as_secs_f64();
                 next = m.backend.argmax_last(&l)?;
             }
-            Ok(t.elapsed().as_secs_f64() / n as f64)
+            Ok((t.elapsed().as_secs_f64() / n as f64, host / n as f64))
         };
         run(&mut seq, args.n_gen.min(8)).context("generation warm-up")?;
-        let secs = median((0..args.repeats).map(|_| run(&mut seq, args.n_gen)).collect::<Result<Vec<_>>>()?);
+        let runs = (0..args.repeats).map(|_| run(&mut seq, args.n_gen)).collect::<Result<Vec<_>>>()?;
+        let secs = median(runs.iter().map(|r| r.0).collect());
+        let host_secs = median(runs.iter().map(|r| r.1).collect());
         // Each step reads every matrix once and the K/V of every earlier position.
         let weight_bytes = m.weights.matrix_bytes_per_token as f64;
         let avg_pos = args.depth as f64 + (args.n_gen as f64 - 1.0) / 2.0 + 1.0;
@@ -143,14 +150,22 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         if args.json {
             let o = serde_json::json!({"test": format!("tg{}", args.n_gen), "model": name, "device": device, "depth": args.depth,
                 "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
-                "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
+                "host_ms_per_token": host_secs * 1e3, "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
                 "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
             let o = with_gemv(o, gemv);
             println!("{o}");
         } else {
             let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));
-            println!("tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token   {:.1} MB/token   {:.1} GB/s{f}", args.n_gen, 1.0 / secs, secs * 1e3, bytes / 1e6, gbs);
+            println!(
+                "tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token (host {:.3})   {:.1} MB/token   {:.1} GB/s{f}",
+                args.n_gen,
+                1.0 / secs,
+                secs * 1e3,
+                host_secs * 1e3,
+                bytes / 1e6,
+                gbs
+            );
         }
     }
     Ok(())

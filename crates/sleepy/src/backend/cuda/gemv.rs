@@ -1,23 +1,42 @@
-//! GEMV launch shapes. Rows per block, threads per row, vector width, loads in flight and
-//! blocks per SM are run-time values chosen per weight shape: the built-in table of measured
-//! shapes or the default rule below, unless `sleepy tune` measured a better one on this GPU
-//! (tune/store.rs keeps those, keyed by GPU, driver and kernel source). The shape is data, so
-//! tuning never touches kernel code.
+//! GEMV launch shapes. Rows per block, threads per row, vector width and blocks per SM are
+//! run-time values chosen per weight shape: the built-in table of measured shapes or the
+//! default rule below, unless `sleepy tune` measured a better one on this GPU (tune/store.rs
+//! keeps those, keyed by GPU, driver and kernel source). The shape is data, so tuning never
+//! touches kernel code. Each thread of a row owns `chunks_per_thread` chunks of `vec` weights
+//! (derived, never stored), so threads per row times chunks per thread must cover the row.
 
 use serde::{Deserialize, Serialize};
+
+/// Chunks per thread the kernels are compiled for (`kernels/gemv.cu`), for 8-wide chunks;
+/// 1-wide chunks (rows whose length is not a multiple of 8) always use 8.
+pub const CHUNKS_PER_THREAD: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
+const MAX_CHUNKS: u32 = 8;
+/// Threads per block: the kernels are compiled for at most 512 (`__launch_bounds__`).
+pub const MAX_THREADS: u32 = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemvShape {
     /// Row units (output rows; gate+up pairs for SwiGLU) per block.
     pub rows_per_block: u32,
-    /// Threads that share one row (a power of two, 1..=1024).
+    /// Threads that share one row: a power of two up to 32, else a multiple of 32 (<= 512).
     pub threads_per_row: u32,
     /// Weights per load: 8 (16 bytes) or 1.
     pub vec: u32,
-    /// Loads in flight per thread: 1, 2, 4 or 8.
-    pub unroll: u32,
     /// Grid size as blocks per multiprocessor (blocks loop over the remaining rows).
     pub blocks_per_sm: u32,
+}
+
+impl GemvShape {
+    /// Chunks each thread owns for rows of length `k`: the smallest compiled count that
+    /// covers the row (None: the row is too long for this many threads).
+    pub fn chunks_per_thread(&self, k: usize) -> Option<u32> {
+        let chunks = (k / self.vec as usize).max(1);
+        let need = chunks.div_ceil(self.threads_per_row as usize);
+        if self.vec == 1 {
+            return (need <= MAX_CHUNKS as usize).then_some(MAX_CHUNKS);
+        }
+        CHUNKS_PER_THREAD.iter().copied().find(|&c| c as usize >= need)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -40,47 +59,40 @@ impl GemvTable {
     }
 }
 
-/// The default rule, from a sweep on an H100 (BENCHMARKS.md): short matrices (few rows)
-/// split each row over four warps so enough loads are in flight; tall ones give a warp to a
-/// row (fewer lanes for short rows), eight rows a block, and up to eight blocks per SM.
-pub fn default_shape(rows: usize, k: usize) -> GemvShape {
+/// The default rule: the fewest threads per row (a power of two) that leave each thread at
+/// most 4 chunks of the row (5 rather than more than 256 threads), whose x' it keeps in
+/// registers; blocks of about 256 threads; up to 4 blocks per SM (the launch caps this by
+/// what fits).
+pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
     let vec = if k % 8 == 0 { 8 } else { 1 };
     let chunks = (k / vec as usize).max(1);
-    if chunks >= 256 && rows <= 2048 {
-        return GemvShape { rows_per_block: 4, threads_per_row: 128, vec, unroll: 4, blocks_per_sm: 4 };
-    }
-    let threads_per_row = if chunks >= 128 { 32 } else { (chunks.next_power_of_two() / 4).clamp(4, 32) as u32 };
-    let per_thread = chunks.div_ceil(threads_per_row as usize);
-    let unroll = match per_thread {
-        0..=1 => 1,
-        2 => 2,
-        3..=4 => 4,
-        _ => 8,
+    let threads_per_row = if vec == 1 {
+        chunks.div_ceil(MAX_CHUNKS as usize).next_power_of_two()
+    } else {
+        let four = chunks.div_ceil(4).next_power_of_two();
+        if four > 256 && chunks.div_ceil(256) <= 5 { 256 } else { four }
     };
-    let rows_per_block = 8 * (32 / threads_per_row).max(1);
-    GemvShape { rows_per_block: rows_per_block.min(32), threads_per_row, vec, unroll, blocks_per_sm: 8 }
+    let threads_per_row = threads_per_row.min(MAX_THREADS as usize) as u32;
+    let rows_per_block = (256 / threads_per_row).max(1);
+    sanitize(GemvShape { rows_per_block, threads_per_row, vec, blocks_per_sm: 4 }, k)
 }
 
-/// Keep a shape launchable whatever a table file says.
+/// Keep a shape launchable whatever a table file says: a legal row width that covers the row
+/// with a compiled chunk count (where any can), whole-warp blocks of at most 512 threads.
 pub(crate) fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
     if k % 8 != 0 || s.vec != 8 {
         s.vec = 1;
-        s.unroll = 4;
     }
-    if s.vec == 8 && ![1, 2, 4, 8].contains(&s.unroll) {
-        s.unroll = 4;
+    let mut tpr = s.threads_per_row.clamp(1, MAX_THREADS);
+    tpr = if tpr <= 32 { tpr.next_power_of_two() } else { tpr.next_multiple_of(32).min(MAX_THREADS) };
+    s.threads_per_row = tpr;
+    while s.chunks_per_thread(k).is_none() && s.threads_per_row < MAX_THREADS {
+        s.threads_per_row = (s.threads_per_row * 2).min(MAX_THREADS);
     }
-    s.threads_per_row = s.threads_per_row.clamp(1, 1024).next_power_of_two();
-    s.rows_per_block = s.rows_per_block.max(1);
-    while s.threads_per_row * s.rows_per_block > 1024 {
-        s.rows_per_block = (s.rows_per_block / 2).max(1);
-        if s.rows_per_block == 1 {
-            break;
-        }
-    }
-    // Block sizes stay whole warps (the reductions assume it).
-    while (s.threads_per_row * s.rows_per_block) % 32 != 0 {
-        s.rows_per_block *= 2;
+    s.rows_per_block = s.rows_per_block.clamp(1, MAX_THREADS / s.threads_per_row);
+    // Block sizes stay whole warps (the reductions assume it); 512 / tpr is a multiple.
+    if s.threads_per_row < 32 {
+        s.rows_per_block = s.rows_per_block.next_multiple_of(32 / s.threads_per_row);
     }
     s.blocks_per_sm = s.blocks_per_sm.clamp(1, 32);
     s
@@ -88,8 +100,8 @@ pub(crate) fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
 
 /// Kernel name for a shape: dtype (0 bf16, 1 f16), whether the input is RMS-normed, and
 /// the epilogue (0 plain, 1 residual add, 2 SwiGLU).
-pub fn kernel_name(dt: u32, s: &GemvShape, norm: bool, mode: u32) -> String {
-    format!("gemv_{dt}_{}_{}_{}_{mode}", s.vec, s.unroll, norm as u32)
+pub fn kernel_name(dt: u32, s: &GemvShape, chunks_per_thread: u32, norm: bool, mode: u32) -> String {
+    format!("gemv_{dt}_{}_{chunks_per_thread}_{}_{mode}", s.vec, norm as u32)
 }
 
 #[cfg(test)]
@@ -98,19 +110,31 @@ mod tests {
 
     #[test]
     fn builtin_table_parses() {
-        assert!(!GemvTable::load().entries.is_empty());
+        let t: Result<GemvTable, _> = serde_json::from_str(include_str!("gemv_table.json"));
+        assert!(t.is_ok(), "{t:?}");
     }
 
     #[test]
     fn shapes_are_launchable() {
-        for k in [1, 7, 8, 64, 100, 1024, 2560, 9728] {
+        for k in [1, 7, 8, 64, 100, 1024, 2560, 4000, 9728, 32768] {
             for n in [1, 5, 1024, 6144, 151936] {
                 let s = GemvTable::default().shape(n, k);
-                assert!(s.threads_per_row.is_power_of_two());
-                assert!(s.threads_per_row * s.rows_per_block <= 1024);
+                assert!(s.threads_per_row.is_power_of_two() || s.threads_per_row % 32 == 0);
+                assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
                 assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0);
                 assert!(s.vec == 8 || s.vec == 1);
+                let c = s.chunks_per_thread(k).expect("row covered");
+                assert!(c as usize * s.threads_per_row as usize * s.vec as usize >= k);
             }
         }
+        // A table entry whose rows are too wide for its threads gets more threads.
+        let odd = GemvShape { rows_per_block: 8, threads_per_row: 32, vec: 8, blocks_per_sm: 4 };
+        let table = GemvTable { entries: vec![(2560, 9728, odd)] };
+        let s = table.shape(2560, 9728);
+        assert!(s.chunks_per_thread(9728).is_some() && s.threads_per_row * s.rows_per_block <= MAX_THREADS);
+        // Past what the kernels cover: no chunk count, so the launch reports an error.
+        let s = GemvTable::default().shape(4, 4097);
+        assert_eq!(s.vec, 1);
+        assert!(s.chunks_per_thread(4097).is_none());
     }
 }

@@ -248,7 +248,11 @@ impl CudaBackend {
             unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f as sys::CUfunction, threads as i32, smem as usize) },
             "occupancy query",
         )?;
-        let n = n.max(1) as u32;
+        if n < 1 {
+            // Registers or shared memory too many for one block: a launch would fail.
+            return Err(Error::Cuda(format!("kernel {} cannot run blocks of {threads} threads ({smem} bytes of shared memory) on this device", name())));
+        }
+        let n = n as u32;
         st.occupancy.insert((key, threads, smem), n);
         Ok(n)
     }

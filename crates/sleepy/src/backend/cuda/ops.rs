@@ -32,10 +32,14 @@ fn heads_per_block(group: usize) -> usize {
     [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1)
 }
 
-/// Launch key and dynamic shared memory of the dense GEMV kernel a shape runs.
-fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> (u64, u32) {
-    let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (s.unroll as u64) << 8 | (norm as u64) << 4 | mode as u64;
-    (key, (4 * (k.next_multiple_of(4) + 64)) as u32)
+/// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
+/// rows are too long for any compiled chunk count).
+fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(u64, u32)> {
+    let Some(ch) = s.chunks_per_thread(k) else {
+        return Err(Error::Cuda(format!("GEMV: rows of {k} weights are too long for the kernels (at most 32768, or 4096 when not a multiple of 8)")));
+    };
+    let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (ch as u64) << 8 | (norm as u64) << 4 | mode as u64;
+    Ok((key, ch))
 }
 
 impl CudaBackend {
@@ -55,24 +59,25 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
-        let (key, smem) = gemv_key(dt, k, s, norm.is_some(), mode);
-        let name = || kernel_name(dt, s, norm.is_some(), mode);
+        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), mode)?;
+        let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
+        let threads = s.threads_per_row * s.rows_per_block;
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
-        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
+        let fit = self.blocks_per_sm(key, &name, threads, 0)?;
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], 0, args)
     }
 
     /// Blocks of a dense GEMV shape that fit on one SM (registers, shared memory, threads).
     pub(super) fn gemv_occupancy(&self, dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<u32> {
-        let (key, smem) = gemv_key(dt, k, s, norm, mode);
-        self.blocks_per_sm(key, &|| kernel_name(dt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
+        let (key, ch) = gemv_key(dt, k, s, norm, mode)?;
+        self.blocks_per_sm(key, &|| kernel_name(dt, s, ch, norm, mode), s.threads_per_row * s.rows_per_block, 0)
     }
 
     /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is
@@ -91,7 +96,8 @@ impl CudaBackend {
         };
         let hb = kv.heads_per_block;
         let slots = 2048 / d;
-        let floats = hb * d + 2 * d + 2 * slots * hb + slots * hb * d + hb * kv.chunks;
+        // Layout in kernels/decode_attention.cu.
+        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + hb * kv.chunks;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),

@@ -3,6 +3,8 @@
 //
 // qkv [(H + 2 KVH) * D] f32 as the QKV projection wrote it (before norm and rope).
 // kc, vc: this layer's cache [max_seq, KVH * D] bf16. step[0]: the new token's position.
+// qn, kn: per-head norm weights [D] or null. inv_freq [rope_dims / 2] (unused when
+// rope_dims == 0); style 0 rotates pairs (2j, 2j+1), style 1 (neox) pairs (j, j + rope_dims/2).
 // Grid (H / HB, NC), block 128 (4 warps). Block (b, c) serves query heads b*HB .. b*HB+HB-1
 // (one KV head) over chunk c of positions 0..pos. The chunk length is chosen at run time
 // from pos (at least 64), so short contexts use one block per head group and no merge.
@@ -10,10 +12,51 @@
 // and 16 accumulators per head (online softmax); the 128/(D/16) slots merge in shared memory.
 // The first block of each KV head whose chunk holds pos writes the new K/V into the cache;
 // blocks use their own copy for position pos.
+// Before the dependency wait, everything that does not come from the previous kernel: the
+// position (written before the step began), the rope cos/sin and norm weights of every dim,
+// and the first batch of cached K/V (positions < pos, written by earlier steps). After it
+// the critical path is one load of q/k/v, a warp-local norm and rope, and the dots.
 // With several chunks: partials part [H, NC, D + 2] (acc, max, sum); counters [H / HB] are
 // zero at rest; the last active block of a head group merges and resets its counter.
-// Dynamic shared memory: HB*D + 2D + 2*NSLOT*HB + NSLOT*HB*D + HB*NC floats.
+// Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D + HB*NC.
 #define DEC_MIN_CHUNK 64
+
+// Norm (when w), rope and scale of one head of D values in shared memory, by one warp.
+// cs/sn: per-dim cosine and signed sine of the rotation (1 and 0 where dims do not rotate).
+template <int D>
+__device__ __forceinline__ void warp_norm_rope(float* h, const float* w, float eps, const float* cs,
+                                               const float* sn, int rope_dims, int style, float scale,
+                                               int lane) {
+    constexpr int PER = D / 32;
+    float v[PER];
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        v[i] = h[lane + 32 * i];
+        ss += v[i] * v[i];
+    }
+    if (w) {
+        const float r = rsqrtf(warp_sum(ss) / (float)D + eps);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) v[i] *= r * w[lane + 32 * i];
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) h[lane + 32 * i] = v[i];
+    __syncwarp();
+    const int half = rope_dims / 2;
+    float o[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int d = lane + 32 * i;
+        int p = style == 0 ? d ^ 1 : (d < half ? d + half : d - half);
+        if (d >= rope_dims) p = d;
+        o[i] = (v[i] * cs[d] + h[p] * sn[d]) * scale;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < PER; ++i) h[lane + 32 * i] = o[i];
+    __syncwarp();
+}
 
 template <int D, int HB, int UNR>
 __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, u16* kc, u16* vc,
@@ -28,15 +71,20 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     float* qs = dec_sm;
     float* kcur = qs + HB * D;
     float* vcur = kcur + D;
-    float* sm_m = vcur + D;
+    float* cs = vcur + D;
+    float* sn = cs + D;
+    float* qnw = sn + D;
+    float* knw = qnw + D;
+    float* sm_m = knw + D;
     float* sm_l = sm_m + NSLOT * HB;
-    float* sm_acc = sm_l + NSLOT * HB;
+    float* sm_w = sm_l + NSLOT * HB;
+    float* sm_M = sm_w + NSLOT * HB;
+    float* sm_acc = sm_M + 4;
     float* wts = sm_acc + NSLOT * HB * D;
     __shared__ int is_last;
 
-    pdl_wait();
-    pdl_launch_next();
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    // The position was written before this step's first kernel, so it is safe to read here.
     const int pos = step[0];
     const int NC = gridDim.y, c = blockIdx.y;
     const int len = pos + 1;
@@ -44,13 +92,52 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     chunk = max(DEC_MIN_CHUNK, (chunk + 31) & ~31);
     const int nact = (len + chunk - 1) / chunk;
     const int c0 = c * chunk;
-    if (c0 >= len) return; // no positions: takes no part in the merge
+    // No positions: takes no part. Chunk 0 of every head group always waits below, so the
+    // kernel still completes only after the previous one.
+    if (c0 >= len) return;
     const int c1 = min(c0 + chunk, len);
     const bool has_cur = c1 == len;
     const int n = c1 - c0;
     const int ncache = has_cur ? n - 1 : n;
     const int h0 = blockIdx.x * HB, G = H / KVH, kvh = h0 / G;
     const int kvd = KVH * D;
+
+    const int sub = lane % LPP, slot = warp * PPW + lane / LPP;
+    const u16* kbase = kc + (size_t)kvh * D + sub * 16;
+    const u16* vbase = vc + (size_t)kvh * D + sub * 16;
+    uint4 ka[UNR], kb[UNR], va[UNR], vb[UNR];
+    auto load_batch = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const int i = base + u * NSLOT + slot;
+            if (i < ncache) {
+                const size_t off = (size_t)(c0 + i) * kvd;
+                ka[u] = *(const uint4*)(kbase + off);
+                kb[u] = *(const uint4*)(kbase + off + 8);
+                va[u] = *(const uint4*)(vbase + off);
+                vb[u] = *(const uint4*)(vbase + off + 8);
+            }
+        }
+    };
+    load_batch(0);
+
+    // Rope and norm tables for this position: cos, and the sine signed for the pair's order.
+    for (int d = tid; d < D; d += 128) {
+        float sv = 0.f, cv = 1.f;
+        if (d < rope_dims) {
+            const int half = rope_dims / 2;
+            const int j = style == 0 ? d >> 1 : (d < half ? d : d - half);
+            sincosf((float)pos * inv_freq[j], &sv, &cv);
+            if (style == 0 ? (d & 1) == 0 : d < half) sv = -sv;
+        }
+        cs[d] = cv;
+        sn[d] = sv;
+        if (qn) qnw[d] = qn[d];
+        if (kn) knw[d] = kn[d];
+    }
+
+    pdl_wait();
+    pdl_launch_next();
 
     for (int i = tid; i < HB * D; i += 128) qs[i] = qkv[(size_t)h0 * D + i];
     if (has_cur) {
@@ -62,24 +149,22 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         }
     }
     __syncthreads();
-    if (warp < HB)
-        norm_rope_head(qs + warp * D, D, qn, eps, inv_freq, rope_dims, style, pos, rsqrtf((float)D), lane, 32, 1, 0);
+    if (warp < HB) warp_norm_rope<D>(qs + warp * D, qn ? qnw : nullptr, eps, cs, sn, rope_dims, style, rsqrtf((float)D), lane);
     if (has_cur && warp == (HB & 3)) {
-        norm_rope_head(kcur, D, kn, eps, inv_freq, rope_dims, style, pos, 1.f, lane, 32, 1, 0);
+        warp_norm_rope<D>(kcur, kn ? knw : nullptr, eps, cs, sn, rope_dims, style, 1.f, lane);
         const bool writer = (h0 % G) == 0;
         for (int d = lane; d < D; d += 32) {
-            const u16 kb = f32_to_bf16(kcur[d]), vb = f32_to_bf16(vcur[d]);
-            kcur[d] = bf16_to_f32(kb);
-            vcur[d] = bf16_to_f32(vb);
+            const u16 kb16 = f32_to_bf16(kcur[d]), vb16 = f32_to_bf16(vcur[d]);
+            kcur[d] = bf16_to_f32(kb16);
+            vcur[d] = bf16_to_f32(vb16);
             if (writer) {
-                kc[(size_t)pos * kvd + (size_t)kvh * D + d] = kb;
-                vc[(size_t)pos * kvd + (size_t)kvh * D + d] = vb;
+                kc[(size_t)pos * kvd + (size_t)kvh * D + d] = kb16;
+                vc[(size_t)pos * kvd + (size_t)kvh * D + d] = vb16;
             }
         }
     }
     __syncthreads();
 
-    const int sub = lane % LPP, slot = warp * PPW + lane / LPP;
     float qr[HB][16], acc[HB][16], m[HB], l[HB];
 #pragma unroll
     for (int g = 0; g < HB; ++g) {
@@ -115,21 +200,8 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
             s[g] = t;
         }
     };
-    const u16* kbase = kc + (size_t)kvh * D + sub * 16;
-    const u16* vbase = vc + (size_t)kvh * D + sub * 16;
     for (int base = 0; base < ncache; base += NSLOT * UNR) {
-        uint4 ka[UNR], kb[UNR], va[UNR], vb[UNR];
-#pragma unroll
-        for (int u = 0; u < UNR; ++u) {
-            const int i = base + u * NSLOT + slot;
-            if (i < ncache) {
-                const size_t off = (size_t)(c0 + i) * kvd;
-                ka[u] = *(const uint4*)(kbase + off);
-                kb[u] = *(const uint4*)(kbase + off + 8);
-                va[u] = *(const uint4*)(vbase + off);
-                vb[u] = *(const uint4*)(vbase + off + 8);
-            }
-        }
+        if (base > 0) load_batch(base);
 #pragma unroll
         for (int u = 0; u < UNR; ++u) {
             const int i = base + u * NSLOT + slot;
@@ -169,14 +241,22 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         for (int j = 0; j < 16; ++j) sm_acc[(slot * HB + g) * D + sub * 16 + j] = acc[g][j];
     }
     __syncthreads();
+    // Each slot's weight exp(m_s - M) per head, once (empty slots weigh 0).
+    if (tid < NSLOT * HB) {
+        const int g = tid % HB;
+        float M = NEG_INF;
+        for (int s = 0; s < NSLOT; ++s) M = fmaxf(M, sm_m[s * HB + g]);
+        sm_w[tid] = sm_l[tid] == 0.f ? 0.f : __expf(sm_m[tid] - M);
+        if (tid < HB) sm_M[tid] = M;
+    }
+    __syncthreads();
     float* pbase = part + ((size_t)h0 * NC + c) * (D + 2);
     for (int i = tid; i < HB * D; i += 128) {
         const int g = i / D, d = i % D;
-        float M = NEG_INF;
-        for (int s = 0; s < NSLOT; ++s) M = fmaxf(M, sm_m[s * HB + g]);
         float L = 0.f, A = 0.f;
+#pragma unroll
         for (int s = 0; s < NSLOT; ++s) {
-            const float w = sm_l[s * HB + g] == 0.f ? 0.f : __expf(sm_m[s * HB + g] - M);
+            const float w = sm_w[s * HB + g];
             L += sm_l[s * HB + g] * w;
             A += sm_acc[(s * HB + g) * D + d] * w;
         }
@@ -186,7 +266,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
             float* pp = pbase + (size_t)g * NC * (D + 2);
             pp[d] = A;
             if (d == 0) {
-                pp[D] = M;
+                pp[D] = sm_M[g];
                 pp[D + 1] = L;
             }
         }

@@ -1,148 +1,169 @@
 // Matrix-vector products for decode: y[t, u] = epilogue(sum_k W[u, k] * x'[t, k]).
 //
-// Layout: W row-major [rows, K], 16-bit (DT 0 bf16, DT 1 f16), rows 16-byte aligned when
-// VEC == 8 (K % 8 == 0). x f32 [T, K] (row stride K). y f32 [T, ldy].
-// NORM: x' = x * g * rsqrt(mean(x^2) + eps): the RMSNorm of the input is folded in; every
-//       block recomputes the scale from the x it stages anyway.
+// Layout: W row-major [rows, K], 16-bit (DT 0 bf16, DT 1 f16). VEC 8: K % 8 == 0, a chunk is
+// 8 weights (one 16-byte load); VEC 1: a chunk is one weight. x f32 [T, K] (row stride K),
+// y f32 [T, ldy].
+// NORM: x' = x * g * rsqrt(mean(x^2) + eps): the input's RMSNorm is folded in.
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc (residual add in the epilogue).
 // MODE 2: SwiGLU; unit u reads rows u (gate) and u + n_units (up): y = silu(g) * up.
 //
-// Launch: block (tpr, rpb): tpr threads (power of two) share a row unit, rpb units per
-// block. Grid (blocks, T); blocks stride over groups of rpb units. Dynamic shared memory:
-// (K rounded up to 4) + 64 floats. Each thread keeps U 16-byte loads in flight per row.
+// Launch: block (tpr, rpb), at most 512 threads: tpr threads share a row unit (a power of two
+// up to 32, else a multiple of 32), rpb units per block; grid (blocks, T), blocks stride over
+// the units. The 512 bound caps registers at 128 a thread, so every such block can launch.
+// Thread x of a row owns chunks x + j * tpr, j < CH, of every row it serves (the host makes
+// CH * tpr * VEC >= K). It keeps x' of those chunks in registers for the whole kernel, so no
+// block-wide staging of x stands between the weights and the first product, and it keeps
+// two units' weights in flight (buffers A and B, reloaded as soon as they are used). The
+// first two units are requested before the dependency wait: weights never depend on the
+// previous kernel. No dynamic shared memory.
 
-// The U-load batch `step` of row unit `unit` (rows unit and, for SwiGLU, unit + n_units).
-template <int DT, int VEC, int U, int MODE>
-__device__ __forceinline__ void gemv_load(const u16* __restrict__ W, int unit, int n_units, int K, int step,
-                                          int nchunks, uint4 (&a)[U], uint4 (&b)[U]) {
-    if (unit >= n_units) return;
-    const int tpr = blockDim.x;
+// Weights of one row unit for one thread: CH chunks (and the up row's for SwiGLU).
+template <int CH> struct GemvRows {
+    uint4 a[CH];
+    uint4 b[CH];
+};
+
+template <int DT, int VEC, int CH, int MODE>
+__device__ __forceinline__ void gemv_load(const u16* __restrict__ W, int unit, int n_units, int K, int nchunks,
+                                          GemvRows<CH>& r) {
     const u16* w0 = W + (size_t)unit * K;
     const u16* w1 = W + (size_t)(unit + (MODE == 2 ? n_units : 0)) * K;
 #pragma unroll
-    for (int i = 0; i < U; ++i) {
-        const int cc = threadIdx.x + (step * U + i) * tpr;
+    for (int j = 0; j < CH; ++j) {
+        const int cc = threadIdx.x + j * blockDim.x;
         if (cc < nchunks) {
-            if (VEC == 8) {
-                a[i] = ld_stream16(w0 + (size_t)cc * 8);
-                if (MODE == 2) b[i] = ld_stream16(w1 + (size_t)cc * 8);
+            if constexpr (VEC == 8) {
+                r.a[j] = ld_stream16(w0 + (size_t)cc * 8);
+                if (MODE == 2) r.b[j] = ld_stream16(w1 + (size_t)cc * 8);
             } else {
-                a[i].x = w0[cc];
-                if (MODE == 2) b[i].x = w1[cc];
+                r.a[j].x = w0[cc];
+                if (MODE == 2) r.b[j].x = w1[cc];
             }
         }
     }
 }
 
-template <int DT, int VEC, int U, bool NORM, int MODE>
+template <int DT, int VEC, int CH, int MODE>
+__device__ __forceinline__ void gemv_dot(const GemvRows<CH>& r, const float (&xr)[CH][VEC], int nchunks, float& acc0,
+                                         float& acc1) {
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+        if (threadIdx.x + j * blockDim.x < nchunks) {
+            if constexpr (VEC == 8) {
+                const u32 wa[4] = {r.a[j].x, r.a[j].y, r.a[j].z, r.a[j].w};
+                const u32 wb[4] = {r.b[j].x, r.b[j].y, r.b[j].z, r.b[j].w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 p = unpack2<DT>(wa[e]);
+                    acc0 += p.x * xr[j][2 * e] + p.y * xr[j][2 * e + 1];
+                    if (MODE == 2) {
+                        const float2 q = unpack2<DT>(wb[e]);
+                        acc1 += q.x * xr[j][2 * e] + q.y * xr[j][2 * e + 1];
+                    }
+                }
+            } else {
+                acc0 += to_f32<DT>((u16)r.a[j].x) * xr[j][0];
+                if (MODE == 2) acc1 += to_f32<DT>((u16)r.b[j].x) * xr[j][0];
+            }
+        }
+    }
+}
+
+// Sums v0 and v1 over the tpr threads of each row; every thread of the row gets them.
+// red: 2 x 32 floats. With tpr > 32 this crosses warps through `red` behind one barrier, so
+// call it from every thread, and alternate between two `red` buffers on consecutive calls
+// (a thread may reach the next call while others still read this one's).
+__device__ __forceinline__ void gemv_row_sum(float& v0, float& v1, bool two, float* red) {
+    const int tpr = blockDim.x;
+    for (int o = (tpr < 32 ? tpr : 32) >> 1; o > 0; o >>= 1) {
+        v0 += __shfl_xor_sync(0xffffffffu, v0, o);
+        if (two) v1 += __shfl_xor_sync(0xffffffffu, v1, o);
+    }
+    if (tpr <= 32) return;
+    const int wpr = tpr >> 5, row = threadIdx.y * wpr;
+    if ((threadIdx.x & 31) == 0) {
+        red[row + (threadIdx.x >> 5)] = v0;
+        if (two) red[32 + row + (threadIdx.x >> 5)] = v1;
+    }
+    __syncthreads();
+    v0 = 0.f;
+    v1 = 0.f;
+    for (int i = 0; i < wpr; ++i) {
+        v0 += red[row + i];
+        if (two) v1 += red[32 + row + i];
+    }
+}
+
+template <int DT, int VEC, int CH, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float* __restrict__ x,
                                           const float* __restrict__ g, float eps,
                                           const float* __restrict__ bias, float* y, int n_units,
                                           int K, int ldy) {
-    extern __shared__ float smem[];
-    float* xs = smem;
-    float* red = smem + ((K + 3) & ~3);
-    const int tpr = blockDim.x, rpb = blockDim.y;
-    const int tid = threadIdx.y * tpr + threadIdx.x;
-    const int nthreads = tpr * rpb;
+    __shared__ float red[3][64];
+    const int rpb = blockDim.y;
     const int t = blockIdx.y;
     const int nchunks = K / VEC;
-    const int steps = (nchunks + tpr * U - 1) / (tpr * U);
+    const int stride = gridDim.x * rpb;
+    const int base0 = blockIdx.x * rpb;
 
-    // Weights never depend on the previous kernel: load this thread's first batch into
-    // registers and warm L2 with the rest of the block's first rows while that kernel drains.
-    int base = blockIdx.x * rpb;
-    uint4 a[U], b[U];
-    gemv_load<DT, VEC, U, MODE>(W, base + threadIdx.y, n_units, K, 0, nchunks, a, b);
+    GemvRows<CH> A, B;
     {
-        const int nu = min(rpb, n_units - base);
-        if (nu > 0) {
-            const char* wb = (const char*)(W + (size_t)base * K);
-            const size_t bytes = (size_t)nu * K * 2;
-            for (size_t off = (size_t)tid * 128; off < bytes; off += (size_t)nthreads * 128) {
-                prefetch_l2(wb + off);
-                if (MODE == 2) prefetch_l2(wb + (size_t)n_units * K * 2 + off);
-            }
-        }
+        const int u = base0 + threadIdx.y;
+        if (u < n_units) gemv_load<DT, VEC, CH, MODE>(W, u, n_units, K, nchunks, A);
+        if (u + stride < n_units) gemv_load<DT, VEC, CH, MODE>(W, u + stride, n_units, K, nchunks, B);
     }
     pdl_wait();
     pdl_launch_next();
 
-    const float* xr = x + (size_t)t * K;
-    float ss = 0.f;
-    for (int k = tid; k < K; k += nthreads) {
-        float v = xr[k];
-        if (NORM) {
-            ss += v * v;
-            v *= g[k];
+    // This thread's chunks of x' (zero past K), and the sum of squares of x over them. All
+    // loads are issued before any use (indices past the end are clamped, then zeroed), so
+    // the chunks cost one round trip, not CH.
+    const float* xt = x + (size_t)t * K;
+    float xr[CH][VEC], gr[CH][VEC];
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+        const int cc = min((int)threadIdx.x + j * (int)blockDim.x, nchunks - 1);
+        if constexpr (VEC == 8) {
+            const float4 v0 = *(const float4*)(xt + cc * 8), v1 = *(const float4*)(xt + cc * 8 + 4);
+            xr[j][0] = v0.x; xr[j][1] = v0.y; xr[j][2] = v0.z; xr[j][3] = v0.w;
+            xr[j][4] = v1.x; xr[j][5] = v1.y; xr[j][6] = v1.z; xr[j][7] = v1.w;
+            if (NORM) {
+                const float4 g0 = *(const float4*)(g + cc * 8), g1 = *(const float4*)(g + cc * 8 + 4);
+                gr[j][0] = g0.x; gr[j][1] = g0.y; gr[j][2] = g0.z; gr[j][3] = g0.w;
+                gr[j][4] = g1.x; gr[j][5] = g1.y; gr[j][6] = g1.z; gr[j][7] = g1.w;
+            }
+        } else {
+            xr[j][0] = xt[cc];
+            if (NORM) gr[j][0] = g[cc];
         }
-        xs[k] = v;
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+        const bool in = threadIdx.x + j * blockDim.x < nchunks;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const float v = in ? xr[j][e] : 0.f;
+            ss += v * v;
+            xr[j][e] = NORM ? v * gr[j][e] : v;
+        }
     }
     float scale = 1.f;
     if (NORM) {
-        ss = block_sum(ss, red);
+        // Every row's threads together hold all of x, so each row reduces its own copy.
+        float unused = 0.f;
+        gemv_row_sum(ss, unused, false, red[2]);
         scale = rsqrtf(ss / (float)K + eps);
     }
-    __syncthreads();
 
-    // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
-    float acc0 = 0.f, acc1 = 0.f;
-    for (int step = 0; base < n_units;) {
+    // One row unit: use buffer r (unit `base` + y), refill it with the unit two strides on,
+    // reduce over the row's threads and write. Block-uniform, so the barrier inside is safe.
+    auto unit_step = [&](GemvRows<CH>& r, int base, float* rd) {
         const int unit = base + threadIdx.y;
-        if (unit < n_units) {
-#pragma unroll
-            for (int i = 0; i < U; ++i) {
-                const int cc = threadIdx.x + (step * U + i) * tpr;
-                if (cc < nchunks) {
-                    if (VEC == 8) {
-                        const float4 x0 = *(const float4*)(xs + cc * 8);
-                        const float4 x1 = *(const float4*)(xs + cc * 8 + 4);
-                        float2 p;
-                        p = unpack2<DT>(a[i].x); acc0 += p.x * x0.x + p.y * x0.y;
-                        p = unpack2<DT>(a[i].y); acc0 += p.x * x0.z + p.y * x0.w;
-                        p = unpack2<DT>(a[i].z); acc0 += p.x * x1.x + p.y * x1.y;
-                        p = unpack2<DT>(a[i].w); acc0 += p.x * x1.z + p.y * x1.w;
-                        if (MODE == 2) {
-                            p = unpack2<DT>(b[i].x); acc1 += p.x * x0.x + p.y * x0.y;
-                            p = unpack2<DT>(b[i].y); acc1 += p.x * x0.z + p.y * x0.w;
-                            p = unpack2<DT>(b[i].z); acc1 += p.x * x1.x + p.y * x1.y;
-                            p = unpack2<DT>(b[i].w); acc1 += p.x * x1.z + p.y * x1.w;
-                        }
-                    } else {
-                        acc0 += to_f32<DT>((u16)a[i].x) * xs[cc];
-                        if (MODE == 2) acc1 += to_f32<DT>((u16)b[i].x) * xs[cc];
-                    }
-                }
-            }
-        }
-        if (++step < steps) {
-            gemv_load<DT, VEC, U, MODE>(W, unit, n_units, K, step, nchunks, a, b);
-            continue;
-        }
-        // Row group done: reduce over the tpr threads of each unit (shuffles inside a warp,
-        // then shared memory), write, and move to the next group.
-        const int width = tpr < 32 ? tpr : 32;
-        for (int o = width >> 1; o > 0; o >>= 1) {
-            acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
-            if (MODE == 2) acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
-        }
-        if (tpr > 32) {
-            const int wpr = tpr >> 5;
-            __syncthreads();
-            if ((threadIdx.x & 31) == 0) {
-                red[threadIdx.y * wpr + (threadIdx.x >> 5)] = acc0;
-                if (MODE == 2) red[32 + threadIdx.y * wpr + (threadIdx.x >> 5)] = acc1;
-            }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                acc0 = 0.f;
-                acc1 = 0.f;
-                for (int i = 0; i < wpr; ++i) {
-                    acc0 += red[threadIdx.y * wpr + i];
-                    if (MODE == 2) acc1 += red[32 + threadIdx.y * wpr + i];
-                }
-            }
-        }
+        float acc0 = 0.f, acc1 = 0.f;
+        if (unit < n_units) gemv_dot<DT, VEC, CH, MODE>(r, xr, nchunks, acc0, acc1);
+        if (unit + 2 * stride < n_units) gemv_load<DT, VEC, CH, MODE>(W, unit + 2 * stride, n_units, K, nchunks, r);
+        gemv_row_sum(acc0, acc1, MODE == 2, rd);
         if (threadIdx.x == 0 && unit < n_units) {
             float* out = y + (size_t)t * ldy + unit;
             if (MODE == 0) *out = acc0 * scale + (bias ? bias[unit] : 0.f);
@@ -152,21 +173,25 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
                 *out = gv / (1.f + __expf(-gv)) * uv;
             }
         }
-        acc0 = 0.f;
-        acc1 = 0.f;
-        step = 0;
-        base += gridDim.x * rpb;
-        if (base < n_units) gemv_load<DT, VEC, U, MODE>(W, base + threadIdx.y, n_units, K, 0, nchunks, a, b);
+    };
+    for (int base = base0; base < n_units;) {
+        unit_step(A, base, red[0]);
+        base += stride;
+        if (base >= n_units) break;
+        unit_step(B, base, red[1]);
+        base += stride;
     }
 }
 
-#define GEMV(DT, VEC, U, NORM, MODE)                                                              \
-    extern "C" __global__ void gemv_##DT##_##VEC##_##U##_##NORM##_##MODE(                       \
+#define GEMV(DT, VEC, CH, NORM, MODE)                                                             \
+    extern "C" __global__ void __launch_bounds__(512) gemv_##DT##_##VEC##_##CH##_##NORM##_##MODE( \
         const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g,     \
         float eps, const float* __restrict__ bias, float* y, int n_units, int K, int ldy) {      \
-        gemv_body<DT, VEC, U, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, ldy);               \
+        gemv_body<DT, VEC, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, ldy);              \
     }
-#define GEMV_MODES(DT, VEC, U) GEMV(DT, VEC, U, 0, 0) GEMV(DT, VEC, U, 1, 0) GEMV(DT, VEC, U, 0, 1) GEMV(DT, VEC, U, 1, 2)
-#define GEMV_DT(DT) GEMV_MODES(DT, 8, 1) GEMV_MODES(DT, 8, 2) GEMV_MODES(DT, 8, 4) GEMV_MODES(DT, 8, 8) GEMV_MODES(DT, 1, 4)
+#define GEMV_MODES(DT, VEC, CH) GEMV(DT, VEC, CH, 0, 0) GEMV(DT, VEC, CH, 1, 0) GEMV(DT, VEC, CH, 0, 1) GEMV(DT, VEC, CH, 1, 2)
+#define GEMV_DT(DT)                                                                                                  \
+    GEMV_MODES(DT, 8, 1) GEMV_MODES(DT, 8, 2) GEMV_MODES(DT, 8, 3) GEMV_MODES(DT, 8, 4) GEMV_MODES(DT, 8, 5)         \
+    GEMV_MODES(DT, 8, 6) GEMV_MODES(DT, 8, 8) GEMV_MODES(DT, 1, 8)
 GEMV_DT(0)
 GEMV_DT(1)

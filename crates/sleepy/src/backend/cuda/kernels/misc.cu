@@ -68,8 +68,25 @@ extern "C" __global__ void swiglu(const float* gu, float* out, u16* out_h, int h
 }
 
 // Index of the largest of x[0..n) (ties to the lowest index) into result[0]. Grid (B),
-// block 256: each block reduces a strided share into part_v/part_i [B]; the last block to
-// finish (counter, zero at rest) reduces those and resets the counter.
+// block 256: each block reduces a strided share (4 loads in flight per thread) into
+// part_v/part_i [B]; the last block to finish (counter, zero at rest) reduces those with all
+// its threads and resets the counter.
+__device__ __forceinline__ void argmax_pick(float& bv, int& bi, float v, int i) {
+    if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
+    }
+}
+__device__ __forceinline__ void argmax_block(float bv, int bi, float* sv, int* si) {
+    const int tid = threadIdx.x;
+    sv[tid] = bv;
+    si[tid] = bi;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (tid < s) argmax_pick(sv[tid], si[tid], sv[tid + s], si[tid + s]);
+        __syncthreads();
+    }
+}
 extern "C" __global__ void argmax(const float* x, int n, float* part_v, int* part_i, u32* counter, int* result) {
     __shared__ float sv[256];
     __shared__ int si[256];
@@ -79,21 +96,15 @@ extern "C" __global__ void argmax(const float* x, int n, float* part_v, int* par
     const int tid = threadIdx.x;
     float bv = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = blockIdx.x * 256 + tid; i < n; i += gridDim.x * 256) {
-        const float v = x[i];
-        if (v > bv) { bv = v; bi = i; }
+    for (int i0 = blockIdx.x * 1024 + tid; i0 < n; i0 += gridDim.x * 1024) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = i0 + u * 256 < n ? x[i0 + u * 256] : NEG_INF;
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+            if (i0 + u * 256 < n) argmax_pick(bv, bi, v[u], i0 + u * 256);
     }
-    sv[tid] = bv;
-    si[tid] = bi;
-    __syncthreads();
-    for (int s = 128; s > 0; s >>= 1) {
-        if (tid < s) {
-            const float v = sv[tid + s];
-            const int j = si[tid + s];
-            if (v > sv[tid] || (v == sv[tid] && j < si[tid])) { sv[tid] = v; si[tid] = j; }
-        }
-        __syncthreads();
-    }
+    argmax_block(bv, bi, sv, si);
     if (tid == 0) {
         part_v[blockIdx.x] = sv[0];
         part_i[blockIdx.x] = si[0];
@@ -101,15 +112,14 @@ extern "C" __global__ void argmax(const float* x, int n, float* part_v, int* par
         is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
     }
     __syncthreads();
-    if (!is_last || tid != 0) return;
+    if (!is_last) return;
     __threadfence();
-    float v = NEG_INF;
-    int idx = 0x7fffffff;
-    for (int b = 0; b < (int)gridDim.x; ++b) {
-        const float pv = __ldcg(part_v + b);
-        const int pi = __ldcg(part_i + b);
-        if (pv > v || (pv == v && pi < idx)) { v = pv; idx = pi; }
+    bv = NEG_INF;
+    bi = 0x7fffffff;
+    for (int b = tid; b < (int)gridDim.x; b += 256) argmax_pick(bv, bi, __ldcg(part_v + b), __ldcg(part_i + b));
+    argmax_block(bv, bi, sv, si);
+    if (tid == 0) {
+        result[0] = si[0] == 0x7fffffff ? 0 : si[0];
+        *counter = 0u;
     }
-    result[0] = idx == 0x7fffffff ? 0 : idx;
-    *counter = 0u;
 }

@@ -1,5 +1,5 @@
-// Per-head RMSNorm (Qwen3's Q/K norm) and rotary embedding, shared by the prefill kernel
-// below and the fused decode attention.
+// Per-head RMSNorm (Qwen3's Q/K norm) and rotary embedding for prefill (decode folds its
+// own, table-driven version into kernels/decode_attention.cu).
 //
 // head: D f32 values of one head, in shared memory, worked on by the `n` threads whose
 // index `i` runs 0..n. norm_w: D weights or null (no norm). inv_freq: rope_dims/2

@@ -104,10 +104,10 @@ pub enum LaunchConfig {
 }
 
 impl LaunchConfig {
-    /// Short form for tables: "rpb8 tpr64 v8 u8 b4".
+    /// Short form for tables: "rpb8 tpr64 v8 b4" (dense), "rpb8 tpr64 u4 b4" (quantized).
     pub fn short(&self) -> String {
         match self {
-            LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} u{} b{}", s.rows_per_block, s.threads_per_row, s.vec, s.unroll, s.blocks_per_sm),
+            LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} b{}", s.rows_per_block, s.threads_per_row, s.vec, s.blocks_per_sm),
             LaunchConfig::Quant(s) => format!("rpb{} tpr{} u{} b{}", s.rows_per_block, s.threads_per_row, s.unroll, s.blocks_per_sm),
         }
     }

@@ -4,15 +4,16 @@
 //! Pruning (dense family, kernels/gemv.cu):
 //! - 16-byte loads (vec 8) whenever rows allow them (k % 8 == 0); the scalar path exists only
 //!   for odd row lengths, where it is the only choice.
-//! - threads per row: powers of two from 4 to 256, at most one per 16-byte chunk of a row
-//!   (idle lanes only add reduction work). More than one warp per row is the kernel's split
-//!   of K: 2-8 warps each reduce part of a row, combined through shared memory.
-//! - 32 to 512 threads a block in whole warps (the largest variants need ~100 registers a
-//!   thread; 512 threads always fit an SM's register file).
-//! - loads in flight per thread: no more than a thread's share of the row, and at least two
-//!   when the share allows (one load in flight cannot cover DRAM latency).
+//! - threads per row: powers of two from 4 to 512, plus the multiples of 32 (up to 512) that
+//!   split a row of 16-byte chunks evenly, at most one thread per chunk (idle lanes only add
+//!   reduction work). Each thread keeps its `chunks_per_thread` chunks (derived from the row
+//!   length and the threads, gemv.rs) in registers: at most 5 (the kernels compile 1-6 and
+//!   8; more spends registers the default rule avoids), unless only 512 threads cover the row.
+//! - 32 to 512 threads a block in whole warps (`gemv::MAX_THREADS`, the kernels'
+//!   `__launch_bounds__`), and only shapes `gemv::sanitize` leaves as they are.
 //! - blocks per SM: 1 to 16, but two settings that give the same grid (after the occupancy
-//!   cap and the balancing of rounds in `gemv_shaped`) are one launch, measured once.
+//!   cap and the balancing of rounds in `gemv_shaped`) are one launch, measured once; a
+//!   shape of which no block fits on an SM (occupancy 0) is not a candidate.
 //!
 //! Quantized family (kernels/gemv_quant.cu), the same rules over its 16-byte units of quants
 //! (K/32 a row; K/16 for Q8_0): threads per row 4 to 128, at most 256 threads a block (its
@@ -20,12 +21,10 @@
 //! holds two rows' units).
 
 use super::{GemvProblem, LaunchConfig};
+pub use crate::backend::cuda::gemv::MAX_THREADS;
 use crate::backend::cuda::gemv::{sanitize, GemvShape};
 use crate::backend::cuda::quant::{self, QFmt, QuantShape};
 use std::collections::HashSet;
-
-/// Threads per block a candidate may use (see the module comment).
-pub const MAX_THREADS: u32 = 512;
 
 /// Blocks the kernel launches for `units` rows in groups of `rows_per_block`, with at most
 /// `cap` blocks resident: as many rounds as the cap needs, the groups spread evenly over
@@ -45,6 +44,7 @@ pub fn launchable(p: &GemvProblem, c: &LaunchConfig) -> bool {
             let chunks = (p.k / s.vec.max(1) as usize).max(1);
             super::is_dense(p.format)
                 && sanitize(*s, p.k) == *s
+                && s.chunks_per_thread(p.k).is_some()
                 && threads <= MAX_THREADS
                 && threads % 32 == 0
                 && s.threads_per_row as usize <= chunks.next_power_of_two().max(4)
@@ -60,7 +60,8 @@ pub fn launchable(p: &GemvProblem, c: &LaunchConfig) -> bool {
 
 /// Candidate configurations of `p` on a device of `sms` multiprocessors. `fit` says how
 /// many blocks of a configuration fit on one SM (occupancy); candidates that launch the
-/// same grid are kept once (the one asking for the fewest blocks per SM).
+/// same grid are kept once (the one asking for the fewest blocks per SM); `fit` 0 (no block
+/// fits: registers or shared memory) drops the configuration.
 pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) -> u32) -> Vec<LaunchConfig> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -68,7 +69,11 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
         if !launchable(p, &c) {
             return;
         }
-        let cap = (sms * blocks_per_sm.min(fit(&c).max(1))) as usize;
+        let fits = fit(&c);
+        if fits == 0 {
+            return;
+        }
+        let cap = (sms * blocks_per_sm.min(fits)) as usize;
         if seen.insert((tpr, rpb, unroll, grid_blocks(p.units, rpb, cap))) {
             out.push(c);
         }
@@ -76,17 +81,26 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
     if super::is_dense(p.format) {
         let vec = if p.k % 8 == 0 { 8u32 } else { 1 };
         let chunks = (p.k / vec as usize).max(1);
-        for tpr in [4u32, 8, 16, 32, 64, 128, 256] {
+        let mut widths: Vec<u32> = vec![4, 8, 16, 32, 64, 128, 256, 512];
+        if vec == 8 {
+            // Row widths that split the row evenly into 1-6 chunks a thread.
+            widths.extend((1..=6).filter(|c| chunks % (32 * c) == 0).map(|c| (chunks / c) as u32).filter(|&t| t <= MAX_THREADS && !t.is_power_of_two()));
+        }
+        widths.sort_unstable();
+        widths.dedup();
+        for tpr in widths {
             if tpr as usize > chunks.max(4) {
                 continue;
             }
-            let unrolls: Vec<u32> = if vec == 8 { in_flight(chunks, tpr, &[1, 2, 4, 8]) } else { vec![4] };
+            let probe = GemvShape { rows_per_block: 1, threads_per_row: tpr, vec, blocks_per_sm: 1 };
+            match probe.chunks_per_thread(p.k) {
+                Some(c) if vec == 1 || c <= 5 || tpr == MAX_THREADS => {}
+                _ => continue,
+            }
             for rpb in block_rows(tpr, MAX_THREADS) {
-                for &unroll in &unrolls {
-                    for blocks_per_sm in [1u32, 2, 4, 8, 16] {
-                        let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, unroll, blocks_per_sm });
-                        push(c, tpr, rpb, unroll, blocks_per_sm, &mut out);
-                    }
+                for blocks_per_sm in [1u32, 2, 4, 8, 16] {
+                    let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm });
+                    push(c, tpr, rpb, 0, blocks_per_sm, &mut out);
                 }
             }
         }
@@ -170,7 +184,8 @@ mod tests {
                 assert!(launchable(&p, cfg), "{}: {cfg:?}", p.label());
                 match cfg {
                     LaunchConfig::Dense(s) => {
-                        assert!(s.threads_per_row.is_power_of_two());
+                        assert!(s.threads_per_row.is_power_of_two() || s.threads_per_row % 32 == 0);
+                        assert!(s.chunks_per_thread(p.k).is_some());
                         let threads = s.threads_per_row * s.rows_per_block;
                         assert!(threads <= MAX_THREADS && threads % 32 == 0);
                         assert!(s.vec == 8 || (s.vec == 1 && p.k % 8 != 0));
@@ -198,7 +213,10 @@ mod tests {
             for (units, k) in [(6144, 2560), (2560, 9728), (151936, 2560)] {
                 let p = GemvProblem { format, units, k, norm: false, mode: 0 };
                 let n = candidates(&p, 132, &mut fit).len();
-                assert!((20..=400).contains(&n), "{} {units}x{k}: {n} candidates", format.name());
+                // bf16 rows of 9728 (1216 chunks) run only with 256 or 512 threads a row: the
+                // kernel keeps at most 8 chunks a thread in registers, the space at most 5.
+                let least = if format == DType::BF16 && k == 9728 { 5 } else { 20 };
+                assert!((least..=400).contains(&n), "{} {units}x{k}: {n} candidates", format.name());
             }
         }
     }
@@ -206,12 +224,13 @@ mod tests {
     #[test]
     fn unlaunchable_shapes_are_refused() {
         let p = GemvProblem { format: DType::BF16, units: 1024, k: 1024, norm: false, mode: 0 };
-        let good = GemvShape { rows_per_block: 4, threads_per_row: 32, vec: 8, unroll: 4, blocks_per_sm: 4 };
+        let good = GemvShape { rows_per_block: 4, threads_per_row: 32, vec: 8, blocks_per_sm: 4 };
         assert!(launchable(&p, &LaunchConfig::Dense(good)));
         for bad in [
             GemvShape { threads_per_row: 24, ..good },
             GemvShape { rows_per_block: 32, threads_per_row: 32, ..good },
-            GemvShape { unroll: 3, ..good },
+            GemvShape { threads_per_row: 48, ..good },
+            GemvShape { threads_per_row: 8, rows_per_block: 4, ..good },
             GemvShape { rows_per_block: 1, threads_per_row: 16, ..good },
             GemvShape { threads_per_row: 512, rows_per_block: 1, ..good },
             GemvShape { blocks_per_sm: 0, ..good },
