@@ -5,13 +5,15 @@
 # Optional: gpu-run/sleepy-base, a binary of the previous commit, benched in the same run
 # ("before" figures). OPS_FILTER: names of cuda_ops tests to run (default all). STEPS
 # (default: all) picks from:
-#   tests base bench sweep tuned variants ncu
+#   tests base bench tune tuned variants ncu
+# (tune: `sleepy tune` per model, saved to $SLEEPY_HOME/tune/gemv.json; tuned: bench again
+# with those configurations.)
 # Models and the bandwidth figure are made whenever a step needs them.
 set -u
 export PYTHONUNBUFFERED=1 SLEEPY_HOME=/tmp/sleepy_home
 cd "$(dirname "$0")"
 chmod +x sleepy* cuda_* 2>/dev/null
-STEPS=${1:-"tests base bench sweep tuned variants ncu"}
+STEPS=${1:-"tests base bench tune tuned variants ncu"}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 T0=$(date +%s)
 R=$OUT/run.log
@@ -45,16 +47,16 @@ if has base && [ -x sleepy-base ]; then
   log base binary
   for m in qwen3-0.6b qwen3-4b; do bench base sleepy-base $m -p 0 -n 128 -r 3; done
 fi
-if has sweep && [ $(( $(date +%s) - T0 )) -lt ${SWEEP_BEFORE:-999} ]; then
-  log gemv sweep
-  for m in ${SWEEP_MODELS:-qwen3-0.6b qwen3-4b}; do
-    timeout 120 ./sleepy bench -m /tmp/models/$m -p 0 -n 0 --sweep-gemv --json 2>>$R | grep gemv_sweep | tee -a $OUT/sweep.jsonl
+if has tune && [ $(( $(date +%s) - T0 )) -lt ${TUNE_BEFORE:-999} ]; then
+  log gemv tune
+  for m in ${TUNE_MODELS:-qwen3-0.6b qwen3-4b}; do
+    timeout 150 ./sleepy tune -m /tmp/models/$m --json 2>>$R | tee -a $OUT/tune.jsonl
   done
   cp $SLEEPY_HOME/tune/gemv.json $OUT/gemv.json 2>/dev/null
 fi
 if has tuned && [ -f $SLEEPY_HOME/tune/gemv.json ]; then
   log bench tuned shapes
-  for m in ${SWEEP_MODELS:-qwen3-0.6b qwen3-4b}; do
+  for m in ${TUNE_MODELS:-qwen3-0.6b qwen3-4b}; do
     bench tuned sleepy $m -p 512 -n 128 -r 3
     bench tuned sleepy $m -p 0 -n 128 -r 2 --depth 4096
   done

@@ -10,9 +10,9 @@
 #     cuda_quant   <- target/release/deps/cuda_quant-<hash>   (cargo test --release --no-run)
 # and make_models.py: $MAKE_MODELS, or gpu-tools/[gpu/]make_models.py, or the shared tools.
 # Models go to $MODELS_DIR (default /tmp/models; made only when missing).
-# Steps (STEPS, comma-separated, default "tests,models,bench"; also "sweep": time quantized
-# GEMV launch shapes with sleepy bench --sweep-gemv into $SLEEPY_HOME/tune/gemv_quant.json,
-# and "tuned": bench again with that table). Each step has a time limit (STEP_TIMEOUT seconds
+# Steps (STEPS, comma-separated, default "tests,models,bench"; also "sweep": `sleepy tune`
+# of each configuration (its choices go to $SLEEPY_HOME/tune/gemv.json), and "tuned": bench
+# again with them). Each step has a time limit (STEP_TIMEOUT seconds
 # per bench or sweep, default 300). A GPU call of at most 10 minutes fits "tests" (~2-4 min
 # with the kernel compile), "models" (make_models.py, ~3 min), "bench" (~4-6 min: in-situ
 # Q4_K of qwen3-4b takes ~1 min on 16 cores), "sweep" and "tuned" one or two at a time:
@@ -114,11 +114,11 @@ fi
 
 if want sweep; then
     for c in $CONFIGS; do
-        log "sweep ${c%%:*} --quant ${c##*:}"
-        timeout "$STEP" "$RUN/sleepy" bench -m "$MODELS_DIR/${c%%:*}" --quant "${c##*:}" --device cuda -p 0 -n 0 --sweep-gemv --json 2>> "$LOG" \
-            | grep gemv_sweep | tee -a "$RES/quant-sweep.jsonl"
+        log "tune ${c%%:*} --quant ${c##*:}"
+        timeout "$STEP" "$RUN/sleepy" tune -m "$MODELS_DIR/${c%%:*}" --quant "${c##*:}" --device cuda --json 2>> "$LOG" \
+            | tee -a "$RES/quant-tune.jsonl"
     done
-    cp "$SLEEPY_HOME/tune/gemv_quant.json" "$RES/" 2>/dev/null
+    cp "$SLEEPY_HOME/tune/gemv.json" "$RES/" 2>/dev/null
 fi
 
 if want tuned; then

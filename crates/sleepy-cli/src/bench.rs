@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sleepy::backend::Backend;
 use sleepy::model::{Logits, Model, Sequence};
+use sleepy::tune::ConfigsInUse;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -28,10 +29,6 @@ pub struct BenchArgs {
     /// Print one JSON object per test
     #[arg(long)]
     pub json: bool,
-    /// Time GEMV launch shapes for this model's weight shapes and save the best as the
-    /// shape table later runs use (CUDA only)
-    #[arg(long)]
-    pub sweep_gemv: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,16 +46,30 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let files = args.model.open()?;
     let model = files.load(args.model.device()?, args.model.threads(), args.model.load_options()?)?;
     let name = files.path.file_name().map_or_else(|| files.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    if args.sweep_gemv {
-        match &model {
-            sleepy::engine::AnyModel::Cuda(m) => sweep(m, args.json, args.model.load_options()?.quant)?,
-            _ => anyhow::bail!("--sweep-gemv needs the CUDA backend"),
-        }
-    }
-    sleepy::with_model!(&model, m => run_tests(m, &args, &name))
+    // Which GEMV launch configurations this run uses: tuned (`sleepy tune`) or default.
+    let gemv = match &model {
+        // Informational: a failure here must not stop the benchmark.
+        sleepy::engine::AnyModel::Cuda(m) => sleepy::tune::tuned_in_use(m).ok(),
+        _ => None,
+    };
+    sleepy::with_model!(&model, m => run_tests(m, &args, &name, gemv))
 }
 
-fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<()> {
+/// The GEMV fields of a JSON line (null on the CPU).
+fn gemv_json(gemv: Option<ConfigsInUse>) -> serde_json::Value {
+    serde_json::json!({"gemv_configs": gemv.map(|g| g.label()), "gemv_shapes": gemv.map(|g| g.shapes),
+        "gemv_shapes_tuned": gemv.map(|g| g.tuned), "gemv_shapes_changed": gemv.map(|g| g.changed)})
+}
+
+/// `o` with the GEMV fields added.
+fn with_gemv(mut o: serde_json::Value, gemv: Option<ConfigsInUse>) -> serde_json::Value {
+    if let (Some(map), serde_json::Value::Object(extra)) = (o.as_object_mut(), gemv_json(gemv)) {
+        map.extend(extra);
+    }
+    o
+}
+
+fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Option<ConfigsInUse>) -> Result<()> {
     let c = &m.cfg;
     let device = m.backend.name();
     let bandwidth = m.backend.measure_bandwidth()?;
@@ -77,6 +88,15 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
         if let Some(bw) = bandwidth {
             println!("measured copy bandwidth {bw:.0} GB/s (read + write)");
         }
+        if let Some(g) = gemv {
+            println!(
+                "GEMV launch configurations: {} ({} of {} decode-step shapes chosen by `sleepy tune`, {} of them other than the default)",
+                g.label(),
+                g.tuned,
+                g.shapes,
+                g.changed
+            );
+        }
     }
     if args.n_prompt > 0 {
         let prompt = tokens(args.n_prompt, c.vocab_size, 2);
@@ -93,6 +113,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
         if args.json {
             let o = serde_json::json!({"test": format!("pp{}", args.n_prompt), "model": name, "device": device, "depth": args.depth,
                 "tokens": args.n_prompt, "repeats": args.repeats, "seconds": secs, "tok_per_s": tps, "ms_per_token": 1e3 * secs / args.n_prompt as f64});
+            let o = with_gemv(o, gemv);
             println!("{o}");
         } else {
             println!("pp{:<6} {:>10.1} tok/s   {:>8.2} ms total", args.n_prompt, tps, secs * 1e3);
@@ -132,6 +153,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
                 "host_ms_per_token": host_secs * 1e3, "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
                 "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
+            let o = with_gemv(o, gemv);
             println!("{o}");
         } else {
             let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));
@@ -143,49 +165,6 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str) -> Result<(
                 host_secs * 1e3,
                 bytes / 1e6,
                 gbs
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Time the GEMV launch shapes of this model's matrices and save the best ones (of the
-/// quantized kernels when the weights are quantized in-situ).
-fn sweep(m: &Model<sleepy::backend::cuda::CudaBackend>, json: bool, quant: Option<sleepy::quant::DType>) -> Result<()> {
-    use sleepy::backend::cuda::quant::{tune as qtune, QFmt};
-    use sleepy::backend::cuda::tune::GemvProblem;
-    let c = &m.cfg;
-    let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_hidden);
-    let problems = [
-        ("qkv", GemvProblem { units: q + 2 * kv, k: h, norm: true, mode: 0 }),
-        ("o", GemvProblem { units: h, k: q, norm: false, mode: 1 }),
-        ("gate_up", GemvProblem { units: f, k: h, norm: true, mode: 2 }),
-        ("down", GemvProblem { units: h, k: f, norm: false, mode: 1 }),
-        ("logits", GemvProblem { units: c.vocab_size, k: h, norm: true, mode: 0 }),
-    ];
-    let ps = problems.map(|p| p.1);
-    let fmt = quant.and_then(QFmt::of);
-    let rows: Vec<(serde_json::Value, f64, serde_json::Value, f64)> = match fmt {
-        Some(f) => m.backend.sweep_gemv_quant(f, &ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
-        None => m.backend.sweep_gemv(&ps, true)?.into_iter().map(|(_, d, dt, b, bt)| (serde_json::json!(d), dt, serde_json::json!(b), bt)).collect(),
-    };
-    for ((label, p), (def, dt, best, bt)) in problems.iter().zip(rows) {
-        let gb = fmt.map_or_else(|| p.weight_bytes(), |f| qtune::weight_bytes(f, p)) as f64;
-        if json {
-            let o = serde_json::json!({"test": "gemv_sweep", "matrix": label, "format": fmt.map_or("bf16", |f| f.dtype().name()), "units": p.units, "k": p.k, "bytes": gb,
-                "current": def, "current_us": dt, "current_gb_per_s": gb / dt / 1e3, "best": best, "best_us": bt, "best_gb_per_s": gb / bt / 1e3});
-            println!("{o}");
-        } else {
-            println!(
-                "gemv {label:<8} {:>6}x{:<6} current {:>8.2} us {:>6.0} GB/s {} | best {:>8.2} us {:>6.0} GB/s {}",
-                p.units,
-                p.k,
-                dt,
-                gb / dt / 1e3,
-                def,
-                bt,
-                gb / bt / 1e3,
-                best
             );
         }
     }

@@ -1,4 +1,4 @@
-//! The `sleepy` command: run, chat, tokenize, info, convert, eval (and more as the engine grows).
+//! The `sleepy` command: run, chat, tokenize, info, bench, convert, eval, tune.
 
 mod bench;
 mod chat;
@@ -7,6 +7,7 @@ mod convert;
 mod eval;
 mod info;
 mod run;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Perplexity over a text file, or agreement with reference logits (make_models.py).
     Eval(eval::EvalArgs),
+    /// Measure GEMV launch configurations for a model's decode step on this GPU; keep the fastest.
+    Tune(tune::TuneArgs),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Convert(a) => convert::convert(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Tune(a) => tune::tune(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

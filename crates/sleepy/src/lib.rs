@@ -19,3 +19,4 @@ pub mod tokenizer;
 pub mod chat;
 pub mod convert;
 pub mod eval;
+pub mod tune;

@@ -48,6 +48,12 @@ fn program_source() -> String {
     s
 }
 
+/// A short hash of every kernel's source: tuned launch shapes are only valid for the kernels
+/// they were measured with.
+pub(crate) fn source_hash() -> String {
+    Sha256::digest(program_source().as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The compiled module image (CUBIN) for `arch`, from the disk cache or NVRTC.
 pub(crate) fn cubin(arch: (i32, i32)) -> Result<Vec<u8>> {
     let src = program_source();

@@ -1,9 +1,9 @@
 //! GEMV launch shapes. Rows per block, threads per row, vector width and blocks per SM are
-//! run-time values chosen per weight shape: from a table of measured choices when one exists
-//! (`$SLEEPY_HOME/tune/gemv.json`, written by a tuner), else from the default rule below. The
-//! shape is data, so tuning never touches kernel code. Each thread of a row owns
-//! `chunks_per_thread` chunks of `vec` weights (derived, never stored), so threads per row
-//! times chunks per thread must cover the row.
+//! run-time values chosen per weight shape: the built-in table of measured shapes or the
+//! default rule below, unless `sleepy tune` measured a better one on this GPU (tune/store.rs
+//! keeps those, keyed by GPU, driver and kernel source). The shape is data, so tuning never
+//! touches kernel code. Each thread of a row owns `chunks_per_thread` chunks of `vec` weights
+//! (derived, never stored), so threads per row times chunks per thread must cover the row.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,21 +46,8 @@ pub struct GemvTable {
 }
 
 impl GemvTable {
-    /// The built-in measured shapes, overridden by the table a tuner left in the cache
-    /// folder (`$SLEEPY_HOME/tune/gemv.json`) where it has an entry for the same shape.
+    /// The built-in measured shapes (the default configurations a tuner compares against).
     pub fn load() -> GemvTable {
-        let mut table: GemvTable = serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default();
-        let path = crate::fetch::cache_dir().join("tune").join("gemv.json");
-        let tuned: GemvTable = std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-        for (n, k, s) in tuned.entries {
-            table.entries.retain(|e| !(e.0 == n && e.1 == k));
-            table.entries.push((n, k, s));
-        }
-        table
-    }
-
-    /// Only the built-in shapes (what a sweep compares against).
-    pub fn builtin() -> GemvTable {
         serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
     }
 
@@ -92,7 +79,7 @@ pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
 
 /// Keep a shape launchable whatever a table file says: a legal row width that covers the row
 /// with a compiled chunk count (where any can), whole-warp blocks of at most 512 threads.
-fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
+pub(crate) fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
     if k % 8 != 0 || s.vec != 8 {
         s.vec = 1;
     }

@@ -19,7 +19,8 @@ use driver::{DevBuf, DeviceInfo, Graph, Launch};
 pub use driver::DeviceInfo as CudaDeviceInfo;
 use gemv::GemvTable;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 /// What is shared by every CUDA backend of the process: the device and the kernels.
 struct Gpu {
@@ -134,6 +135,8 @@ struct State {
     funcs: HashMap<u64, (usize, u32)>,
     /// Resident blocks per SM by (launch key, threads, shared memory).
     occupancy: HashMap<(u64, u32, u32), u32>,
+    /// GEMV launches noted while the tuner or `sleepy bench` asks (see tune::log_gemv_calls).
+    gemv_log: Option<Vec<tune::GemvCall>>,
 }
 
 pub struct CudaBackend {
@@ -143,6 +146,9 @@ pub struct CudaBackend {
     pool: Arc<Pool>,
     st: Mutex<State>,
     table: GemvTable,
+    /// Measured launch configurations (`sleepy tune`), consulted before `table`.
+    tuned: RwLock<Arc<tune::TunedSet>>,
+    gemv_logging: AtomicBool,
     pdl: bool,
 }
 
@@ -176,10 +182,21 @@ impl CudaBackend {
             argmax: DevBuf::zeroed(ARGMAX_BLOCKS * 8 + 64, stream.0)?,
             funcs: HashMap::new(),
             occupancy: HashMap::new(),
+            gemv_log: None,
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
-        Ok(CudaBackend { gpu, stream, blas, pool: Arc::new(Mutex::new(HashMap::new())), st: Mutex::new(st), table: GemvTable::load(), pdl })
+        Ok(CudaBackend {
+            gpu,
+            stream,
+            blas,
+            pool: Arc::new(Mutex::new(HashMap::new())),
+            st: Mutex::new(st),
+            table: GemvTable::load(),
+            tuned: RwLock::new(tune::store::load_for_device(&gpu.info)),
+            gemv_logging: AtomicBool::new(false),
+            pdl,
+        })
     }
 
     pub fn device_info(&self) -> &DeviceInfo {

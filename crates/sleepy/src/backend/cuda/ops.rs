@@ -32,6 +32,16 @@ fn heads_per_block(group: usize) -> usize {
     [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1)
 }
 
+/// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
+/// rows are too long for any compiled chunk count).
+fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(u64, u32)> {
+    let Some(ch) = s.chunks_per_thread(k) else {
+        return Err(Error::Cuda(format!("GEMV: rows of {k} weights are too long for the kernels (at most 32768, or 4096 when not a multiple of 8)")));
+    };
+    let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (ch as u64) << 8 | (norm as u64) << 4 | mode as u64;
+    Ok((key, ch))
+}
+
 impl CudaBackend {
     /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
     #[allow(clippy::too_many_arguments)]
@@ -40,7 +50,7 @@ impl CudaBackend {
             return self.gemv_quant(w, q, x, norm, bias, mode, y, ldy);
         }
         let units = if mode == 2 { w.n / 2 } else { w.n };
-        let s = self.table.shape(units, w.k);
+        let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
         let norm = norm.map(|(n, e)| (n.ptr(), e));
         self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)
     }
@@ -48,10 +58,8 @@ impl CudaBackend {
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
-        let Some(ch) = s.chunks_per_thread(k) else {
-            return Err(Error::Cuda(format!("GEMV: rows of {k} weights are too long for the kernels (at most 32768, or 4096 when not a multiple of 8)")));
-        };
-        let key = 1 << 40 | (dt as u64) << 24 | (s.vec as u64) << 16 | (ch as u64) << 8 | (norm.is_some() as u64) << 4 | mode as u64;
+        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
+        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), mode)?;
         let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
         let threads = s.threads_per_row * s.rows_per_block;
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
@@ -64,6 +72,12 @@ impl CudaBackend {
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], 0, args)
+    }
+
+    /// Blocks of a dense GEMV shape that fit on one SM (registers, shared memory, threads).
+    pub(super) fn gemv_occupancy(&self, dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<u32> {
+        let (key, ch) = gemv_key(dt, k, s, norm, mode)?;
+        self.blocks_per_sm(key, &|| kernel_name(dt, s, ch, norm, mode), s.threads_per_row * s.rows_per_block, 0)
     }
 
     /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is

@@ -119,8 +119,7 @@ pub fn repack(name: &str, fmt: QFmt, k: usize, rows: usize, blocks: &[u8]) -> Re
     Ok((out, offsets))
 }
 
-/// The inverse of `repack` (tests, and reading a weight back).
-#[cfg(test)]
+/// The inverse of `repack` (tests, and the tuner's CPU reference reading a weight back).
 pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize) -> Vec<u8> {
     let bb = fmt.dtype().block_bytes();
     let mut out = vec![0u8; n_blocks * bb];

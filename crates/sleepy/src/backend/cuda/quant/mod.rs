@@ -7,14 +7,13 @@
 //! dp4a, the weight dequantized in registers); prefill dequantizes row chunks to bf16 and uses
 //! the cuBLAS path; the embedding lookup dequantizes the rows it needs.
 //!
-//! Launch shapes are data, as for bf16: a default rule, replaced per (format, rows, k) by the
-//! measured choices in `$SLEEPY_HOME/tune/gemv_quant.json` when a tuner has written one.
+//! Launch shapes are data, as for bf16: a default rule, replaced per problem (format, rows, k,
+//! fused variant) by what `sleepy tune` measured on this GPU (cuda/tune/store.rs).
 
 #[cfg(test)]
 mod emul;
 pub mod layout;
 mod ops;
-pub mod tune;
 
 pub(crate) use ops::wants_segments;
 
@@ -61,30 +60,9 @@ pub struct QuantShape {
     pub blocks_per_sm: u32,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct QuantTable {
-    /// (format name, rows, k) -> shape, for weight shapes that were measured.
-    pub entries: Vec<(String, usize, usize, QuantShape)>,
-}
-
 /// Threads per block are capped so that any kernel variant can launch: the largest use
 /// about 160 registers (ptxas, sm_90), and 256 threads x 255 registers fit an SM's 64K.
-const MAX_THREADS: u32 = 256;
-
-impl QuantTable {
-    /// The table a tuner left in the cache folder, or an empty one.
-    pub fn load() -> QuantTable {
-        let path = crate::fetch::cache_dir().join("tune").join("gemv_quant.json");
-        std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
-    }
-
-    /// The shape for `rows` row units of length `k` in `fmt`, for epilogue `mode`.
-    pub fn shape(&self, fmt: QFmt, rows: usize, k: usize, mode: u32) -> QuantShape {
-        let name = fmt.dtype().name();
-        let found = self.entries.iter().find(|(f, n, kk, _)| f == name && *n == rows && *kk == k).map(|e| e.3);
-        sanitize(found.unwrap_or_else(|| default_shape(fmt, rows, k, mode)), mode)
-    }
-}
+pub(crate) const MAX_THREADS: u32 = 256;
 
 /// The default rule (not yet measured for these kernels; modelled on the bf16 sweep in
 /// BENCHMARKS.md, where the best shapes give each thread 4-8 loads of a row and finish a row
@@ -107,7 +85,7 @@ pub fn default_shape(fmt: QFmt, _rows: usize, k: usize, mode: u32) -> QuantShape
 }
 
 /// Keep a shape launchable whatever a table file says.
-fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
+pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
     if ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
         s.unroll = 4;
     }
@@ -129,19 +107,18 @@ mod tests {
 
     #[test]
     fn quant_shapes_are_launchable() {
-        let table = QuantTable {
-            entries: vec![("q4_k".into(), 7, 256, QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0 })],
-        };
+        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0 };
         for fmt in layout::ALL_FORMATS {
             for k in [32, 256, 896, 2560, 4864, 9728] {
                 for n in [1, 7, 128, 1024, 6144, 151936] {
                     for mode in [0, 1, 2] {
-                        let s = table.shape(fmt, n, k, mode);
-                        assert!(s.threads_per_row.is_power_of_two());
-                        assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
-                        assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
-                        assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
-                        assert!(s.blocks_per_sm >= 1);
+                        for s in [sanitize(default_shape(fmt, n, k, mode), mode), sanitize(odd, mode)] {
+                            assert!(s.threads_per_row.is_power_of_two());
+                            assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
+                            assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
+                            assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
+                            assert!(s.blocks_per_sm >= 1);
+                        }
                     }
                 }
             }

@@ -2,13 +2,12 @@
 //! of each segment, embedding rows, and prefill GEMMs through bf16 tiles.
 
 use super::layout::{repack, QFmt, REGION_ALIGN};
-use super::{QuantLayout, QuantShape, QuantTable, SegKind, Segment};
+use super::{QuantLayout, QuantShape, SegKind, Segment};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
 use crate::error::{Error, Result};
 use crate::quant::{self, DType};
-use std::sync::OnceLock;
 
 /// Launch-key prefix of this module's kernels (see CudaBackend::launch_keyed).
 const KEY: u64 = 0x51 << 48;
@@ -21,12 +20,6 @@ pub(crate) fn wants_segments(parts: &[WeightPart]) -> bool {
         Some(first) => !(matches!(first.dtype, DType::BF16 | DType::F16) && parts.iter().all(|p| p.dtype == first.dtype)),
         None => false,
     }
-}
-
-/// The shape table of this process (loaded on first use).
-pub(crate) fn table() -> &'static QuantTable {
-    static TABLE: OnceLock<QuantTable> = OnceLock::new();
-    TABLE.get_or_init(QuantTable::load)
 }
 
 fn kind_of(dtype: DType) -> SegKind {
@@ -45,6 +38,16 @@ fn bf16_rows(dtype: DType, bytes: &[u8], k: usize, out: &mut Vec<u8>) {
         quant::dequantize_row(dtype, src, &mut row);
         out.extend(row.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()));
     }
+}
+
+/// Launch key and dynamic shared memory of the quantized GEMV kernel a shape runs.
+fn gemvq_key(fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> (u64, u32) {
+    let key = KEY | 1 << 32 | (fmt.id() as u64) << 16 | (s.unroll as u64) << 8 | (norm as u64) << 4 | mode as u64;
+    (key, (k * 3 / 2 + 256) as u32)
+}
+
+fn gemvq_name(fmt: QFmt, s: &QuantShape, norm: bool, mode: u32) -> String {
+    format!("gemvq_{}_{}_{}_{mode}", fmt.id(), s.unroll, norm as u32)
 }
 
 impl CudaBackend {
@@ -142,11 +145,11 @@ impl CudaBackend {
     fn gemv_segment(&self, s: &Segment, units: usize, k: usize, x: &CudaAct, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         match s.kind {
             SegKind::Bf16 => {
-                let shape = self.table.shape(units, k);
+                let shape = self.dense_shape(0, units, k, norm.is_some(), mode);
                 self.gemv_shaped(s.regions[0], 0, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
             }
             SegKind::Quant(f) => {
-                let shape = table().shape(f, units, k, mode);
+                let shape = self.quant_shape(f, units, k, norm.is_some(), mode);
                 self.gemvq_shaped(f, &s.regions, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
             }
         }
@@ -155,10 +158,9 @@ impl CudaBackend {
     /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu).
     #[allow(clippy::too_many_arguments)]
     pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
-        let norm_bit = norm.is_some() as u32;
-        let key = KEY | 1 << 32 | (fmt.id() as u64) << 16 | (s.unroll as u64) << 8 | (norm_bit as u64) << 4 | mode as u64;
-        let name = || format!("gemvq_{}_{}_{norm_bit}_{mode}", fmt.id(), s.unroll);
-        let smem = (k * 3 / 2 + 256) as u32;
+        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
+        let (key, smem) = gemvq_key(fmt, k, s, norm.is_some(), mode);
+        let name = || gemvq_name(fmt, s, norm.is_some(), mode);
         // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
         let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
@@ -169,6 +171,12 @@ impl CudaBackend {
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
+    }
+
+    /// Blocks of a quantized GEMV shape that fit on one SM.
+    pub(crate) fn gemvq_occupancy(&self, fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> Result<u32> {
+        let (key, smem) = gemvq_key(fmt, k, s, norm, mode);
+        self.blocks_per_sm(key, &|| gemvq_name(fmt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
     }
 
     /// Rows of a quantized segment dequantized into `out` ([n, k], f32 or bf16): rows
