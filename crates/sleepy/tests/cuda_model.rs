@@ -9,9 +9,10 @@ use sleepy::loader::{Bytes, TensorRef, TensorSource};
 use sleepy::model::{LoadOptions, Logits, Model};
 use sleepy::quant::DType;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
-static GPU_LOCK: Mutex<()> = Mutex::new(());
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{GPU_LOCK, rel_err};
 
 struct MemSource(HashMap<String, TensorRef>);
 
@@ -94,16 +95,6 @@ fn source(c: &ModelConfig, seed: u64) -> MemSource {
         }
     }
     MemSource(m)
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        assert!(x.is_finite(), "non-finite GPU logits");
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn models(test: &str, c: &ModelConfig, src: &MemSource) -> Option<(Model<sleepy::backend::cpu::CpuBackend>, Model<sleepy::backend::cuda::CudaBackend>)> {

@@ -9,20 +9,10 @@ use sleepy::backend::{AttnShape, Backend, Rope, WeightPart};
 use sleepy::config::RopeStyle;
 use sleepy::loader::Bytes;
 use sleepy::quant::DType;
-use std::sync::Mutex;
 
-/// GPU tests of this binary run one at a time (one device, and timing-free but memory-heavy).
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable CUDA device ({e})");
-            None
-        }
-    }
-}
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{GPU_LOCK, assert_close, gpu, rel_err};
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_1234)
@@ -71,24 +61,6 @@ fn exact_matvec(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize, norm: Opt
 
 fn part(dtype: DType, rows: usize, v: &[f32]) -> WeightPart {
     WeightPart { dtype, rows, bytes: Bytes::from_vec(weight_bytes(dtype, v)) }
-}
-
-/// ||a - b|| / ||b||, with NaN failing.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        assert!(x.is_finite(), "non-finite GPU output");
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-    let e = rel_err(gpu, cpu);
-    eprintln!("{what}: relative error {e:.2e} (limit {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e:.3e} over {tol:.0e}");
 }
 
 struct Pair {

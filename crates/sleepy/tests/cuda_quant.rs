@@ -15,21 +15,12 @@ use sleepy::loader::{Bytes, TensorRef, TensorSource};
 use sleepy::model::{LoadOptions, Logits, Model};
 use sleepy::quant::{self, DType};
 use std::collections::HashMap;
-use std::sync::Mutex;
 
-static GPU_LOCK: Mutex<()> = Mutex::new(());
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{GPU_LOCK, assert_close, gpu, rel_err};
 
 const FORMATS: [DType; 8] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable CUDA device ({e})");
-            None
-        }
-    }
-}
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -57,23 +48,6 @@ fn rows_of(r: &mut impl Rng, dtype: DType, rows: usize, k: usize) -> Vec<u8> {
 
 fn part(dtype: DType, rows: usize, bytes: Vec<u8>) -> WeightPart {
     WeightPart { dtype, rows, bytes: Bytes::from_vec(bytes) }
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        assert!(x.is_finite(), "non-finite GPU output");
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-    let e = rel_err(gpu, cpu);
-    eprintln!("{what}: relative error {e:.2e} (limit {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e:.3e} over {tol:.0e}");
 }
 
 struct Pair {

@@ -15,19 +15,10 @@ use sleepy::loader::Bytes;
 use sleepy::model::Logits;
 use sleepy::quant::DType;
 use sleepy::tune::ModelTuneOptions;
-use std::sync::Mutex;
 
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("SKIP {test}: no usable CUDA device ({e})");
-            None
-        }
-    }
-}
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::{GPU_LOCK, gpu};
 
 /// A short search: a handful of candidates, small samples (correctness, not speed).
 fn quick() -> TuneOptions {
