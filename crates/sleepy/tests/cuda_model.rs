@@ -5,22 +5,14 @@
 use rand::{Rng, SeedableRng};
 use sleepy::backend::Backend;
 use sleepy::config::{Arch, ModelConfig, RopeStyle};
-use sleepy::loader::{Bytes, TensorRef, TensorSource};
+use sleepy::loader::{Bytes, TensorRef};
 use sleepy::model::{LoadOptions, Logits, Model};
 use sleepy::quant::DType;
 use std::collections::HashMap;
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{GPU_LOCK, rel_err};
-
-struct MemSource(HashMap<String, TensorRef>);
-
-impl TensorSource for MemSource {
-    fn tensor(&self, name: &str) -> Option<TensorRef> {
-        self.0.get(name).cloned()
-    }
-}
+use gpu_common::{MemSource, GPU_LOCK, rel_err};
 
 fn cfg(qwen3: bool, tied: bool) -> ModelConfig {
     ModelConfig {

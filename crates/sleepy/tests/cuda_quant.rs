@@ -11,14 +11,14 @@ use sleepy::backend::cpu::{CpuAct, CpuBackend};
 use sleepy::backend::cuda::{CudaAct, CudaBackend};
 use sleepy::backend::{Backend, WeightPart};
 use sleepy::config::{Arch, ModelConfig, RopeStyle};
-use sleepy::loader::{Bytes, TensorRef, TensorSource};
+use sleepy::loader::{Bytes, TensorRef};
 use sleepy::model::{LoadOptions, Logits, Model};
 use sleepy::quant::{self, DType};
 use std::collections::HashMap;
 
 #[path = "common/gpu.rs"]
 mod gpu_common;
-use gpu_common::{GPU_LOCK, assert_close, gpu, rel_err};
+use gpu_common::{MemSource, GPU_LOCK, assert_close, gpu, rel_err};
 
 const FORMATS: [DType; 8] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
 
@@ -247,14 +247,6 @@ fn embedding_rows_match_cpu_dequantization() {
 }
 
 // ---- Whole models.
-
-struct MemSource(HashMap<String, TensorRef>);
-
-impl TensorSource for MemSource {
-    fn tensor(&self, name: &str) -> Option<TensorRef> {
-        self.0.get(name).cloned()
-    }
-}
 
 fn cfg(qwen3: bool, tied: bool) -> ModelConfig {
     ModelConfig {

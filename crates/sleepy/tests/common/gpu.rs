@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use sleepy::backend::cuda::CudaBackend;
+use sleepy::loader::{TensorRef, TensorSource};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// GPU tests of one binary run one at a time (one device, memory-heavy).
@@ -35,4 +37,13 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     let e = rel_err(gpu, cpu);
     eprintln!("{what}: relative error {e:.2e} (limit {tol:.0e})");
     assert!(e <= tol, "{what}: relative error {e:.3e} over {tol:.0e}");
+}
+
+/// Tensors a test built in memory, by GGUF name.
+pub struct MemSource(pub HashMap<String, TensorRef>);
+
+impl TensorSource for MemSource {
+    fn tensor(&self, name: &str) -> Option<TensorRef> {
+        self.0.get(name).cloned()
+    }
 }
