@@ -121,7 +121,7 @@ fi
 
 if want ncu; then
     # Kernels of one decode token after the warm-up token, each alone (caches flushed).
-    for c in ${NCU:-qwen3-4b.q4_k qwen3-0.6b}; do
+    for c in ${NCU-qwen3-4b.q4_k qwen3-0.6b}; do
         left || { log "skip ncu $c (time)"; continue; }
         log "ncu $c"
         timeout 120 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -s 200 -c 200 \
