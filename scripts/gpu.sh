@@ -17,8 +17,8 @@
 #           $BASE_CONFIGS with gpu-run/sleepy-base (a previous build) where it is there
 #   tune    `sleepy tune` of each configuration in $TUNE, then bench of it with the choices
 #   eval    `sleepy eval --reference` on the GPU: bf16, q8_0, q4_k of both models
-#   ncu     per-kernel times of one decode token ($NCU specs), and Nsight sections of chosen
-#           kernels ($NCU_SECTIONS)
+#   ncu     Nsight Compute sections of chosen kernels ($NCU_SECTIONS, below); each kernel runs
+#           alone with caches flushed, so times are upper bounds
 # Each step stops starting work past $BUDGET seconds (default 560). Logs and bench.jsonl go
 # to $OUT; a table of every bench line is printed last.
 set -u
@@ -111,7 +111,7 @@ fi
 if want eval; then
     for c in ${EVAL:-qwen3-0.6b qwen3-0.6b:q8_0 qwen3-0.6b:q4_k qwen3-4b qwen3-4b.q8_0 qwen3-4b.q4_k}; do
         left || { log "skip eval $c (time)"; continue; }
-        m=${c%%[:]*}
+        m=${c%%:*}
         m=${m%.q*}
         log "eval $c"
         timeout 120 "$BIN" eval $(margs "$c") --device cuda --reference "$M/$m/reference.safetensors" --json 2>> "$R" |
@@ -119,26 +119,17 @@ if want eval; then
     done
 fi
 
+# NCU_SECTIONS="spec,kernel-regex,skip,count[,depth] ...": Nsight sections of `count` kernels
+# matching the regex after `skip` of them, in `bench -p 0 -n 3 [--depth D]`.
 if want ncu; then
-    # Kernels of one decode token after the warm-up token, each alone (caches flushed).
-    for c in ${NCU-qwen3-4b.q4_k qwen3-0.6b}; do
-        left || { log "skip ncu $c (time)"; continue; }
-        log "ncu $c"
-        timeout 120 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -s 200 -c 200 \
-            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 1 -r 1 > "$OUT/ncu-$c.csv" 2>> "$R"
+    for e in ${NCU_SECTIONS:-}; do
+        IFS=, read -r c k sk n d <<< "$e"
+        left || { log "skip ncu sections $e (time)"; continue; }
+        log "ncu sections $e"
+        timeout 150 ncu --clock-control none -k "regex:$k" -s "$sk" -c "$n" --section SpeedOfLight --section Occupancy \
+            --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}.txt" 2>> "$R"
     done
-    if [ -n "${NCU_SECTIONS:-}" ] && left; then
-        # NCU_SECTIONS="spec,kernel-regex,skip,count[,depth] ...": Nsight sections of `count`
-        # kernels matching the regex after `skip` of them, in `bench -p 0 -n 3 [--depth D]`.
-        for e in $NCU_SECTIONS; do
-            IFS=, read -r c k sk n d <<< "$e"
-            left || { log "skip ncu sections $e (time)"; continue; }
-            log "ncu sections $e"
-            timeout 150 ncu --clock-control none -k "regex:$k" -s "$sk" -c "$n" --section SpeedOfLight --section Occupancy \
-                --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
-                "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}.txt" 2>> "$R"
-        done
-    fi
 fi
 
 log done
@@ -147,7 +138,7 @@ log done
 echo "==== SUMMARY"
 grep -E " rc=|test result|copy|read|took" "$R"
 python3 - "$B" "$OUT" <<'PY'
-import json, sys, glob, csv, collections, os
+import json, sys, os
 if os.path.exists(sys.argv[1]):
     for line in open(sys.argv[1]):
         try: o = json.loads(line)
@@ -158,22 +149,4 @@ if os.path.exists(sys.argv[1]):
 if os.path.exists(sys.argv[2] + "/eval.jsonl"):
     for line in open(sys.argv[2] + "/eval.jsonl"):
         print("eval", line.strip()[:300])
-for f in sorted(glob.glob(sys.argv[2] + "/ncu-*.csv")):
-    t = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    try:
-        rows = list(csv.reader(l for l in open(f) if l.startswith('"')))
-        h = rows[0]; ki = h.index("Kernel Name"); mi = h.index("Metric Name"); vi = h.index("Metric Value"); ui = h.index("Metric Unit")
-        for r in rows[1:]:
-            name = r[ki].split("(")[0]
-            v = float(r[vi].replace(",", ""))
-            if r[mi] == "gpu__time_duration.sum":
-                v = v / 1000 if r[ui] == "nsecond" else v * (1000 if r[ui] == "msecond" else 1)
-                t[name][0] += 1; t[name][1] += v
-            elif r[mi] == "dram__bytes_read.sum":
-                t[name][2] += v * {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(r[ui], 1)
-        print(f.split("/")[-1], "total us", round(sum(v[1] for v in t.values()), 1))
-        for k, v in sorted(t.items(), key=lambda kv: -kv[1][1])[:12]:
-            print(f"  {k:<24} n={v[0]:<4} {v[1]:9.1f} us {v[1]/max(v[0],1):7.2f} us/call {v[2]/max(v[0],1)/1e6:8.2f} MB/call {v[2]/max(v[1],1e-9)/1e3:6.0f} GB/s")
-    except Exception as e:
-        print(f, "unparsed", e)
 PY
