@@ -6,6 +6,9 @@ use crate::common::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use sleepy::backend::Backend;
+use sleepy::generate::generate;
+use sleepy::sampler::{Sampler, SamplerParams};
+use std::ops::ControlFlow;
 use sleepy::model::{Logits, Model, Sequence};
 use sleepy::tune::ConfigsInUse;
 use std::time::Instant;
@@ -121,25 +124,22 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
     }
     if args.n_gen > 0 {
         let start = tokens(1, c.vocab_size, 3)[0];
-        // Per token: the whole step, and the host's share of it (recording and launching the
-        // step, while the device has nothing queued: the previous token id was just read).
-        let run = |seq: &mut Sequence<B>, n: usize| -> Result<(f64, f64)> {
+        // Seconds per token through the generation loop (greedy), from the first generated
+        // token's arrival to the last's: n - 1 whole steps.
+        let run = |seq: &mut Sequence<B>, n: usize| -> Result<f64> {
             seq.truncate(args.depth);
-            let mut next = start;
-            let mut host = 0.0;
-            let t = Instant::now();
-            for _ in 0..n {
-                let th = Instant::now();
-                let l = m.forward(seq, &[next], Logits::Last)?;
-                host += th.elapsed().as_secs_f64();
-                next = m.backend.argmax_last(&l)?;
-            }
-            Ok((t.elapsed().as_secs_f64() / n as f64, host / n as f64))
+            let mut sampler = Sampler::new(SamplerParams::greedy());
+            let mut times = Vec::with_capacity(n);
+            generate(&m, seq, &[start], n, &mut sampler, &|_| false, &mut |_| {
+                times.push(Instant::now());
+                ControlFlow::Continue(())
+            })?;
+            let (first, last) = (times[0], times[times.len() - 1]);
+            Ok(last.duration_since(first).as_secs_f64() / (times.len() - 1).max(1) as f64)
         };
-        run(&mut seq, args.n_gen.min(8)).context("generation warm-up")?;
-        let runs = (0..args.repeats).map(|_| run(&mut seq, args.n_gen)).collect::<Result<Vec<_>>>()?;
-        let secs = median(runs.iter().map(|r| r.0).collect());
-        let host_secs = median(runs.iter().map(|r| r.1).collect());
+        let n_gen = args.n_gen.max(2);
+        run(&mut seq, n_gen.min(8)).context("generation warm-up")?;
+        let secs = median((0..args.repeats).map(|_| run(&mut seq, n_gen)).collect::<Result<Vec<_>>>()?);
         // Each step reads every matrix once and the K/V of every earlier position.
         let weight_bytes = m.weights.matrix_bytes_per_token as f64;
         let avg_pos = args.depth as f64 + (args.n_gen as f64 - 1.0) / 2.0 + 1.0;
@@ -150,7 +150,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         if args.json {
             let o = serde_json::json!({"test": format!("tg{}", args.n_gen), "model": name, "device": device, "depth": args.depth,
                 "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
-                "host_ms_per_token": host_secs * 1e3, "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
+                "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
                 "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
             let o = with_gemv(o, gemv);
@@ -158,11 +158,10 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         } else {
             let f = frac.map_or(String::new(), |f| format!("   {:.1}% of measured bandwidth (floor {:.3} ms)", 100.0 * f, bytes / bandwidth.unwrap_or(1.0) / 1e6));
             println!(
-                "tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token (host {:.3})   {:.1} MB/token   {:.1} GB/s{f}",
+                "tg{:<6} {:>10.1} tok/s   {:>8.3} ms/token   {:.1} MB/token   {:.1} GB/s{f}",
                 args.n_gen,
                 1.0 / secs,
                 secs * 1e3,
-                host_secs * 1e3,
                 bytes / 1e6,
                 gbs
             );

@@ -1,7 +1,7 @@
 //! The one generation loop, shared by run, chat, bench and serve: prefill the new prompt
 //! tokens as one batch, then decode one token per step until a stop rule fires.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, QUEUED_TOKEN};
 use crate::error::{Error, Result};
 use crate::model::{Logits, Model, Sequence};
 use crate::sampler::Sampler;
@@ -69,29 +69,56 @@ pub fn generate<B: Backend>(
     }
     let start = Instant::now();
     let mut logits = model.forward(seq, new_tokens, Logits::Last)?;
-    let mut next = pick(model, sampler, &logits)?;
+    // Greedy decoding on a backend that keeps the chosen id on the device: each step is
+    // launched before the host reads the id it consumes, so the host's work (recording,
+    // launching, the callback) overlaps the device's instead of leaving it idle.
+    let queued = !sampler.params.needs_logits() && model.backend.queue_argmax(&logits)?;
+    let mut next = if queued { QUEUED_TOKEN } else { pick(model, sampler, &logits)? };
     let prompt_secs = start.elapsed().as_secs_f64();
     let gen_start = Instant::now();
     let mut generated = 0;
     let mut decode_steps = 0;
     let stop = loop {
-        if is_eog(next) {
-            break StopReason::EndOfGeneration;
+        // The step for `next`, launched ahead where it may be needed (what the checks below
+        // can tell before the id is known).
+        let ahead = queued && generated + 1 < max_tokens && seq.pos < seq.max_seq;
+        if ahead {
+            logits = model.forward(seq, &[QUEUED_TOKEN], Logits::Last)?;
+            model.backend.queue_argmax(&logits)?;
         }
-        generated += 1;
-        sampler.accept(next);
-        if on_token(next).is_break() {
-            break StopReason::Cancelled;
+        if queued {
+            next = model.backend.take_queued()?;
         }
-        if generated >= max_tokens {
-            break StopReason::MaxTokens;
+        let stop = if is_eog(next) {
+            Some(StopReason::EndOfGeneration)
+        } else {
+            generated += 1;
+            sampler.accept(next);
+            if on_token(next).is_break() {
+                Some(StopReason::Cancelled)
+            } else if generated >= max_tokens {
+                Some(StopReason::MaxTokens)
+            } else if !ahead && seq.pos >= seq.max_seq {
+                Some(StopReason::ContextFull)
+            } else {
+                None
+            }
+        };
+        if let Some(stop) = stop {
+            if ahead {
+                // Take the step launched ahead back: `next` stays un-forwarded.
+                model.backend.take_queued()?;
+                seq.truncate(seq.pos - 1);
+            }
+            break stop;
         }
-        if seq.pos >= seq.max_seq {
-            break StopReason::ContextFull;
+        if !ahead {
+            logits = model.forward(seq, &[next], Logits::Last)?;
+            if !(queued && model.backend.queue_argmax(&logits)?) {
+                next = pick(model, sampler, &logits)?;
+            }
         }
-        logits = model.forward(seq, &[next], Logits::Last)?;
         decode_steps += 1;
-        next = pick(model, sampler, &logits)?;
     };
     Ok(Stats {
         prompt_tokens: new_tokens.len(),

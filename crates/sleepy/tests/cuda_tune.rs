@@ -8,7 +8,8 @@ mod tiny;
 
 use rand::{Rng, SeedableRng};
 use sleepy::backend::cpu::{CpuAct, CpuBackend};
-use sleepy::backend::cuda::tune::{space, GemvProblem, TuneOptions};
+use sleepy::backend::cuda::gemv::GemvShape;
+use sleepy::backend::cuda::tune::{space, GemvOperands, GemvProblem, LaunchConfig, TuneOptions};
 use sleepy::backend::cuda::CudaBackend;
 use sleepy::backend::{Backend, WeightPart};
 use sleepy::loader::Bytes;
@@ -54,6 +55,47 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64)) / scale.max(1e-30)
 }
 
+/// Fresh random operands of `p` on both backends: the CPU's exact output, the GPU launch's
+/// operands (seen through the backend's own GEMV call), and the device buffers behind them.
+fn operands(cpu: &CpuBackend, g: &CudaBackend, p: &GemvProblem, r: &mut impl Rng) -> (Vec<f32>, GemvOperands, Box<dyn std::any::Any>) {
+    let GemvProblem { format, units, k, norm, mode } = *p;
+    let rows = p.rows();
+    let wv = uniform(r, rows * k, 0.0, 0.1);
+    let xv = uniform(r, k, 0.0, 1.0);
+    let nv = uniform(r, k, 1.0, 0.2);
+    let bv = uniform(r, units, 0.0, 0.5);
+    let wc = cpu.upload_weight("w", k, vec![part(format, rows, &wv)]).unwrap();
+    let wg = g.upload_weight("w", k, vec![part(format, rows, &wv)]).unwrap();
+    let xc = CpuAct { rows: 1, cols: k, data: xv.clone() };
+    let xg = g.upload_vector(&xv).unwrap();
+    let (nc, ng) = (CpuAct { rows: 1, cols: k, data: nv.clone() }, g.upload_vector(&nv).unwrap());
+    let (bc, bg) = (CpuAct { rows: 1, cols: units, data: bv.clone() }, g.upload_vector(&bv).unwrap());
+    let mut want = CpuAct { rows: 1, cols: units, data: vec![0.0; units] };
+    let mut xn = CpuAct { rows: 1, cols: k, data: vec![0.0; k] };
+    let call = match (norm, mode) {
+        (true, 2) => {
+            let mut gate_up = CpuAct { rows: 1, cols: 2 * units, data: vec![0.0; 2 * units] };
+            cpu.rmsnorm_matmul_swiglu(&xc, &nc, 1e-6, &wc, &mut xn, &mut gate_up, &mut want).unwrap();
+            g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 2)
+        }
+        (true, _) => {
+            cpu.rmsnorm_matmul(&xc, &nc, 1e-6, &wc, None, &mut xn, &mut want).unwrap();
+            g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 0)
+        }
+        (false, 1) => {
+            cpu.matmul(&xc, &wc, None, &mut want).unwrap();
+            g.gemv_call(&wg, &xg, None, None, 1)
+        }
+        _ => {
+            cpu.matmul(&xc, &wc, Some(&bc), &mut want).unwrap();
+            g.gemv_call(&wg, &xg, None, Some(&bg), 0)
+        }
+    }
+    .unwrap();
+    assert_eq!(call.problem, *p);
+    (want.data, call.operands, Box::new((wg, xg, ng, bg)))
+}
+
 #[test]
 fn tuned_winner_matches_cpu_reference() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,41 +109,7 @@ fn tuned_winner_matches_cpu_reference() {
     let cases = [(DType::BF16, 1000, 1024, true, 2u32), (DType::F16, 520, 1000, false, 0), (DType::Q4K, 700, 1024, false, 1), (DType::Q8_0, 300, 512, true, 0)];
     for (format, units, k, norm, mode) in cases {
         let p = GemvProblem { format, units, k, norm, mode };
-        let rows = p.rows();
-        let wv = uniform(&mut r, rows * k, 0.0, 0.1);
-        let xv = uniform(&mut r, k, 0.0, 1.0);
-        let nv = uniform(&mut r, k, 1.0, 0.2);
-        let bv = uniform(&mut r, units, 0.0, 0.5);
-        let wc = cpu.upload_weight("w", k, vec![part(format, rows, &wv)]).unwrap();
-        let wg = g.upload_weight("w", k, vec![part(format, rows, &wv)]).unwrap();
-        let xc = CpuAct { rows: 1, cols: k, data: xv.clone() };
-        let xg = g.upload_vector(&xv).unwrap();
-        let (nc, ng) = (CpuAct { rows: 1, cols: k, data: nv.clone() }, g.upload_vector(&nv).unwrap());
-        let (bc, bg) = (CpuAct { rows: 1, cols: units, data: bv.clone() }, g.upload_vector(&bv).unwrap());
-        let mut want = CpuAct { rows: 1, cols: units, data: vec![0.0; units] };
-        let mut xn = CpuAct { rows: 1, cols: k, data: vec![0.0; k] };
-        let call = match (norm, mode) {
-            (true, 2) => {
-                let mut gate_up = CpuAct { rows: 1, cols: 2 * units, data: vec![0.0; 2 * units] };
-                cpu.rmsnorm_matmul_swiglu(&xc, &nc, 1e-6, &wc, &mut xn, &mut gate_up, &mut want).unwrap();
-                g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 2)
-            }
-            (true, _) => {
-                cpu.rmsnorm_matmul(&xc, &nc, 1e-6, &wc, None, &mut xn, &mut want).unwrap();
-                g.gemv_call(&wg, &xg, Some((&ng, 1e-6)), None, 0)
-            }
-            (false, 1) => {
-                cpu.matmul(&xc, &wc, None, &mut want).unwrap();
-                g.gemv_call(&wg, &xg, None, None, 1)
-            }
-            _ => {
-                cpu.matmul(&xc, &wc, Some(&bc), &mut want).unwrap();
-                g.gemv_call(&wg, &xg, None, Some(&bg), 0)
-            }
-        }
-        .unwrap();
-        assert_eq!(call.problem, p);
-        let ops = call.operands;
+        let (want, ops, _keep) = operands(&cpu, &g, &p, &mut r);
         let res = g.tune_gemv(&p, &[ops], &quick(), &mut |_| {}).unwrap();
         eprintln!(
             "{}: default {} {:.2} us, best {} {:.2} us, {} tried, {} rejected, default vs CPU {:.1e}",
@@ -122,13 +130,55 @@ fn tuned_winner_matches_cpu_reference() {
         assert!(max_rel(&w, &d) <= 1e-4, "{}: the winner differs from the default by more than summation order", p.label());
         for (what, c) in [("default", res.default.config), ("winner", res.best.config)] {
             let out = g.run_gemv(&p, &c, &ops).unwrap();
-            let e = max_rel(&out, &want.data);
+            let e = max_rel(&out, &want);
             eprintln!("{} {what}: error against the CPU {e:.2e}", p.label());
             // f32 sums in another order; the quantized kernels sum the CPU's integer products
             // in another order.
             let tol = if format.is_quantized() { 1e-3 } else { 1e-4 };
             assert!(e < tol, "{} {what} ({c:?}): error {e:.3e} against the CPU", p.label());
         }
+    }
+}
+
+/// The streamed GEMV (bulk copies into shared memory) against the exact CPU product: every
+/// epilogue, both 16-bit formats, rows that leave partial tiles and blocks with one row or
+/// none, and launch shapes from one row of 512 threads to many narrow rows a tile.
+#[test]
+fn streamed_gemv_matches_cpu_reference() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(g) = gpu("streamed_gemv_matches_cpu_reference") else { return };
+    let sm90 = g.device_info().arch.0 >= 9;
+    if !sm90 {
+        eprintln!("note: this GPU is older than sm_90; the register kernel runs these shapes");
+    }
+    let cpu = CpuBackend::new_exact(2).unwrap();
+    let mut r = rand::rngs::StdRng::seed_from_u64(11);
+    let cases = [
+        (DType::BF16, 1000, 1024, true, 2u32),
+        (DType::BF16, 6144, 2560, true, 0),
+        (DType::BF16, 2560, 9728, false, 1),
+        (DType::F16, 520, 1000, false, 0),
+        (DType::BF16, 37, 264, false, 1),
+        (DType::F16, 5, 8, true, 2),
+        (DType::BF16, 300, 4104, true, 0),
+    ];
+    for (format, units, k, norm, mode) in cases {
+        let p = GemvProblem { format, units, k, norm, mode };
+        let (want, ops, _keep) = operands(&cpu, &g, &p, &mut r);
+        let mut ran = 0;
+        for (tpr, rpb, bps) in [(32, 8, 1), (64, 4, 2), (128, 2, 1), (256, 1, 2), (512, 1, 1), (8, 16, 4), (128, 4, 16), (4, 64, 1), (4, 8, 2)] {
+            let s = GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec: 8, blocks_per_sm: bps, streamed: true };
+            let c = LaunchConfig::Dense(s);
+            if !space::launchable(&p, &c) {
+                continue;
+            }
+            let out = g.run_gemv(&p, &c, &ops).unwrap();
+            let e = max_rel(&out, &want);
+            assert!(e < 1e-4, "{} {}: error {e:.3e} against the CPU", p.label(), c.short());
+            ran += 1;
+        }
+        eprintln!("{}: {ran} streamed shapes agree with the CPU", p.label());
+        assert!(ran > 0, "{}: no streamed shape ran", p.label());
     }
 }
 

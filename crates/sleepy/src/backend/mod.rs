@@ -15,6 +15,9 @@ use crate::error::Result;
 use crate::loader::Bytes;
 use crate::quant::DType;
 
+/// The token id `embed` reads from the device: the result of the last `queue_argmax`.
+pub const QUEUED_TOKEN: u32 = u32::MAX;
+
 /// One block of rows of a weight matrix, as stored in the file.
 #[derive(Clone, Debug)]
 pub struct WeightPart {
@@ -72,6 +75,17 @@ pub trait Backend {
     fn read(&self, x: &Self::Act) -> Result<Vec<f32>>;
     /// The index of the largest value of the last row (ties to the lowest index).
     fn argmax_last(&self, x: &Self::Act) -> Result<u32>;
+    /// Greedy decoding without a round trip to the host between steps: queue the argmax of
+    /// the last row of x and leave the id on the device, where the next `embed` of
+    /// [`QUEUED_TOKEN`] reads it; its value comes back later from `take_queued`. False where
+    /// the backend does not do this (the caller uses `argmax_last`).
+    fn queue_argmax(&self, _x: &Self::Act) -> Result<bool> {
+        Ok(false)
+    }
+    /// The id of the oldest queued argmax (waiting for that argmax only).
+    fn take_queued(&self) -> Result<u32> {
+        Err(crate::error::Error::Other("no argmax is queued on this backend".into()))
+    }
 
     // Fused ops. Each default is the plain composition of the ops above (the reference);
     // a backend overrides them to save passes over memory and launches. Scratch arguments

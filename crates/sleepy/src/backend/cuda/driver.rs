@@ -201,6 +201,95 @@ impl Drop for DevBuf {
     }
 }
 
+/// A CUDA event, destroyed on drop.
+pub(crate) struct Event(sys::CUevent);
+
+// SAFETY: an event handle may be used from any thread of the context.
+unsafe impl Send for Event {}
+
+impl Event {
+    pub(crate) fn new() -> Result<Event> {
+        bind()?;
+        let mut e = std::ptr::null_mut();
+        // SAFETY: creates an event in the current context.
+        check(unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DEFAULT as u32) }, "cuEventCreate")?;
+        Ok(Event(e))
+    }
+
+    pub(crate) fn record(&self, stream: sys::CUstream) -> Result<()> {
+        // SAFETY: records a live event on a live stream.
+        check(unsafe { sys::cuEventRecord(self.0, stream) }, "cuEventRecord")
+    }
+
+    /// Wait until the work before the last record has run.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        bind()?;
+        // SAFETY: waits on a live event.
+        check(unsafe { sys::cuEventSynchronize(self.0) }, "GPU work failed")
+    }
+
+    /// Milliseconds from `self` to `end` (both recorded and complete).
+    pub(crate) fn ms_until(&self, end: &Event) -> Result<f64> {
+        let mut ms = 0f32;
+        // SAFETY: two live events of the same context.
+        check(unsafe { sys::cuEventElapsedTime_v2(&mut ms, self.0, end.0) }, "cuEventElapsedTime_v2")?;
+        Ok(ms as f64)
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        if bind().is_ok() {
+            // SAFETY: destroyed once.
+            unsafe { sys::cuEventDestroy_v2(self.0) };
+        }
+    }
+}
+
+/// Page-locked host memory of `n` 32-bit words, which the device copies into
+/// asynchronously (a pageable destination would make the copy wait for the stream).
+pub(crate) struct HostWords {
+    ptr: *mut u32,
+    n: usize,
+}
+
+// SAFETY: plain memory owned by this value; reads go through `read`.
+unsafe impl Send for HostWords {}
+
+impl HostWords {
+    pub(crate) fn alloc(n: usize) -> Result<HostWords> {
+        bind()?;
+        let mut p = std::ptr::null_mut();
+        // SAFETY: plain page-locked allocation.
+        check(unsafe { sys::cuMemAllocHost_v2(&mut p, n.max(1) * 4) }, "cuMemAllocHost")?;
+        Ok(HostWords { ptr: p as *mut u32, n })
+    }
+
+    /// Queue a copy of the device word at `src` into word `i` (stream-ordered).
+    pub(crate) fn copy_from(&self, i: usize, src: sys::CUdeviceptr, stream: sys::CUstream) -> Result<()> {
+        assert!(i < self.n);
+        // SAFETY: word i lies inside the allocation, which outlives the copy (callers wait on
+        // it before reading or dropping).
+        check(unsafe { sys::cuMemcpyDtoHAsync_v2(self.ptr.add(i) as *mut c_void, src, 4, stream) }, "copy from GPU")
+    }
+
+    /// Word `i`, once the copy into it has completed.
+    pub(crate) fn read(&self, i: usize) -> u32 {
+        assert!(i < self.n);
+        // SAFETY: in bounds; volatile because the device wrote it behind the compiler's back.
+        unsafe { std::ptr::read_volatile(self.ptr.add(i)) }
+    }
+}
+
+impl Drop for HostWords {
+    fn drop(&mut self) {
+        if bind().is_ok() {
+            // SAFETY: allocated by cuMemAllocHost, freed once.
+            unsafe { sys::cuMemFreeHost(self.ptr as *mut c_void) };
+        }
+    }
+}
+
 /// Copy host data to device memory at `dst` (stream-ordered; the source is staged at once).
 pub(crate) fn upload<T: Copy>(dst: sys::CUdeviceptr, src: &[T], stream: sys::CUstream) -> Result<()> {
     if src.is_empty() {

@@ -24,6 +24,10 @@ pub struct GemvShape {
     pub vec: u32,
     /// Grid size as blocks per multiprocessor (blocks loop over the remaining rows).
     pub blocks_per_sm: u32,
+    /// Run the streamed kernel (weights brought into shared memory by bulk copies; Hopper
+    /// and later, one token row, 16-byte chunks) rather than the register kernel.
+    #[serde(default)]
+    pub streamed: bool,
 }
 
 impl GemvShape {
@@ -43,6 +47,9 @@ impl GemvShape {
 pub struct GemvTable {
     /// (rows, k) -> shape, for weight shapes that were measured.
     pub entries: Vec<(usize, usize, GemvShape)>,
+    /// The device can run the streamed kernel (Hopper and later).
+    #[serde(skip)]
+    pub streamed: bool,
 }
 
 impl GemvTable {
@@ -54,7 +61,7 @@ impl GemvTable {
     /// The shape for a weight of `rows` row units of length `k`.
     pub fn shape(&self, rows: usize, k: usize) -> GemvShape {
         let found = self.entries.iter().find(|(n, kk, _)| *n == rows && *kk == k).map(|e| e.2);
-        let s = found.unwrap_or_else(|| default_shape(rows, k));
+        let s = found.unwrap_or_else(|| default_shape(rows, k, self.streamed));
         sanitize(s, k)
     }
 }
@@ -62,8 +69,12 @@ impl GemvTable {
 /// The default rule: the fewest threads per row (a power of two) that leave each thread at
 /// most 4 chunks of the row (5 rather than more than 256 threads), whose x' it keeps in
 /// registers; blocks of about 256 threads; up to 4 blocks per SM (the launch caps this by
-/// what fits).
-pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
+/// what fits). Rows of 4096 weights and more go to the streamed kernel, two blocks per SM,
+/// where the device runs it: a thread of the register kernel keeps two rows' chunks in
+/// flight, too few bytes for long rows (on an H200 it took 16.3 us for Qwen3-4B's down
+/// projection against 13.6 us streamed, and 8.2 against 7.8 us for its output projection;
+/// shorter rows measured faster in registers; BENCHMARKS.md).
+pub fn default_shape(_rows: usize, k: usize, can_stream: bool) -> GemvShape {
     let vec = if k % 8 == 0 { 8 } else { 1 };
     let chunks = (k / vec as usize).max(1);
     let threads_per_row = if vec == 1 {
@@ -74,7 +85,9 @@ pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
     };
     let threads_per_row = threads_per_row.min(MAX_THREADS as usize) as u32;
     let rows_per_block = (256 / threads_per_row).max(1);
-    sanitize(GemvShape { rows_per_block, threads_per_row, vec, blocks_per_sm: 4 }, k)
+    let streamed = can_stream && vec == 8 && k >= 4096;
+    let blocks_per_sm = if streamed { 2 } else { 4 };
+    sanitize(GemvShape { rows_per_block, threads_per_row, vec, blocks_per_sm, streamed }, k)
 }
 
 /// Keep a shape launchable whatever a table file says: a legal row width that covers the row
@@ -82,6 +95,7 @@ pub fn default_shape(_rows: usize, k: usize) -> GemvShape {
 pub(crate) fn sanitize(mut s: GemvShape, k: usize) -> GemvShape {
     if k % 8 != 0 || s.vec != 8 {
         s.vec = 1;
+        s.streamed = false;
     }
     let mut tpr = s.threads_per_row.clamp(1, MAX_THREADS);
     tpr = if tpr <= 32 { tpr.next_power_of_two() } else { tpr.next_multiple_of(32).min(MAX_THREADS) };
@@ -128,10 +142,16 @@ mod tests {
             }
         }
         // A table entry whose rows are too wide for its threads gets more threads.
-        let odd = GemvShape { rows_per_block: 8, threads_per_row: 32, vec: 8, blocks_per_sm: 4 };
-        let table = GemvTable { entries: vec![(2560, 9728, odd)] };
+        let odd = GemvShape { rows_per_block: 8, threads_per_row: 32, vec: 8, blocks_per_sm: 4, streamed: false };
+        let table = GemvTable { entries: vec![(2560, 9728, odd)], ..Default::default() };
         let s = table.shape(2560, 9728);
         assert!(s.chunks_per_thread(9728).is_some() && s.threads_per_row * s.rows_per_block <= MAX_THREADS);
+        // Long rows go to the streamed kernel where the device runs it, never elsewhere.
+        let hopper = GemvTable { streamed: true, ..Default::default() };
+        assert!(hopper.shape(2560, 9728).streamed && hopper.shape(2560, 9728).blocks_per_sm == 2);
+        assert!(hopper.shape(2560, 4096).streamed && !hopper.shape(6144, 2560).streamed);
+        assert!(!hopper.shape(10, 4100).streamed, "rows of whole 16-byte chunks only");
+        assert!(!GemvTable::default().shape(2560, 9728).streamed);
         // Past what the kernels cover: no chunk count, so the launch reports an error.
         let s = GemvTable::default().shape(4, 4097);
         assert_eq!(s.vec, 1);

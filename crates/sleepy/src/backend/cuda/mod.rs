@@ -18,7 +18,7 @@ use cudarc::driver::sys;
 use driver::{DevBuf, DeviceInfo, Graph, Launch};
 pub use driver::DeviceInfo as CudaDeviceInfo;
 use gemv::GemvTable;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -137,6 +137,12 @@ struct State {
     occupancy: HashMap<(u64, u32, u32), u32>,
     /// GEMV launches noted while the tuner or `sleepy bench` asks (see tune::log_gemv_calls).
     gemv_log: Option<Vec<tune::GemvCall>>,
+    /// Queued argmax results (Backend::queue_argmax): slots in flight, oldest first; the
+    /// page-locked words they are copied to and the events marking each copy; the next slot.
+    queued: VecDeque<usize>,
+    queue_host: driver::HostWords,
+    queue_events: Vec<driver::Event>,
+    queue_next: usize,
 }
 
 pub struct CudaBackend {
@@ -153,6 +159,10 @@ pub struct CudaBackend {
 }
 
 const ARGMAX_BLOCKS: usize = 128;
+/// Offset of the argmax result in the argmax scratch (after the partials and the counter).
+const ARGMAX_RESULT: u64 = (ARGMAX_BLOCKS * 8 + 32) as u64;
+/// Argmax results that may be queued and not yet taken (greedy decoding keeps at most two).
+const QUEUE_SLOTS: usize = 4;
 const MAX_GRAPHS: usize = 8;
 
 fn env_off(name: &str) -> bool {
@@ -183,16 +193,23 @@ impl CudaBackend {
             funcs: HashMap::new(),
             occupancy: HashMap::new(),
             gemv_log: None,
+            queued: VecDeque::new(),
+            queue_host: driver::HostWords::alloc(QUEUE_SLOTS)?,
+            queue_events: (0..QUEUE_SLOTS).map(|_| driver::Event::new()).collect::<Result<_>>()?,
+            queue_next: 0,
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
+        // Bulk asynchronous copies (the streamed GEMV) need sm_90.
+        let mut table = GemvTable::load();
+        table.streamed = gpu.info.arch.0 >= 9 && !env_off("SLEEPY_GEMV_STREAM");
         Ok(CudaBackend {
             gpu,
             stream,
             blas,
             pool: Arc::new(Mutex::new(HashMap::new())),
             st: Mutex::new(st),
-            table: GemvTable::load(),
+            table,
             tuned: RwLock::new(tune::store::load_for_device(&gpu.info)),
             gemv_logging: AtomicBool::new(false),
             pdl,

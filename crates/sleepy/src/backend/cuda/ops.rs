@@ -3,8 +3,8 @@
 
 use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
-use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS};
-use crate::backend::{AttnShape, Backend, Rope, WeightPart};
+use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
+use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
 use crate::quant::DType;
@@ -42,6 +42,18 @@ fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(
     Ok((key, ch))
 }
 
+/// Shared memory a streamed GEMV block may fill with weight tiles (one block per SM).
+const STREAM_SMEM: u32 = 96 * 1024;
+
+/// A streamed GEMV launch: blocks, threads (consumers and the producer warp), pipeline
+/// stages and dynamic shared memory (the tiles, then the block's accumulators).
+struct StreamPlan {
+    blocks: u32,
+    threads: u32,
+    stages: u32,
+    smem: u32,
+}
+
 impl CudaBackend {
     /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
     #[allow(clippy::too_many_arguments)]
@@ -59,9 +71,16 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
+        let (g, eps) = norm.unwrap_or((0, 0.0));
         let (key, ch) = gemv_key(dt, k, s, norm.is_some(), mode)?;
-        let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
+        if let Some(p) = self.stream_plan(w, k, s, rows, mode, units) {
+            let name = || format!("gemv_stream_{dt}_{ch}_{}_{mode}", norm.is_some() as u32);
+            self.blocks_per_sm(key | 1 << 36, &name, p.threads, p.smem)?;
+            let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+            return self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
+        }
         let threads = s.threads_per_row * s.rows_per_block;
+        let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
         let fit = self.blocks_per_sm(key, &name, threads, 0)?;
@@ -69,14 +88,49 @@ impl CudaBackend {
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
-        let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], 0, args)
     }
 
-    /// Blocks of a dense GEMV shape that fit on one SM (registers, shared memory, threads).
-    pub(super) fn gemv_occupancy(&self, dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<u32> {
+    /// Launch the argmax of the last row of x; the device address of its result.
+    fn launch_argmax(&self, x: &CudaAct) -> Result<u64> {
+        let base = self.state()?.argmax.ptr;
+        let (vals, idxs, counter, result) = (base, base + (ARGMAX_BLOCKS * 4) as u64, base + (ARGMAX_BLOCKS * 8) as u64, base + ARGMAX_RESULT);
+        let row = x.ptr() + ((x.rows - 1) * x.cols * 4) as u64;
+        let blocks = x.cols.div_ceil(256).clamp(1, ARGMAX_BLOCKS) as u32;
+        self.launch("argmax", [blocks, 1, 1], [256, 1, 1], 0, kargs![row, x.cols as i32, vals, idxs, counter, result])?;
+        Ok(result)
+    }
+
+    /// How the streamed GEMV (kernels/gemv.cu) runs this launch, or None where the register
+    /// kernel runs it: shapes that do not ask for it, devices before Hopper, more than one
+    /// token row, rows that are not whole 16-byte chunks, or two tiles past the budget.
+    fn stream_plan(&self, w: u64, k: usize, s: &GemvShape, rows: usize, mode: u32, units: usize) -> Option<StreamPlan> {
+        if !s.streamed || !self.table.streamed || rows != 1 || s.vec != 8 || k % 8 != 0 || w % 16 != 0 {
+            return None;
+        }
+        // One block per SM (or the shape's count), each owning a contiguous run of rows.
+        let blocks = (self.gpu.info.sms * s.blocks_per_sm).min(units.max(1) as u32);
+        let per_block = units.div_ceil(blocks as usize) * if mode == 2 { 2 } else { 1 };
+        let acc = 4 * per_block as u32;
+        let tile = (s.rows_per_block as usize * k * 2 * if mode == 2 { 2 } else { 1 }).min(u32::MAX as usize) as u32;
+        // A block's budget leaves room for one block of the next kernel beside it (which
+        // queues its own tiles while this one finishes), and keeps a third from crowding in.
+        let budget = STREAM_SMEM.min(2 * STREAM_SMEM / (s.blocks_per_sm + 1));
+        let stages = (budget.saturating_sub(acc) / tile).min(16);
+        (stages >= 2).then_some(StreamPlan { blocks, threads: s.threads_per_row * s.rows_per_block + 32, stages, smem: stages * tile + acc })
+    }
+
+    /// Blocks of a dense GEMV shape that fit on one SM (registers, shared memory, threads),
+    /// for a one-row launch of `units` row units.
+    pub(super) fn gemv_occupancy(&self, dt: u32, units: usize, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<u32> {
         let (key, ch) = gemv_key(dt, k, s, norm, mode)?;
+        if s.streamed {
+            // A streamed shape the device cannot stream would run the register kernel: none.
+            let Some(p) = self.stream_plan(0, k, s, 1, mode, units) else { return Ok(0) };
+            let name = || format!("gemv_stream_{dt}_{ch}_{}_{mode}", norm as u32);
+            return self.blocks_per_sm(key | 1 << 36, &name, p.threads, p.smem);
+        }
         self.blocks_per_sm(key, &|| kernel_name(dt, s, ch, norm, mode), s.threads_per_row * s.rows_per_block, 0)
     }
 
@@ -218,10 +272,18 @@ impl Backend for CudaBackend {
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaAct) -> Result<()> {
         check(out.rows == ids.len() && out.cols == table.k, "embed")?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.n) {
+        let queued = ids == [QUEUED_TOKEN];
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.n && !queued) {
             return Err(Error::Other(format!("token id {bad} is outside the vocabulary of {}", table.n)));
         }
-        let ptr = {
+        let ptr = if queued {
+            // The id the queued argmax leaves on the device (always inside the vocabulary).
+            let st = self.state()?;
+            if st.queued.is_empty() {
+                return Err(Error::Other("embed of the queued token with no argmax queued".into()));
+            }
+            st.argmax.ptr + ARGMAX_RESULT
+        } else {
             let mut st = self.state()?;
             if st.ids.bytes < ids.len() * 4 {
                 drop(st);
@@ -357,13 +419,34 @@ impl Backend for CudaBackend {
     fn argmax_last(&self, x: &CudaAct) -> Result<u32> {
         check(x.rows > 0, "argmax")?;
         self.flush()?;
-        let base = self.state()?.argmax.ptr;
-        let (vals, idxs, counter, result) = (base, base + (ARGMAX_BLOCKS * 4) as u64, base + (ARGMAX_BLOCKS * 8) as u64, base + (ARGMAX_BLOCKS * 8 + 32) as u64);
-        let row = x.ptr() + ((x.rows - 1) * x.cols * 4) as u64;
-        let blocks = x.cols.div_ceil(256).clamp(1, ARGMAX_BLOCKS) as u32;
-        self.launch("argmax", [blocks, 1, 1], [256, 1, 1], 0, kargs![row, x.cols as i32, vals, idxs, counter, result])?;
+        let result = self.launch_argmax(x)?;
         let id: Vec<i32> = driver::download(result, 1, self.stream.0)?;
         Ok(id[0].max(0) as u32)
+    }
+
+    fn queue_argmax(&self, x: &CudaAct) -> Result<bool> {
+        check(x.rows > 0, "argmax")?;
+        self.flush()?;
+        let result = self.launch_argmax(x)?;
+        let mut st = self.state()?;
+        if st.queued.len() >= st.queue_events.len() {
+            return Err(Error::Other("too many argmax results queued and not taken".into()));
+        }
+        // The copy to the host is queued right behind the argmax, before any later step can
+        // overwrite the result; the event marks its arrival.
+        let slot = st.queue_next % st.queue_events.len();
+        st.queue_next += 1;
+        st.queue_host.copy_from(slot, result, self.stream.0)?;
+        st.queue_events[slot].record(self.stream.0)?;
+        st.queued.push_back(slot);
+        Ok(true)
+    }
+
+    fn take_queued(&self) -> Result<u32> {
+        let mut st = self.state()?;
+        let slot = st.queued.pop_front().ok_or_else(|| Error::Other("no argmax is queued".into()))?;
+        st.queue_events[slot].synchronize()?;
+        Ok((st.queue_host.read(slot) as i32).max(0) as u32)
     }
 
     fn begin_forward(&self, tokens: usize) -> Result<()> {

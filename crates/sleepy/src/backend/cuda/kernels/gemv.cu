@@ -195,3 +195,224 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
     GEMV_MODES(DT, 8, 6) GEMV_MODES(DT, 8, 8) GEMV_MODES(DT, 1, 8)
 GEMV_DT(0)
 GEMV_DT(1)
+
+// ---- Streamed GEMV (Hopper and later): the same products for one token row, with the weights
+// brought into shared memory by bulk asynchronous copies (TMA) instead of by the threads.
+//
+// Why: the kernel above keeps only as many weight bytes in flight as its registers hold (two
+// row units a thread). Here one producer thread queues whole tiles of contiguous rows (one copy
+// instruction each) into a ring of `stages` tiles, so a block keeps ~90 KB in flight whatever
+// its registers, and queues its first tiles before the dependency wait, while the kernel
+// before it still runs.
+//
+// Block: nc = tpr * rpb consumer threads (thread c serves row c / tpr of each tile, chunks
+// c % tpr + j * tpr, with x' of those chunks in registers as above), then one producer warp.
+// A tile is rpb row units (for SwiGLU rpb gate rows, then rpb up rows at a fixed offset).
+// Grid (blocks): block b owns the contiguous units [b * n / blocks, (b + 1) * n / blocks).
+// Consumer warps never wait for each other: each takes a full stage (barrier `full`), adds
+// its partial row sums into shared accumulators (one atomic per warp and row) and releases
+// the stage (barrier `empty`, one arrival per warp); the producer refills a stage once every
+// warp released it. Outputs are written once, after the last tile, by all consumers.
+// Dynamic shared memory: stages tiles, then the block's accumulators (2 per unit for SwiGLU).
+// Requires K % 8 == 0, W 16-byte aligned, stages <= 16, nc a multiple of 32.
+#define GEMV_MAX_STAGES 16
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Wait for phase `parity` of a barrier. (Polling with test_wait instead measured the same.)
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+
+// Queue `bytes` (a multiple of 16) from global `src` into shared `dst`; completion is
+// counted on the barrier `bar` (whose expected byte count the caller raised).
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+                 :: "r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(policy) : "memory");
+#endif
+}
+
+template <int DT, int CH, bool NORM, int MODE>
+__device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, const float* __restrict__ x,
+                                                 const float* __restrict__ g, float eps,
+                                                 const float* __restrict__ bias, float* y, int n_units, int K,
+                                                 int tpr, int stages) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char tiles[];
+    __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
+    __shared__ float red[32];
+    const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
+    const int u0 = (int)((long long)n_units * blockIdx.x / gridDim.x);
+    const int u1 = (int)((long long)n_units * (blockIdx.x + 1) / gridDim.x);
+    const int nu = u1 - u0, ntiles = (nu + rpb - 1) / rpb;
+    const int nchunks = K / 8;
+    const u32 row_bytes = (u32)K * 2, half_bytes = (u32)rpb * row_bytes;
+    const u32 stage_bytes = MODE == 2 ? 2 * half_bytes : half_bytes;
+    float* acc = (float*)(tiles + (size_t)stages * stage_bytes);
+
+    if (tid == nc) {
+        for (int s = 0; s < stages; ++s) {
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(&empty[s])), "r"(nc / 32) : "memory");
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (tid >= nc) {
+        // Producer warp (one thread). Weights never depend on the previous kernel, so the
+        // first tiles go out before the dependency wait.
+        if (tid == nc) {
+            u64 policy;
+            // Weights are read once: let them leave L2 first, ahead of activations and the cache.
+            asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+            for (int i = 0; i < ntiles; ++i) {
+                const int s = i % stages;
+                if (i == stages) {
+                    pdl_wait();
+                    pdl_launch_next();
+                }
+                if (i >= stages) mbar_wait(smem_addr(&empty[s]), (u32)(i / stages - 1) & 1u);
+                const int a = u0 + i * rpb, n = min(rpb, u1 - a);
+                const u32 bytes = (u32)n * row_bytes, st = smem_addr(tiles) + (u32)s * stage_bytes;
+                const u32 bar = smem_addr(&full[s]);
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar),
+                             "r"(MODE == 2 ? 2 * bytes : bytes) : "memory");
+                bulk_copy(st, W + (size_t)a * K, bytes, bar, policy);
+                if (MODE == 2) bulk_copy(st + half_bytes, W + (size_t)(a + n_units) * K, bytes, bar, policy);
+            }
+        }
+        return;
+    }
+
+    pdl_wait();
+    pdl_launch_next();
+    const int tx = tid % tpr, ty = tid / tpr;
+    // The residual (MODE 1) is read now, not after the last tile, so the end is stores only.
+    for (int u = tid; u < nu; u += nc) {
+        acc[u] = MODE == 1 ? y[u0 + u] : 0.f;
+        if (MODE == 2) acc[nu + u] = 0.f;
+    }
+
+    float xr[CH][8];
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+        const int cc = min(tx + j * tpr, nchunks - 1);
+        const float4 v0 = *(const float4*)(x + cc * 8), v1 = *(const float4*)(x + cc * 8 + 4);
+        xr[j][0] = v0.x; xr[j][1] = v0.y; xr[j][2] = v0.z; xr[j][3] = v0.w;
+        xr[j][4] = v1.x; xr[j][5] = v1.y; xr[j][6] = v1.z; xr[j][7] = v1.w;
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+        const int cc = min(tx + j * tpr, nchunks - 1);
+        const bool in = tx + j * tpr < nchunks;
+        float gr[8];
+        if (NORM) {
+            const float4 g0 = *(const float4*)(g + cc * 8), g1 = *(const float4*)(g + cc * 8 + 4);
+            gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
+            gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float v = in ? xr[j][e] : 0.f;
+            ss += v * v;
+            xr[j][e] = NORM ? v * gr[e] : v;
+        }
+    }
+    // Consumers only (barrier 1): the accumulators are set, and the norm's sum of squares
+    // (over the first row's threads, which hold all of x) is in `red`.
+    const int width = tpr < 32 ? tpr : 32;
+    float scale = 1.f;
+    if (NORM) {
+        for (int o = width >> 1; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (ty == 0 && (tid & 31) == 0) red[tid >> 5] = ss;
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(nc) : "memory");
+    if (NORM) {
+        float t = 0.f;
+        for (int w = 0; w < (tpr + 31) / 32; ++w) t += red[w];
+        scale = rsqrtf(t / (float)K + eps);
+    }
+
+    for (int i = 0; i < ntiles; ++i) {
+        const int s = i % stages;
+        mbar_wait(smem_addr(&full[s]), (u32)(i / stages) & 1u);
+        const unsigned char* st = tiles + (size_t)s * stage_bytes + (size_t)ty * row_bytes;
+        const int r = i * rpb + ty;
+        // Two sums a row (even and odd weights) halve the chain of dependent adds.
+        float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+        if (r < nu) {
+#pragma unroll
+            for (int j = 0; j < CH; ++j) {
+                const int cc = tx + j * tpr;
+                if (cc < nchunks) {
+                    const uint4 a = *(const uint4*)(st + cc * 16);
+                    const u32 wa[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float2 p = unpack2<DT>(wa[e]);
+                        acc0 += p.x * xr[j][2 * e];
+                        acc2 += p.y * xr[j][2 * e + 1];
+                    }
+                    if (MODE == 2) {
+                        const uint4 b = *(const uint4*)(st + half_bytes + cc * 16);
+                        const u32 wb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const float2 q = unpack2<DT>(wb[e]);
+                            acc1 += q.x * xr[j][2 * e];
+                            acc3 += q.y * xr[j][2 * e + 1];
+                        }
+                    }
+                }
+            }
+        }
+        acc0 += acc2;
+        acc1 += acc3;
+        // The stage is read: release it (one arrival per warp) before the reduction.
+        __syncwarp();
+        if ((tid & 31) == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(&empty[s])) : "memory");
+        for (int o = width >> 1; o > 0; o >>= 1) {
+            acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+            if (MODE == 2) acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
+        }
+        if ((tx & 31) == 0 && r < nu) {
+            atomicAdd(&acc[r], acc0);
+            if (MODE == 2) atomicAdd(&acc[nu + r], acc1);
+        }
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(nc) : "memory");
+    for (int u = tid; u < nu; u += nc) {
+        const float a = acc[u] * scale;
+        if (MODE == 0) y[u0 + u] = a + (bias ? bias[u0 + u] : 0.f);
+        if (MODE == 1) y[u0 + u] = acc[u];
+        if (MODE == 2) {
+            const float uv = acc[nu + u] * scale;
+            y[u0 + u] = a / (1.f + __expf(-a)) * uv;
+        }
+    }
+#endif
+}
+
+#define GEMV_STREAM(DT, CH, NORM, MODE)                                                                          \
+    extern "C" __global__ void __launch_bounds__(544) gemv_stream_##DT##_##CH##_##NORM##_##MODE(                \
+        const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g, float eps,          \
+        const float* __restrict__ bias, float* y, int n_units, int K, int tpr, int stages) {         \
+        gemv_stream_body<DT, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, tpr, stages);             \
+    }
+#define GEMV_STREAM_MODES(DT, CH) \
+    GEMV_STREAM(DT, CH, 0, 0) GEMV_STREAM(DT, CH, 1, 0) GEMV_STREAM(DT, CH, 0, 1) GEMV_STREAM(DT, CH, 1, 2)
+#define GEMV_STREAM_DT(DT)                                                                                 \
+    GEMV_STREAM_MODES(DT, 1) GEMV_STREAM_MODES(DT, 2) GEMV_STREAM_MODES(DT, 3) GEMV_STREAM_MODES(DT, 4)   \
+    GEMV_STREAM_MODES(DT, 5) GEMV_STREAM_MODES(DT, 6) GEMV_STREAM_MODES(DT, 8)
+GEMV_STREAM_DT(0)
+GEMV_STREAM_DT(1)

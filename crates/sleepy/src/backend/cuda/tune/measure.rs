@@ -7,7 +7,7 @@
 //! while the previous launch drains (PDL). One sample is one replay between two events.
 
 use super::{space, GemvOperands, GemvProblem, LaunchConfig};
-use crate::backend::cuda::driver::{self, check, DevBuf, Graph};
+use crate::backend::cuda::driver::{self, check, DevBuf, Event, Graph};
 use crate::backend::cuda::quant::layout::{unpack, QFmt};
 use crate::backend::cuda::CudaBackend;
 use crate::error::{Error, Result};
@@ -87,41 +87,6 @@ impl ShapeResult {
     /// Fraction of the default's time saved (0 when the default was kept).
     pub fn gain(&self) -> f64 {
         1.0 - self.best.us / self.default.us
-    }
-}
-
-/// A CUDA event (timing only), destroyed on drop.
-struct Event(sys::CUevent);
-
-impl Event {
-    fn new() -> Result<Event> {
-        driver::bind()?;
-        let mut e = std::ptr::null_mut();
-        // SAFETY: creates an event in the current context.
-        check(unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DEFAULT as u32) }, "cuEventCreate")?;
-        Ok(Event(e))
-    }
-
-    fn record(&self, stream: sys::CUstream) -> Result<()> {
-        // SAFETY: records a live event on a live stream.
-        check(unsafe { sys::cuEventRecord(self.0, stream) }, "cuEventRecord")
-    }
-
-    /// Milliseconds from `self` to `end` (both recorded and complete).
-    fn ms_until(&self, end: &Event) -> Result<f64> {
-        let mut ms = 0f32;
-        // SAFETY: two live events of the same context.
-        check(unsafe { sys::cuEventElapsedTime_v2(&mut ms, self.0, end.0) }, "cuEventElapsedTime_v2")?;
-        Ok(ms as f64)
-    }
-}
-
-impl Drop for Event {
-    fn drop(&mut self) {
-        if driver::bind().is_ok() {
-            // SAFETY: destroyed once.
-            unsafe { sys::cuEventDestroy_v2(self.0) };
-        }
     }
 }
 
@@ -309,7 +274,7 @@ impl CudaBackend {
     /// Blocks of a configuration that fit on one SM (0: none fits, or the query failed).
     fn occupancy(&self, p: &GemvProblem, c: &LaunchConfig) -> u32 {
         match c {
-            LaunchConfig::Dense(s) => self.gemv_occupancy(super::dense_dt(p.format), p.k, s, p.norm, p.mode).unwrap_or(0),
+            LaunchConfig::Dense(s) => self.gemv_occupancy(super::dense_dt(p.format), p.units, p.k, s, p.norm, p.mode).unwrap_or(0),
             LaunchConfig::Quant(s) => match QFmt::of(p.format) {
                 Some(f) => self.gemvq_occupancy(f, p.k, s, p.norm, p.mode).unwrap_or(0),
                 None => 0,

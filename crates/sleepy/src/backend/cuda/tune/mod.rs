@@ -107,7 +107,7 @@ impl LaunchConfig {
     /// Short form for tables: "rpb8 tpr64 v8 b4" (dense), "rpb8 tpr64 u4 b4" (quantized).
     pub fn short(&self) -> String {
         match self {
-            LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} b{}", s.rows_per_block, s.threads_per_row, s.vec, s.blocks_per_sm),
+            LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} b{}{}", s.rows_per_block, s.threads_per_row, s.vec, s.blocks_per_sm, if s.streamed { " tma" } else { "" }),
             LaunchConfig::Quant(s) => format!("rpb{} tpr{} u{} b{}", s.rows_per_block, s.threads_per_row, s.unroll, s.blocks_per_sm),
         }
     }

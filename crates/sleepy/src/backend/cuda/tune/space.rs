@@ -92,15 +92,19 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
             if tpr as usize > chunks.max(4) {
                 continue;
             }
-            let probe = GemvShape { rows_per_block: 1, threads_per_row: tpr, vec, blocks_per_sm: 1 };
+            let probe = GemvShape { rows_per_block: 1, threads_per_row: tpr, vec, blocks_per_sm: 1, streamed: false };
             match probe.chunks_per_thread(p.k) {
                 Some(c) if vec == 1 || c <= 5 || tpr == MAX_THREADS => {}
                 _ => continue,
             }
             for rpb in block_rows(tpr, MAX_THREADS) {
                 for blocks_per_sm in [1u32, 2, 4, 8, 16] {
-                    let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm });
-                    push(c, tpr, rpb, 0, blocks_per_sm, &mut out);
+                    // Both kernels (the streamed one where the device runs it: `fit` is 0
+                    // elsewhere); `unroll` 1 marks the streamed one for the duplicate check.
+                    for streamed in [false, true] {
+                        let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm, streamed });
+                        push(c, tpr, rpb, streamed as u32, blocks_per_sm, &mut out);
+                    }
                 }
             }
         }
@@ -224,7 +228,7 @@ mod tests {
     #[test]
     fn unlaunchable_shapes_are_refused() {
         let p = GemvProblem { format: DType::BF16, units: 1024, k: 1024, norm: false, mode: 0 };
-        let good = GemvShape { rows_per_block: 4, threads_per_row: 32, vec: 8, blocks_per_sm: 4 };
+        let good = GemvShape { rows_per_block: 4, threads_per_row: 32, vec: 8, blocks_per_sm: 4, streamed: false };
         assert!(launchable(&p, &LaunchConfig::Dense(good)));
         for bad in [
             GemvShape { threads_per_row: 24, ..good },

@@ -278,7 +278,7 @@ mod tests {
     }
 
     fn shape(rpb: u32) -> LaunchConfig {
-        LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: 64, vec: 8, blocks_per_sm: 4 })
+        LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: 64, vec: 8, blocks_per_sm: 4, streamed: false })
     }
 
     fn problem(units: usize) -> GemvProblem {
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn unlaunchable_entries_are_dropped() {
-        let bad = TunedEntry { config: LaunchConfig::Dense(GemvShape { rows_per_block: 3, threads_per_row: 48, vec: 8, blocks_per_sm: 4 }), ..entry(6144, 8) };
+        let bad = TunedEntry { config: LaunchConfig::Dense(GemvShape { rows_per_block: 3, threads_per_row: 48, vec: 8, blocks_per_sm: 4, streamed: false }), ..entry(6144, 8) };
         let (set, notes) = TunedSet::from_table(&table(key(), vec![bad, entry(1024, 4)]));
         assert_eq!(set.len(), 1);
         assert_eq!(notes.len(), 1);
