@@ -76,7 +76,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
     let c = &m.cfg;
     let device = m.backend.name();
     let bandwidth = m.backend.measure_bandwidth()?;
-    let ctx = args.depth + args.n_prompt.max(args.n_gen) + 1;
+    let ctx = args.depth + args.n_prompt.max(args.n_gen.max(2)) + 1;
     anyhow::ensure!(ctx <= c.context_length, "depth + tokens ({ctx}) exceed the model's context of {}", c.context_length);
     let mut seq = m.new_sequence(ctx)?;
     if args.depth > 0 {
@@ -142,7 +142,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         let secs = median((0..args.repeats).map(|_| run(&mut seq, n_gen)).collect::<Result<Vec<_>>>()?);
         // Each step reads every matrix once and the K/V of every earlier position.
         let weight_bytes = m.weights.matrix_bytes_per_token as f64;
-        let avg_pos = args.depth as f64 + (args.n_gen as f64 - 1.0) / 2.0 + 1.0;
+        let avg_pos = args.depth as f64 + (n_gen as f64 - 1.0) / 2.0 + 1.0;
         let kv_bytes = 2.0 * c.n_layers as f64 * c.kv_dim() as f64 * 2.0 * avg_pos;
         let bytes = weight_bytes + kv_bytes;
         let gbs = bytes / secs / 1e9;

@@ -73,12 +73,13 @@ pub fn generate<B: Backend>(
     // launched before the host reads the id it consumes, so the host's work (recording,
     // launching, the callback) overlaps the device's instead of leaving it idle.
     let queued = !sampler.params.needs_logits() && model.backend.queue_argmax(&logits)?;
+    let _drain = Drain(&model.backend);
     let mut next = if queued { QUEUED_TOKEN } else { pick(model, sampler, &logits)? };
-    let prompt_secs = start.elapsed().as_secs_f64();
-    let gen_start = Instant::now();
+    let mut prompt_secs = start.elapsed().as_secs_f64();
+    let mut gen_start = Instant::now();
     let mut generated = 0;
     let mut decode_steps = 0;
-    let stop = loop {
+    let (stop, generate_secs) = loop {
         // The step for `next`, launched ahead where it may be needed (what the checks below
         // can tell before the id is known).
         let ahead = queued && generated + 1 < max_tokens && seq.pos < seq.max_seq;
@@ -88,6 +89,11 @@ pub fn generate<B: Backend>(
         }
         if queued {
             next = model.backend.take_queued()?;
+            if generated == 0 && decode_steps == 0 {
+                // Nothing waited for the prompt's step before its token arrived here.
+                prompt_secs = start.elapsed().as_secs_f64();
+                gen_start = Instant::now();
+            }
         }
         let stop = if is_eog(next) {
             Some(StopReason::EndOfGeneration)
@@ -105,12 +111,13 @@ pub fn generate<B: Backend>(
             }
         };
         if let Some(stop) = stop {
+            let secs = gen_start.elapsed().as_secs_f64();
             if ahead {
-                // Take the step launched ahead back: `next` stays un-forwarded.
+                // Take the step launched ahead back (not counted): `next` stays un-forwarded.
                 model.backend.take_queued()?;
                 seq.truncate(seq.pos - 1);
             }
-            break stop;
+            break (stop, secs);
         }
         if !ahead {
             logits = model.forward(seq, &[next], Logits::Last)?;
@@ -125,9 +132,19 @@ pub fn generate<B: Backend>(
         prompt_secs,
         generated_tokens: generated,
         decode_steps,
-        generate_secs: gen_start.elapsed().as_secs_f64(),
+        generate_secs,
         stop,
     })
+}
+
+/// Takes the queued argmax results left when generation ends early (an error, a panicking
+/// callback), so that the backend's next generation does not read a stale id first.
+struct Drain<'a, B: Backend>(&'a B);
+
+impl<B: Backend> Drop for Drain<'_, B> {
+    fn drop(&mut self) {
+        while self.0.take_queued().is_ok() {}
+    }
 }
 
 fn pick<B: Backend>(model: &Model<B>, sampler: &mut Sampler, logits: &B::Act) -> Result<u32> {

@@ -77,8 +77,9 @@ pub trait Backend {
     fn argmax_last(&self, x: &Self::Act) -> Result<u32>;
     /// Greedy decoding without a round trip to the host between steps: queue the argmax of
     /// the last row of x and leave the id on the device, where the next `embed` of
-    /// [`QUEUED_TOKEN`] reads it; its value comes back later from `take_queued`. False where
-    /// the backend does not do this (the caller uses `argmax_last`).
+    /// [`QUEUED_TOKEN`] reads it (any argmax in between replaces it); its value comes back
+    /// later from `take_queued`, oldest first. One queue per backend: one generation at a
+    /// time may use it. False where the backend does not do this (use `argmax_last`).
     fn queue_argmax(&self, _x: &Self::Act) -> Result<bool> {
         Ok(false)
     }

@@ -213,6 +213,8 @@ GEMV_DT(1)
 // its partial row sums into shared accumulators (one atomic per warp and row) and releases
 // the stage (barrier `empty`, one arrival per warp); the producer refills a stage once every
 // warp released it. Outputs are written once, after the last tile, by all consumers.
+// Rows split over several warps (tpr > 32) add the warps' sums in the order they arrive, so
+// their last bits may differ from run to run (the register kernel's order is fixed).
 // Dynamic shared memory: stages tiles, then the block's accumulators (2 per unit for SwiGLU).
 // Requires K % 8 == 0, W 16-byte aligned, stages <= 16, nc a multiple of 32.
 #define GEMV_MAX_STAGES 16
