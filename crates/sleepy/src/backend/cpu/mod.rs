@@ -9,7 +9,9 @@ mod attention;
 mod matmul;
 mod numerics;
 
-use super::{AttnShape, Backend, Rope, WeightPart};
+use super::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::quant::{self, DType};
@@ -29,6 +31,11 @@ pub struct CpuBackend {
     /// 4-row GEMM (true, the default: greedy text follows llama.cpp's), or every row in the
     /// single-row order (false: a token's result no longer depends on how tokens are batched).
     pub q4k_gemm_groups: bool,
+    /// Greedy ids queued as the GPU queues them (`Backend::queue_argmax`): the ids not yet
+    /// taken, and the last one, which an embedding of `QUEUED_TOKEN` reads. None (the
+    /// default): the CPU does not queue. Only there so the generation loop's pipelined
+    /// branch runs, and is tested, without a GPU.
+    queue: Option<Mutex<(VecDeque<u32>, Option<u32>)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +93,13 @@ impl CpuBackend {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Other(format!("could not start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool, threads, numerics: Numerics::LlamaCpp, q4k_gemm_groups: true })
+        Ok(CpuBackend { pool, threads, numerics: Numerics::LlamaCpp, q4k_gemm_groups: true, queue: None })
+    }
+
+    /// This backend, queueing greedy ids the way the GPU does (see the `queue` field).
+    pub fn with_queued_argmax(mut self) -> CpuBackend {
+        self.queue = Some(Mutex::new((VecDeque::new(), None)));
+        self
     }
 
     /// A backend with exact (f32) numerics: the reference for other backends and for
@@ -162,7 +175,9 @@ impl Backend for CpuBackend {
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) -> Result<()> {
         check(out.rows == ids.len() && out.cols == table.k, "embed")?;
         let n = table.rows();
+        let queued = self.queue.as_ref().and_then(|q| q.lock().ok().and_then(|q| q.1));
         for (t, &id) in ids.iter().enumerate() {
+            let id = if id == QUEUED_TOKEN { queued.unwrap_or(id) } else { id };
             if id as usize >= n {
                 return Err(Error::Other(format!("token id {id} is outside the vocabulary of {n}")));
             }
@@ -242,6 +257,21 @@ impl Backend for CpuBackend {
     fn argmax_last(&self, x: &CpuAct) -> Result<u32> {
         check(x.rows > 0, "argmax")?;
         Ok(argmax(x.row(x.rows - 1)))
+    }
+
+    fn queue_argmax(&self, x: &CpuAct) -> Result<bool> {
+        let Some(q) = &self.queue else { return Ok(false) };
+        let id = self.argmax_last(x)?;
+        let mut q = q.lock().map_err(|_| Error::Other("argmax queue poisoned".into()))?;
+        q.0.push_back(id);
+        q.1 = Some(id);
+        Ok(true)
+    }
+
+    fn take_queued(&self) -> Result<u32> {
+        let q = self.queue.as_ref().ok_or_else(|| Error::Other("this CPU backend does not queue".into()))?;
+        let mut q = q.lock().map_err(|_| Error::Other("argmax queue poisoned".into()))?;
+        q.0.pop_front().ok_or_else(|| Error::Other("no argmax is queued".into()))
     }
 }
 
