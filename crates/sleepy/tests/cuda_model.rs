@@ -10,6 +10,8 @@ use sleepy::model::{LoadOptions, Logits, Model};
 use sleepy::quant::DType;
 use std::collections::HashMap;
 
+#[path = "common/stops.rs"]
+mod stops;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 use gpu_common::{MemSource, GPU_LOCK, rel_err};
@@ -223,38 +225,12 @@ fn generate_stops_the_same_on_gpu_and_cpu() {
     let c = cfg(true, true);
     let src = source(&c, 11);
     let Some((cpu, gpu)) = models("generate_stops_the_same_on_gpu_and_cpu", &c, &src) else { return };
-    use sleepy::generate::{generate, StopReason};
-    use sleepy::sampler::{Sampler, SamplerParams};
-    use std::ops::ControlFlow;
     let ids = prompt(9, c.vocab_size);
-    // (tokens, stop, generated, decode steps, position) of a greedy run; `cancel_after`
-    // stops it from the callback, `eog` marks an end-of-generation id, `ctx` the context.
-    fn run<B: sleepy::backend::Backend>(m: &Model<B>, ids: &[u32], max: usize, cancel_after: usize, eog: Option<u32>, ctx: usize) -> (Vec<u32>, StopReason, usize, usize, usize, Vec<u32>) {
-        let mut seq = m.new_sequence(ctx).unwrap();
-        let mut out = Vec::new();
-        let st = generate(m, &mut seq, ids, max, &mut Sampler::new(SamplerParams::greedy()), &|t| Some(t) == eog, &mut |t| {
-            out.push(t);
-            if out.len() >= cancel_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })
-        .unwrap();
-        // Continue from the last token (left un-forwarded) for 4 more.
-        let mut more = Vec::new();
-        if let Some(&last) = out.last() {
-            if seq.pos + 1 < seq.max_seq {
-                generate(m, &mut seq, &[last], 4, &mut Sampler::new(SamplerParams::greedy()), &|_| false, &mut |t| {
-                    more.push(t);
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
-            }
-        }
-        (out, st.stop, st.generated_tokens, st.decode_steps, seq.pos, more)
-    }
-    let plain = run(&cpu, &ids, 12, usize::MAX, None, 64);
+    let plain = stops::run(&cpu, &ids, 12, usize::MAX, None, 64).0;
     let eog = Some(plain.0[3]);
     for (what, max, cancel, eog, ctx) in [("max tokens", 12, usize::MAX, None, 64), ("cancelled", 12, 5, None, 64), ("end of generation", 12, usize::MAX, eog, 64), ("context full", 12, usize::MAX, None, ids.len() + 6)] {
-        let a = run(&cpu, &ids, max, cancel, eog, ctx);
-        let b = run(&gpu, &ids, max, cancel, eog, ctx);
+        let a = stops::run(&cpu, &ids, max, cancel, eog, ctx).0;
+        let b = stops::run(&gpu, &ids, max, cancel, eog, ctx).0;
         eprintln!("{what}: cpu {a:?}\n{what}: gpu {b:?}");
         assert_eq!(a.1, b.1, "{what}: stop reason");
         assert_eq!((a.2, a.3, a.4), (b.2, b.3, b.4), "{what}: generated, steps, position");

@@ -5,6 +5,8 @@
 
 #[path = "common/tiny.rs"]
 mod tiny;
+#[path = "common/stops.rs"]
+mod stops;
 
 use sleepy::backend::cpu::CpuBackend;
 use sleepy::backend::Backend;
@@ -13,31 +15,11 @@ use sleepy::model::{LoadOptions, Model};
 use sleepy::sampler::{Sampler, SamplerParams};
 use std::ops::ControlFlow;
 
-type Outcome = (Vec<u32>, StopReason, usize, usize, usize, Vec<u32>);
-
-/// A greedy run of up to `max` tokens in a context of `ctx`: stopped by the callback after
-/// `cancel_after` tokens or by the end-of-generation id `eog`; then 4 more tokens continued
-/// from the last one (left un-forwarded), where the context allows.
-fn run<B: Backend>(m: &Model<B>, ids: &[u32], max: usize, cancel_after: usize, eog: Option<u32>, ctx: usize) -> Outcome {
-    let mut seq = m.new_sequence(ctx).unwrap();
-    let mut out = Vec::new();
-    let st = generate(m, &mut seq, ids, max, &mut Sampler::new(SamplerParams::greedy()), &|t| Some(t) == eog, &mut |t| {
-        out.push(t);
-        if out.len() >= cancel_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    })
-    .unwrap();
-    assert!(st.prompt_secs > 0.0 && st.generate_secs >= 0.0);
-    let mut more = Vec::new();
-    if let Some(&last) = out.last() {
-        if seq.pos + 1 < seq.max_seq {
-            generate(m, &mut seq, &[last], 4, &mut Sampler::new(SamplerParams::greedy()), &|_| false, &mut |t| {
-                more.push(t);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        }
-    }
-    (out, st.stop, st.generated_tokens, st.decode_steps, seq.pos, more)
+/// A run, checking that its prompt took time.
+fn run<B: Backend>(m: &Model<B>, ids: &[u32], max: usize, cancel_after: usize, eog: Option<u32>, ctx: usize) -> stops::Outcome {
+    let (o, prompt_secs) = stops::run(m, ids, max, cancel_after, eog, ctx);
+    assert!(prompt_secs > 0.0);
+    o
 }
 
 #[test]
