@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sleepy::backend::Backend;
 use sleepy::generate::generate;
-use sleepy::sampler::{Sampler, SamplerParams};
-use std::ops::ControlFlow;
 use sleepy::model::{Logits, Model, Sequence};
+use sleepy::sampler::{Sampler, SamplerParams};
 use sleepy::tune::ConfigsInUse;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 #[derive(Args)]
