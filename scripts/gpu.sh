@@ -13,8 +13,9 @@
 #   models  bandwidth.py; make_models.py $MAKE (qwen3-0.6b qwen3-4b); qwen3-4b as GGUF in each
 #           format of $CONVERT (q4_k q8_0)
 #   tests   the four GPU test binaries (PARALLEL_TESTS=1: beside the models step)
-#   bench   `sleepy bench -p 512 -n 128` of every configuration in $CONFIGS (tag $TAG), and of
-#           $BASE_CONFIGS with gpu-run/sleepy-base (a previous build) where it is there
+#   bench   `sleepy bench -p 512 -n 128` of every configuration in $CONFIGS (tag $TAG), of
+#           $NOSTREAM_CONFIGS with SLEEPY_GEMV_STREAM=0, and of $BASE_CONFIGS with
+#           gpu-run/sleepy-base (a previous build) where it is there
 #   tune    `sleepy tune` of each configuration in $TUNE, then bench of it with the choices
 #   eval    `sleepy eval --reference` on the GPU: bf16, q8_0, q4_k of both models
 #   ncu     Nsight Compute sections of chosen kernels ($NCU_SECTIONS, below); each kernel runs
@@ -89,6 +90,8 @@ CONFIGS=${CONFIGS:-"qwen3-0.6b qwen3-4b qwen3-0.6b:q8_0 qwen3-4b.q8_0 qwen3-4b.q
 if want bench; then
     for c in $CONFIGS; do bench "$TAG" "$c" -p 512 -n 128 -r 3; done
     [ -n "${DEPTH-4096}" ] && bench "$TAG" qwen3-4b -p 0 -n 128 -r 3 --depth "${DEPTH:-4096}"
+    # Without the streamed kernels (SLEEPY_GEMV_STREAM=0), for an A/B in the same run.
+    for c in ${NOSTREAM_CONFIGS:-}; do SLEEPY_GEMV_STREAM=0 bench nostream "$c" -p 0 -n 128 -r 3; done
     # The previous binary in the same run, where one was carried (gpu-run/sleepy-base).
     if [ -f gpu-run/sleepy-base ]; then
         for c in ${BASE_CONFIGS:-}; do BENCH_BIN=gpu-run/sleepy-base bench base "$c" -p 0 -n 128 -r 3; done

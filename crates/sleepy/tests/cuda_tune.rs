@@ -182,6 +182,60 @@ fn streamed_gemv_matches_cpu_reference() {
     }
 }
 
+/// The streamed quantized GEMV against the CPU (the same integer products, floats summed in
+/// another order) and against the register kernel: every format and epilogue, rows that
+/// leave partial tiles, launch shapes from one row of 256 threads to 32 rows of 8, and the
+/// same bits on a second run (its row sums are added in a fixed order).
+#[test]
+fn streamed_quant_gemv_matches_cpu_reference() {
+    use sleepy::backend::cuda::quant::QuantShape;
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(g) = gpu("streamed_quant_gemv_matches_cpu_reference") else { return };
+    if g.device_info().arch.0 < 9 {
+        eprintln!("SKIP streamed_quant_gemv_matches_cpu_reference: the streamed kernel needs sm_90 or later");
+        return;
+    }
+    let cpu = CpuBackend::new_exact(2).unwrap();
+    let mut r = rand::rngs::StdRng::seed_from_u64(13);
+    let cases = [
+        (DType::Q8_0, 6144, 2560, true, 0u32),
+        (DType::Q8_0, 2560, 9728, false, 1),
+        (DType::Q4K, 9728, 2560, true, 2),
+        (DType::Q4K, 37, 512, false, 1),
+        (DType::Q6K, 1000, 2560, true, 0),
+        (DType::Q5K, 300, 768, true, 2),
+        (DType::Q4_0, 1000, 1024, false, 0),
+        (DType::Q4_1, 6, 64, true, 2),
+        (DType::Q5_0, 520, 1024, false, 1),
+        (DType::Q5_1, 777, 512, true, 0),
+    ];
+    for (format, units, k, norm, mode) in cases {
+        let p = GemvProblem { format, units, k, norm, mode };
+        let (want, ops, _keep) = operands(&cpu, &g, &p, &mut r);
+        let register = QuantShape { rows_per_block: 8, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false };
+        let reference = g.run_gemv(&p, &LaunchConfig::Quant(register), &ops).unwrap();
+        let mut ran = 0;
+        for (tpr, rpb, bps) in [(32, 8, 2), (16, 16, 1), (128, 2, 2), (64, 4, 1), (8, 32, 2), (4, 8, 1), (256, 1, 1), (32, 1, 2)] {
+            let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true });
+            // Shapes whose copies would not be aligned, or that do not fit, run the register
+            // kernel: not what this test is for.
+            if !space::launchable(&p, &c) || g.occupancy(&p, &c) == 0 {
+                continue;
+            }
+            let out = g.run_gemv(&p, &c, &ops).unwrap();
+            let e = max_rel(&out, &want);
+            assert!(e < 1e-3, "{} {}: error {e:.3e} against the CPU", p.label(), c.short());
+            let e = max_rel(&out, &reference);
+            assert!(e < 1e-4, "{} {}: {e:.3e} from the register kernel", p.label(), c.short());
+            let again = g.run_gemv(&p, &c, &ops).unwrap();
+            assert!(out.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}: a second run differs", p.label(), c.short());
+            ran += 1;
+        }
+        eprintln!("{}: {ran} streamed shapes agree with the CPU and the register kernel", p.label());
+        assert!(ran > 0, "{}: no streamed shape ran", p.label());
+    }
+}
+
 #[test]
 fn tiny_model_tunes_end_to_end() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -217,30 +217,6 @@ GEMV_DT(1)
 // their last bits may differ from run to run (the register kernel's order is fixed).
 // Dynamic shared memory: stages tiles, then the block's accumulators (2 per unit for SwiGLU).
 // Requires K % 8 == 0, W 16-byte aligned, stages <= 16, nc a multiple of 32.
-#define GEMV_MAX_STAGES 16
-
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-// Wait for phase `parity` of a barrier. (Polling with test_wait instead measured the same.)
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-    u32 done;
-    do {
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-    } while (!done);
-#endif
-}
-
-// Queue `bytes` (a multiple of 16) from global `src` into shared `dst`; completion is
-// counted on the barrier `bar` (whose expected byte count the caller raised).
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
-                 :: "r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(policy) : "memory");
-#endif
-}
-
 template <int DT, int CH, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, const float* __restrict__ x,
                                                  const float* __restrict__ g, float eps,
@@ -259,23 +235,14 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
     const u32 stage_bytes = MODE == 2 ? 2 * half_bytes : half_bytes;
     float* acc = (float*)(tiles + (size_t)stages * stage_bytes);
 
-    if (tid == nc) {
-        for (int s = 0; s < stages; ++s) {
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(&empty[s])), "r"(nc / 32) : "memory");
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    }
+    if (tid == nc) ring_init(full, empty, stages, nc / 32);
     __syncthreads();
 
     if (tid >= nc) {
         // Producer warp (one thread). Weights never depend on the previous kernel, so the
         // first tiles go out before the dependency wait.
         if (tid == nc) {
-            u64 policy;
-            // Weights are read once: let them leave L2 first, ahead of activations and the cache.
-            asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+            const u64 policy = evict_first_policy();
             for (int i = 0; i < ntiles; ++i) {
                 const int s = i % stages;
                 if (i == stages) {
@@ -286,8 +253,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
                 const int a = u0 + i * rpb, n = min(rpb, u1 - a);
                 const u32 bytes = (u32)n * row_bytes, st = smem_addr(tiles) + (u32)s * stage_bytes;
                 const u32 bar = smem_addr(&full[s]);
-                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar),
-                             "r"(MODE == 2 ? 2 * bytes : bytes) : "memory");
+                ring_expect(&full[s], MODE == 2 ? 2 * bytes : bytes);
                 bulk_copy(st, W + (size_t)a * K, bytes, bar, policy);
                 if (MODE == 2) bulk_copy(st + half_bytes, W + (size_t)(a + n_units) * K, bytes, bar, policy);
             }
@@ -381,8 +347,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
         acc0 += acc2;
         acc1 += acc3;
         // The stage is read: release it (one arrival per warp) before the reduction.
-        __syncwarp();
-        if ((tid & 31) == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(&empty[s])) : "memory");
+        ring_release(&empty[s]);
         for (int o = width >> 1; o > 0; o >>= 1) {
             acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
             if (MODE == 2) acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);

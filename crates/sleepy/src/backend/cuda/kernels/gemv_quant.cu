@@ -68,7 +68,7 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     pdl_wait();
     pdl_launch_next();
 
-    quantize_acts<ActOf<FMT>::value, NORM>(x + (size_t)t * K, g, eps, K, a, red);
+    quantize_acts<ActOf<FMT>::value, NORM>(x + (size_t)t * K, g, eps, K, a, red, tid, nthreads, SyncAll{});
 
     // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
     float acc0 = 0.f, acc1 = 0.f;
@@ -145,6 +145,169 @@ GEMVQ_FMT(4)
 GEMVQ_FMT(5)
 GEMVQ_FMT(6)
 GEMVQ_FMT(7)
+
+// ---- Streamed quantized GEMV (Hopper and later): gemv.cu's streamed design over this layout.
+// One token row. A tile is rpb rows; a region stores rows contiguously (row-major block
+// order), so a tile is one bulk copy a region (rounded up to 16 bytes: regions are padded,
+// layout.rs), and SwiGLU tiles hold the up rows' regions after the gate rows'. Tile t is rows
+// [t rpb, (t + 1) rpb); block b owns tiles [T b / blocks, T (b + 1) / blocks). The host keeps
+// every copy 16-byte aligned: rpb times each region's row bytes, and for SwiGLU n_units times
+// them, are multiples of 16.
+// Block: nc = tpr * rpb consumer threads, then one producer warp. The consumers quantize x into
+// shared memory as gemvq_body does (while the first tiles are in flight), then thread c dots
+// units c % tpr + j tpr of row c / tpr of each tile, read from the stage. Each warp's row sums
+// go to slots of their own (tpr / 32 a row when tpr > 32), added in a fixed order at the end:
+// outputs do not depend on timing.
+// Dynamic shared memory: activations (3 K / 2 bytes, rounded up to 128), the stages, then the
+// slots (for each row of the block's share, tpr / 32 or 1; SwiGLU twice).
+
+// Bytes of region r per GGML block of format FMT (layout.rs, QFmt::regions); 0: no region.
+template <int FMT> __device__ __forceinline__ constexpr int qregion_len(int r) {
+    constexpr int len[8][4] = {{32, 2, 0, 0},   {16, 2, 0, 0},  {16, 4, 0, 0},   {16, 2, 4, 0},
+                               {16, 4, 4, 0},   {128, 16, 0, 0}, {128, 16, 32, 0}, {128, 64, 16, 2}};
+    return len[FMT][r];
+}
+
+template <int FMT, bool NORM, int MODE>
+__device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
+                                                  float eps, const float* __restrict__ bias, float* y, int n_units,
+                                                  int K, int tpr, int stages) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char qtiles[];
+    __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
+    __shared__ float red[32];
+    const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
+    const int nu = FMT == 0 ? K / 16 : K / 32;
+    const int nb = FMT >= 5 ? K / 256 : K / 32;
+    const int all_tiles = (n_units + rpb - 1) / rpb;
+    const int t0 = (int)((long long)all_tiles * blockIdx.x / gridDim.x);
+    const int t1 = (int)((long long)all_tiles * (blockIdx.x + 1) / gridDim.x);
+    const int u0 = t0 * rpb, nrows = min(t1 * rpb, n_units) - u0, ntiles = t1 - t0;
+    // Each region's row bytes and its offset in a stage (the gate rows' half for SwiGLU).
+    u32 rb[4], off[4], half_bytes = 0;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        rb[r] = (u32)nb * qregion_len<FMT>(r);
+        off[r] = half_bytes;
+        half_bytes += ((u32)rpb * rb[r] + 15u) & ~15u;
+    }
+    const u32 stage_bytes = MODE == 2 ? 2 * half_bytes : half_bytes;
+    unsigned char* ring = qtiles + ((3 * K / 2 + 127) & ~127);
+    const int wpr = tpr > 32 ? tpr / 32 : 1;
+    const int share = (all_tiles + gridDim.x - 1) / gridDim.x * rpb * wpr;
+    float* slots = (float*)(ring + (size_t)stages * stage_bytes);
+
+    if (tid == nc) ring_init(full, empty, stages, nc / 32);
+    __syncthreads();
+
+    if (tid >= nc) {
+        // Producer warp (one thread): the first tiles go out before the dependency wait.
+        if (tid == nc) {
+            const u64 policy = evict_first_policy();
+            const u8* reg[4] = {w.r0, w.r1, w.r2, w.r3};
+            for (int i = 0; i < ntiles; ++i) {
+                const int s = i % stages;
+                if (i == stages) {
+                    pdl_wait();
+                    pdl_launch_next();
+                }
+                if (i >= stages) mbar_wait(smem_addr(&empty[s]), (u32)(i / stages - 1) & 1u);
+                const int a = u0 + i * rpb, n = min(rpb, n_units - a);
+                u32 bytes[4], total = 0;
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    bytes[r] = ((u32)n * rb[r] + 15u) & ~15u;
+                    total += bytes[r];
+                }
+                ring_expect(&full[s], MODE == 2 ? 2 * total : total);
+                const u32 st = smem_addr(ring) + (u32)s * stage_bytes, bar = smem_addr(&full[s]);
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    if (rb[r] == 0) continue;
+                    bulk_copy(st + off[r], reg[r] + (size_t)a * rb[r], bytes[r], bar, policy);
+                    if (MODE == 2) bulk_copy(st + half_bytes + off[r], reg[r] + (size_t)(a + n_units) * rb[r], bytes[r], bar, policy);
+                }
+            }
+        }
+        return;
+    }
+
+    pdl_wait();
+    pdl_launch_next();
+    Acts acts;
+    acts.q = (signed char*)qtiles;
+    acts.d32 = (float*)(qtiles + K);
+    acts.s32 = acts.d32 + K / 32;
+    acts.s16 = (int*)(acts.s32 + K / 32);
+    // Ends with a barrier of the consumers: the activations are ready for all of them.
+    quantize_acts<ActOf<FMT>::value, NORM>(x, g, eps, K, acts, red, tid, nc, SyncFirst{nc});
+
+    const int tx = tid % tpr, ty = tid / tpr;
+    const int width = tpr < 32 ? tpr : 32;
+    for (int i = 0; i < ntiles; ++i) {
+        const int s = i % stages;
+        mbar_wait(smem_addr(&full[s]), (u32)(i / stages) & 1u);
+        const unsigned char* st = ring + (size_t)s * stage_bytes;
+        const QPtr gate = {st + off[0], st + off[1], st + off[2], st + off[3]};
+        const QPtr up = {gate.r0 + half_bytes, gate.r1 + half_bytes, gate.r2 + half_bytes, gate.r3 + half_bytes};
+        const int r = i * rpb + ty;
+        float acc0 = 0.f, acc1 = 0.f;
+        if (r < nrows) {
+#pragma unroll 2
+            for (int cc = tx; cc < nu; cc += tpr) {
+                QUnit<FMT> ua;
+                ua.template load<true>(gate, ty, nb, nu, cc);
+                acc0 += ua.dot(cc, acts);
+                if (MODE == 2) {
+                    QUnit<FMT> ub;
+                    ub.template load<true>(up, ty, nb, nu, cc);
+                    acc1 += ub.dot(cc, acts);
+                }
+            }
+        }
+        ring_release(&empty[s]);
+        for (int o = width >> 1; o > 0; o >>= 1) {
+            acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+            if (MODE == 2) acc1 += __shfl_xor_sync(0xffffffffu, acc1, o);
+        }
+        if ((tx & 31) == 0 && r < nrows) {
+            slots[r * wpr + (tx >> 5)] = acc0;
+            if (MODE == 2) slots[share + r * wpr + (tx >> 5)] = acc1;
+        }
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(nc) : "memory");
+    for (int u = tid; u < nrows; u += nc) {
+        float a0 = 0.f, a1 = 0.f;
+        for (int j = 0; j < wpr; ++j) {
+            a0 += slots[u * wpr + j];
+            if (MODE == 2) a1 += slots[share + u * wpr + j];
+        }
+        float* out = y + u0 + u;
+        if (MODE == 0) *out = a0 + (bias ? bias[u0 + u] : 0.f);
+        if (MODE == 1) *out += a0;
+        if (MODE == 2) *out = a0 / (1.f + __expf(-a0)) * a1;
+    }
+#endif
+}
+
+#define GEMVQ_STREAM(FMT, NORM, MODE)                                                                   \
+    extern "C" __global__ void __launch_bounds__(288) gemvq_stream_##FMT##_##NORM##_##MODE(            \
+        const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,            \
+        const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y, int n_units, \
+        int K, int tpr, int stages) {                                                                   \
+        const QPtr w = {r0, r1, r2, r3};                                                                \
+        gemvq_stream_body<FMT, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, tpr, stages);            \
+    }
+#define GEMVQ_STREAM_FMT(FMT) \
+    GEMVQ_STREAM(FMT, 0, 0) GEMVQ_STREAM(FMT, 1, 0) GEMVQ_STREAM(FMT, 0, 1) GEMVQ_STREAM(FMT, 1, 2)
+GEMVQ_STREAM_FMT(0)
+GEMVQ_STREAM_FMT(1)
+GEMVQ_STREAM_FMT(2)
+GEMVQ_STREAM_FMT(3)
+GEMVQ_STREAM_FMT(4)
+GEMVQ_STREAM_FMT(5)
+GEMVQ_STREAM_FMT(6)
+GEMVQ_STREAM_FMT(7)
 
 // dequant_FMT_OUT: out row r (0 .. R-1) = weight row (ids ? ids[r] : row0 + r), dequantized,
 // as f32 (OUT 0, the embedding lookup) or bf16 (OUT 1, a prefill tile for cuBLAS). out is

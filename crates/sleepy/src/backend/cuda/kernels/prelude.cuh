@@ -76,17 +76,96 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the whole block (any size up to 1024); `red` holds 32 floats. Every thread
-// gets the result. Contains barriers: call from all threads.
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    const int lane = (threadIdx.x + threadIdx.y * blockDim.x) & 31;
-    const int warp = (threadIdx.x + threadIdx.y * blockDim.x) >> 5;
-    const int nwarps = (blockDim.x * blockDim.y + 31) >> 5;
+// Barriers for block_sum_of and quantize_acts: the whole block, or only its first n threads
+// (whole warps, named barrier 1) where other warps of the block do something else.
+struct SyncAll {
+    __device__ __forceinline__ void operator()() const { __syncthreads(); }
+};
+struct SyncFirst {
+    int n;
+    __device__ __forceinline__ void operator()() const { asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory"); }
+};
+
+// Sum over threads 0 .. nthreads - 1 (whole warps, at most 1024), thread `tid` giving v;
+// `red` holds 32 floats. Every one of them gets the result. Contains barriers (`sync`): call
+// from all of them.
+template <class Sync>
+__device__ __forceinline__ float block_sum_of(float v, float* red, int tid, int nthreads, Sync sync) {
+    const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
     v = warp_sum(v);
-    __syncthreads();
+    sync();
     if (lane == 0) red[warp] = v;
-    __syncthreads();
+    sync();
     float s = 0.f;
     for (int i = 0; i < nwarps; ++i) s += red[i];
     return s;
+}
+
+// Sum over the whole block (any size up to 1024).
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    return block_sum_of(v, red, threadIdx.x + threadIdx.y * blockDim.x, blockDim.x * blockDim.y, SyncAll{});
+}
+
+// ---- Hopper pipelines (sm_90+): mbarriers and bulk asynchronous copies (TMA), for the
+// streamed GEMVs (gemv.cu, gemv_quant.cu).
+#define GEMV_MAX_STAGES 16
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Wait for phase `parity` of a barrier. (Polling with test_wait instead measured the same.)
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+
+// Queue `bytes` (a multiple of 16) from global `src` into shared `dst`; completion is
+// counted on the barrier `bar` (whose expected byte count the caller raised).
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+                 :: "r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(policy) : "memory");
+#endif
+}
+
+// Set up the ring's barriers (one thread): `full[s]` completes when stage s's copies landed
+// (one arrival, the producer's, plus the bytes), `empty[s]` when its `consumers` arrivals
+// (one per consumer warp) released it.
+__device__ __forceinline__ void ring_init(u64* full, u64* empty, int stages, int consumers) {
+#if __CUDA_ARCH__ >= 900
+    for (int s = 0; s < stages; ++s) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(&empty[s])), "r"(consumers) : "memory");
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// The producer's arrival on a stage's `full` barrier, announcing `bytes` of copies.
+__device__ __forceinline__ void ring_expect(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+#endif
+}
+
+// One consumer warp's release of a stage (lane 0 arrives once the warp is done with it).
+__device__ __forceinline__ void ring_release(u64* bar) {
+#if __CUDA_ARCH__ >= 900
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
+// A policy for weights, which are read once: let them leave L2 first, ahead of activations.
+__device__ __forceinline__ u64 evict_first_policy() {
+    u64 policy = 0;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+    return policy;
 }

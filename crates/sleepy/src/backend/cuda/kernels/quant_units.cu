@@ -66,12 +66,20 @@ __device__ __forceinline__ int sbyte(u32 w, int i) { return (int)(signed char)((
 
 template <int FMT> struct QUnit;
 
+// A unit's 16 bytes of quants: from global memory, read once (SH false), or from a stage in
+// shared memory (SH true: the streamed kernel). The other fields are plain loads either way.
+template <bool SH> __device__ __forceinline__ uint4 ld_quants(const u8* p) {
+    if (SH) return *(const uint4*)p;
+    return ld_stream16(p);
+}
+
 // ---- Q8_0: a unit is half a block, 16 values.
 template <> struct QUnit<0> {
     uint4 q;
     float d;
+    template <bool SH = false>
     __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
-        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        q = ld_quants<SH>(w.r0 + 16 * (row * nu + cc));
         d = f16_to_f32(((const u16*)w.r1)[row * nb + (cc >> 1)]);
     }
     __device__ __forceinline__ float dot(int cc, const Acts& a) const {
@@ -95,9 +103,10 @@ template <int FMT> struct QLegacy {
     u32 qh;
     static constexpr bool AFFINE = FMT == 2 || FMT == 4;
     static constexpr bool FIVE = FMT == 3 || FMT == 4;
+    template <bool SH = false>
     __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
         const size_t b = row * nb + cc;
-        q = ld_stream16(w.r0 + 16 * b);
+        q = ld_quants<SH>(w.r0 + 16 * b);
         dm = AFFINE ? ((const u32*)w.r1)[b] : (u32)((const u16*)w.r1)[b];
         qh = FIVE ? ((const u32*)w.r2)[b] : 0u;
     }
@@ -157,9 +166,10 @@ template <int FMT> struct QK45 {
     uint4 meta;
     uint4 qh;
     static constexpr bool FIVE = FMT == 6;
+    template <bool SH = false>
     __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
         const size_t sb = row * nb + (cc >> 3);
-        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        q = ld_quants<SH>(w.r0 + 16 * (row * nu + cc));
         meta = *(const uint4*)(w.r1 + 16 * sb);
         if (FIVE) qh = *(const uint4*)(w.r2 + 32 * sb + 16 * (cc & 1));
     }
@@ -238,10 +248,11 @@ template <> struct QUnit<7> {
     uint4 qh;
     uint4 sc;
     float d;
+    template <bool SH = false>
     __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
         const size_t sb = row * nb + (cc >> 3);
         const int wi = cc & 7;
-        q = ld_stream16(w.r0 + 16 * (row * nu + cc));
+        q = ld_quants<SH>(w.r0 + 16 * (row * nu + cc));
         qh = *(const uint4*)(w.r1 + 64 * sb + 32 * (wi >> 2) + 16 * (wi & 1));
         sc = *(const uint4*)(w.r2 + 16 * sb);
         d = f16_to_f32(((const u16*)w.r3)[sb]);
@@ -295,12 +306,11 @@ template <> struct QUnit<7> {
 // Q8_K, per 256 values, f32 scale), matching quant::prepare_acts bit for bit. With NORM, x is
 // RMS-normed and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
 // 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
-// (% 256 for ACT 2). Contains barriers: every thread of the block calls it.
-template <int ACT, bool NORM>
+// (% 256 for ACT 2). Threads tid = 0 .. nthreads - 1 (whole warps) take part; it contains
+// barriers (`sync`), so each of them calls it.
+template <int ACT, bool NORM, class Sync>
 __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
-                                              const Acts& a, float* red) {
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-    const int nthreads = blockDim.x * blockDim.y;
+                                              const Acts& a, float* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31;
     float scale = 1.f;
     if (NORM) {
@@ -309,7 +319,7 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
             const float4 v = ((const float4*)x)[i];
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
-        ss = block_sum(ss, red);
+        ss = block_sum_of(ss, red, tid, nthreads, sync);
         scale = 1.f / sqrtf(ss / (float)K + eps);
     }
     const int nchunks = K / 8;
@@ -366,7 +376,7 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
             }
         }
     }
-    __syncthreads();
+    sync();
 }
 
 // The activation format each weight format is dotted with (see quant::prepare_acts).

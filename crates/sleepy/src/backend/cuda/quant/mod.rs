@@ -58,19 +58,26 @@ pub struct QuantShape {
     pub unroll: u32,
     /// Grid size as blocks per multiprocessor (blocks loop over the remaining rows).
     pub blocks_per_sm: u32,
+    /// Run the streamed kernel (tiles of each region brought into shared memory by bulk
+    /// copies; Hopper and later, one token row) rather than the register kernel; `unroll`
+    /// does not apply to it.
+    #[serde(default)]
+    pub streamed: bool,
 }
 
 /// Threads per block are capped so that any kernel variant can launch: the largest use
 /// about 160 registers (ptxas, sm_90), and 256 threads x 255 registers fit an SM's 64K.
 pub(crate) const MAX_THREADS: u32 = 256;
 
-/// The default rule (not yet measured for these kernels; modelled on the bf16 sweep in
-/// BENCHMARKS.md, where the best shapes give each thread 4-8 loads of a row and finish a row
-/// in one or two batches): threads per row so that each has about six units, 256 threads a
-/// block, up to four blocks per SM (fewer where registers do not allow), eight units in flight
-/// where a thread has more than four (four for SwiGLU, which loads two rows, and for the
+/// The default rule: threads per row so that each has about six units, 256 threads a block.
+/// Where the device runs it (`stream_sms`: its SM count), the streamed kernel, two blocks per
+/// SM, with fewer rows a tile where two tiles would not fit its budget: the register kernel
+/// holds a few units a thread in flight and quantizes the activations before its first
+/// products, so its GEMVs ran at 0.8-1.4 TB/s on an H200 (BENCHMARKS.md). Otherwise
+/// up to four blocks per SM (fewer where registers do not allow), eight units in flight where
+/// a thread has more than four (four for SwiGLU, which loads two rows, and for the
 /// register-heavy Q5_K / Q6_K units).
-pub fn default_shape(fmt: QFmt, _rows: usize, k: usize, mode: u32) -> QuantShape {
+pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Option<u32>) -> QuantShape {
     let units = fmt.units_per_row(k).max(1);
     let threads_per_row = ((units / 6).max(1).next_power_of_two() as u32).clamp(8, 128);
     let per_thread = units.div_ceil(threads_per_row as usize);
@@ -81,12 +88,22 @@ pub fn default_shape(fmt: QFmt, _rows: usize, k: usize, mode: u32) -> QuantShape
         _ if mode == 2 || heavy => 4,
         _ => 8,
     };
-    QuantShape { rows_per_block: MAX_THREADS / threads_per_row, threads_per_row, unroll, blocks_per_sm: 4 }
+    let rows_per_block = MAX_THREADS / threads_per_row;
+    if let Some(sms) = stream_sms {
+        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 2, streamed: true };
+        while s.rows_per_block > 1 && s.threads_per_row * s.rows_per_block >= 64 && ops::stream_plan(fmt, &[0; 4], rows, k, &s, mode, sms).is_none() {
+            s.rows_per_block /= 2;
+        }
+        if ops::stream_plan(fmt, &[0; 4], rows, k, &s, mode, sms).is_some() {
+            return s;
+        }
+    }
+    QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 4, streamed: false }
 }
 
 /// Keep a shape launchable whatever a table file says.
 pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
-    if ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
+    if s.streamed || ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
         s.unroll = 4;
     }
     s.threads_per_row = s.threads_per_row.clamp(1, MAX_THREADS).next_power_of_two();
@@ -107,12 +124,13 @@ mod tests {
 
     #[test]
     fn quant_shapes_are_launchable() {
-        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0 };
+        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0, streamed: false };
         for fmt in layout::ALL_FORMATS {
             for k in [32, 256, 896, 2560, 4864, 9728] {
                 for n in [1, 7, 128, 1024, 6144, 151936] {
                     for mode in [0, 1, 2] {
-                        for s in [sanitize(default_shape(fmt, n, k, mode), mode), sanitize(odd, mode)] {
+                        let shapes = [default_shape(fmt, n, k, mode, None), default_shape(fmt, n, k, mode, Some(132)), odd, QuantShape { streamed: true, ..odd }];
+                        for s in shapes.map(|s| sanitize(s, mode)) {
                             assert!(s.threads_per_row.is_power_of_two());
                             assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
                             assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");

@@ -2,7 +2,7 @@
 //! of each segment, embedding rows, and prefill GEMMs through bf16 tiles.
 
 use super::layout::{repack, QFmt, REGION_ALIGN};
-use super::{QuantLayout, QuantShape, SegKind, Segment};
+use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_THREADS};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
@@ -48,6 +48,56 @@ fn gemvq_key(fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> (u64
 
 fn gemvq_name(fmt: QFmt, s: &QuantShape, norm: bool, mode: u32) -> String {
     format!("gemvq_{}_{}_{}_{mode}", fmt.id(), s.unroll, norm as u32)
+}
+
+fn gemvq_stream_key(fmt: QFmt, norm: bool, mode: u32) -> (u64, impl Fn() -> String) {
+    let key = KEY | 3 << 32 | (fmt.id() as u64) << 16 | (norm as u64) << 4 | mode as u64;
+    (key, move || format!("gemvq_stream_{}_{}_{mode}", fmt.id(), norm as u32))
+}
+
+/// Shared memory a streamed block may fill (as for the bf16 streamed GEMV, ops.rs).
+const STREAM_SMEM: u32 = 96 * 1024;
+
+/// A streamed quantized GEMV launch (kernels/gemv_quant.cu, gemvq_stream): blocks, threads
+/// (consumers and the producer warp), pipeline stages and dynamic shared memory.
+#[derive(Debug, PartialEq)]
+pub(crate) struct StreamPlan {
+    pub blocks: u32,
+    pub threads: u32,
+    pub stages: u32,
+    pub smem: u32,
+}
+
+/// How the streamed kernel runs a one-row launch of shape `s`, or None where the register
+/// kernel runs it: shapes that do not ask for it, copies that would not be 16-byte aligned
+/// (a tile's bytes of a region, or for SwiGLU the up rows' offset), or fewer than two tiles
+/// in the budget. Mirrors the kernel's layout of shared memory.
+pub(crate) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, mode: u32, sms: u32) -> Option<StreamPlan> {
+    if !s.streamed || units == 0 || s.rows_per_block == 0 || k % 32 != 0 || (fmt.dtype().block_len() == 256 && k % 256 != 0) {
+        return None;
+    }
+    let (tpr, rpb) = (s.threads_per_row as usize, s.rows_per_block as usize);
+    let nb = k / fmt.dtype().block_len();
+    let mut half = 0;
+    for (i, &(_, len)) in fmt.regions().iter().enumerate() {
+        let rb = nb * len;
+        let up = if mode == 2 { units * rb } else { 0 };
+        if (rpb * rb) % 16 != 0 || up % 16 != 0 || r[i] % 16 != 0 {
+            return None;
+        }
+        half += (rpb * rb).next_multiple_of(16);
+    }
+    let stage = if mode == 2 { 2 * half } else { half };
+    let tiles = units.div_ceil(rpb);
+    let blocks = (sms * s.blocks_per_sm).min(tiles as u32).max(1);
+    let wpr = if tpr > 32 { tpr / 32 } else { 1 };
+    let slots = tiles.div_ceil(blocks as usize) * rpb * wpr * if mode == 2 { 2 } else { 1 };
+    let fixed = (3 * k / 2).next_multiple_of(128) + 4 * slots;
+    // A block's budget leaves room for one block of the next kernel beside it.
+    let budget = STREAM_SMEM.min(2 * STREAM_SMEM / (s.blocks_per_sm + 1)) as usize;
+    let stages = (budget.saturating_sub(fixed) / stage).min(16);
+    let threads = (tpr * rpb + 32) as u32;
+    (stages >= 2 && tpr * rpb <= MAX_THREADS as usize).then_some(StreamPlan { blocks, threads, stages: stages as u32, smem: (fixed + stages * stage) as u32 })
 }
 
 impl CudaBackend {
@@ -159,6 +209,15 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
+        let (g, eps) = norm.unwrap_or((0, 0.0));
+        if rows == 1 && self.table.streamed {
+            if let Some(p) = stream_plan(fmt, r, units, k, s, mode, self.gpu.info.sms) {
+                let (key, name) = gemvq_stream_key(fmt, norm.is_some(), mode);
+                self.blocks_per_sm(key, &name, p.threads, p.smem)?;
+                let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+                return self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
+            }
+        }
         let (key, smem) = gemvq_key(fmt, k, s, norm.is_some(), mode);
         let name = || gemvq_name(fmt, s, norm.is_some(), mode);
         // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
@@ -168,13 +227,19 @@ impl CudaBackend {
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
-        let (g, eps) = norm.unwrap_or((0, 0.0));
         let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
-    /// Blocks of a quantized GEMV shape that fit on one SM.
-    pub(crate) fn gemvq_occupancy(&self, fmt: QFmt, k: usize, s: &QuantShape, norm: bool, mode: u32) -> Result<u32> {
+    /// Blocks of a quantized GEMV shape that fit on one SM, for a one-row launch of `units`
+    /// rows (0 for a streamed shape this device or these rows cannot stream).
+    pub(crate) fn gemvq_occupancy(&self, fmt: QFmt, units: usize, k: usize, s: &QuantShape, norm: bool, mode: u32) -> Result<u32> {
+        if s.streamed {
+            // Region addresses are 256-aligned (layout.rs); 0 stands for them here.
+            let Some(p) = stream_plan(fmt, &[0; 4], units, k, s, mode, self.gpu.info.sms).filter(|_| self.table.streamed) else { return Ok(0) };
+            let (key, name) = gemvq_stream_key(fmt, norm, mode);
+            return self.blocks_per_sm(key, &name, p.threads, p.smem);
+        }
         let (key, smem) = gemvq_key(fmt, k, s, norm, mode);
         self.blocks_per_sm(key, &|| gemvq_name(fmt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
     }
@@ -221,5 +286,44 @@ impl CudaBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::default_shape;
+    use super::*;
+
+    fn shape(tpr: u32, rpb: u32, bps: u32) -> QuantShape {
+        QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true }
+    }
+
+    #[test]
+    fn stream_plans_are_aligned_and_fit() {
+        let at = [0u64; 4];
+        // Qwen3-4B's shapes in the formats it is benchmarked in: two stages at least, within
+        // the budget, one block per SM or the shape's count.
+        for fmt in [QFmt::Q8_0, QFmt::Q4K, QFmt::Q4_0, QFmt::Q5K] {
+            for (units, k, mode) in [(6144, 2560, 0), (2560, 4096, 1), (9728, 2560, 2), (2560, 9728, 1), (151936, 2560, 0)] {
+                let s = default_shape(fmt, units, k, mode, Some(132));
+                assert!(s.streamed, "{fmt:?} {units}x{k}: {s:?}");
+                let p = stream_plan(fmt, &at, units, k, &s, mode, 132).unwrap_or_else(|| panic!("{fmt:?} {units}x{k}"));
+                assert!(p.stages >= 2 && p.smem <= STREAM_SMEM && p.blocks == 264, "{fmt:?} {units}x{k}: {p:?}");
+                assert!(p.threads >= 64 + 32);
+            }
+        }
+        // Q6_K's scales are 20 bytes a row at k = 2560: tiles of 4 rows align, of 1 or 2 not.
+        assert!(stream_plan(QFmt::Q6K, &at, 1000, 2560, &shape(64, 4, 2), 0, 132).is_some());
+        assert!(stream_plan(QFmt::Q6K, &at, 1000, 2560, &shape(128, 2, 2), 0, 132).is_none());
+        // SwiGLU's up rows start at units * row bytes: Q4_1 at k = 64 has 8-byte scale rows.
+        assert!(stream_plan(QFmt::Q4_1, &at, 6, 64, &shape(4, 8, 1), 2, 132).is_some());
+        assert!(stream_plan(QFmt::Q4_1, &at, 5, 64, &shape(4, 8, 1), 2, 132).is_none());
+        // Register shapes, unaligned regions, rows of partial K-blocks, tiles past the budget.
+        assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &QuantShape { streamed: false, ..shape(32, 8, 2) }, 0, 132).is_none());
+        assert!(stream_plan(QFmt::Q8_0, &[8, 0, 0, 0], 1000, 2560, &shape(32, 8, 2), 0, 132).is_none());
+        assert!(stream_plan(QFmt::Q4K, &at, 1000, 896, &shape(32, 8, 2), 0, 132).is_none());
+        assert!(stream_plan(QFmt::Q8_0, &at, 1000, 9728, &shape(8, 32, 4), 0, 132).is_none());
+        // Few rows: never more blocks than tiles.
+        assert_eq!(stream_plan(QFmt::Q8_0, &at, 20, 1024, &shape(32, 8, 2), 0, 132).map(|p| p.blocks), Some(3));
     }
 }

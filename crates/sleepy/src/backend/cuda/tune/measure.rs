@@ -271,12 +271,14 @@ impl CudaBackend {
         events.windows(2).map(|w| w[0].ms_until(&w[1])).collect()
     }
 
-    /// Blocks of a configuration that fit on one SM (0: none fits, or the query failed).
-    fn occupancy(&self, p: &GemvProblem, c: &LaunchConfig) -> u32 {
+    /// Blocks of a configuration that fit on one SM (0: none fits, the query failed, or a
+    /// streamed shape this device or problem cannot stream, which would run the register
+    /// kernel).
+    pub fn occupancy(&self, p: &GemvProblem, c: &LaunchConfig) -> u32 {
         match c {
             LaunchConfig::Dense(s) => self.gemv_occupancy(super::dense_dt(p.format), p.units, p.k, s, p.norm, p.mode).unwrap_or(0),
             LaunchConfig::Quant(s) => match QFmt::of(p.format) {
-                Some(f) => self.gemvq_occupancy(f, p.k, s, p.norm, p.mode).unwrap_or(0),
+                Some(f) => self.gemvq_occupancy(f, p.units, p.k, s, p.norm, p.mode).unwrap_or(0),
                 None => 0,
             },
         }

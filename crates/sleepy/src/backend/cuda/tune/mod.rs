@@ -108,6 +108,7 @@ impl LaunchConfig {
     pub fn short(&self) -> String {
         match self {
             LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} b{}{}", s.rows_per_block, s.threads_per_row, s.vec, s.blocks_per_sm, if s.streamed { " tma" } else { "" }),
+            LaunchConfig::Quant(s) if s.streamed => format!("rpb{} tpr{} b{} tma", s.rows_per_block, s.threads_per_row, s.blocks_per_sm),
             LaunchConfig::Quant(s) => format!("rpb{} tpr{} u{} b{}", s.rows_per_block, s.threads_per_row, s.unroll, s.blocks_per_sm),
         }
     }
@@ -185,7 +186,7 @@ impl CudaBackend {
             return Ok(LaunchConfig::Dense(self.table.shape(p.units, p.k)));
         }
         if let Some(f) = QFmt::of(p.format) {
-            return Ok(LaunchConfig::Quant(quant::sanitize(quant::default_shape(f, p.units, p.k, p.mode), p.mode)));
+            return Ok(LaunchConfig::Quant(quant::sanitize(quant::default_shape(f, p.units, p.k, p.mode, self.stream_sms()), p.mode)));
         }
         Err(Error::Cuda(format!("no tunable GEMV kernel for {} weights", p.format.name())))
     }
@@ -225,12 +226,17 @@ impl CudaBackend {
         }
     }
 
+    /// The device's SM count where it runs the streamed kernels.
+    fn stream_sms(&self) -> Option<u32> {
+        self.table.streamed.then_some(self.gpu.info.sms)
+    }
+
     /// The shape of a quantized GEMV: the tuned one for this problem when there is one.
     pub(crate) fn quant_shape(&self, fmt: QFmt, units: usize, k: usize, norm: bool, mode: u32) -> QuantShape {
         let p = GemvProblem { format: fmt.dtype(), units, k, norm, mode };
         match self.tuned.read().ok().and_then(|t| t.get(&p)) {
             Some(LaunchConfig::Quant(s)) => s,
-            _ => quant::sanitize(quant::default_shape(fmt, units, k, mode), mode),
+            _ => quant::sanitize(quant::default_shape(fmt, units, k, mode, self.stream_sms()), mode),
         }
     }
 

@@ -18,7 +18,8 @@
 //! Quantized family (kernels/gemv_quant.cu), the same rules over its 16-byte units of quants
 //! (K/32 a row; K/16 for Q8_0): threads per row 4 to 128, at most 256 threads a block (its
 //! largest variants use ~160 registers), 2, 4 or 8 units in flight (not 8 for SwiGLU, which
-//! holds two rows' units).
+//! holds two rows' units); and the streamed kernel at each rows/threads/blocks setting, where
+//! the device runs it (units in flight do not apply to it).
 
 use super::{GemvProblem, LaunchConfig};
 pub use crate::backend::cuda::gemv::MAX_THREADS;
@@ -116,11 +117,15 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
                 continue;
             }
             for rpb in block_rows(tpr, quant::MAX_THREADS) {
-                for unroll in in_flight(units, tpr, allowed) {
-                    for blocks_per_sm in [1u32, 2, 4, 8, 16] {
-                        let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll, blocks_per_sm });
+                for blocks_per_sm in [1u32, 2, 4, 8, 16] {
+                    for unroll in in_flight(units, tpr, allowed) {
+                        let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll, blocks_per_sm, streamed: false });
                         push(c, tpr, rpb, unroll, blocks_per_sm, &mut out);
                     }
+                    // The streamed kernel where the device runs it (`fit` is 0 elsewhere);
+                    // `unroll` 0 marks it for the duplicate check.
+                    let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm, streamed: true });
+                    push(c, tpr, rpb, 0, blocks_per_sm, &mut out);
                 }
             }
         }
@@ -245,7 +250,7 @@ mod tests {
         assert!(!launchable(&odd, &LaunchConfig::Dense(good)), "16-byte loads need k % 8 == 0");
         let q = GemvProblem { format: DType::Q4K, ..p };
         assert!(!launchable(&q, &LaunchConfig::Dense(good)), "a dense shape does not run Q4_K");
-        let qs = QuantShape { rows_per_block: 4, threads_per_row: 32, unroll: 4, blocks_per_sm: 4 };
+        let qs = QuantShape { rows_per_block: 4, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false };
         assert!(launchable(&q, &LaunchConfig::Quant(qs)));
         assert!(!launchable(&p, &LaunchConfig::Quant(qs)), "a quantized shape does not run bf16");
         for bad in [QuantShape { rows_per_block: 16, ..qs }, QuantShape { unroll: 3, ..qs }, QuantShape { threads_per_row: 48, ..qs }] {
