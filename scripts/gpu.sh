@@ -55,6 +55,8 @@ bench() { # tag spec args... (BIN: the binary, gpu-run/sleepy unless set)
     timeout 120 "${BENCH_BIN:-$BIN}" bench $(margs "$spec") --device cuda --json "$@" 2>> "$R" |
         sed "s/^{/{\"tag\":\"$tag\",\"spec\":\"$spec\",/" | tee -a "$B"
 }
+# Compiled kernels from an earlier call (valid while the kernel sources are unchanged).
+[ -f gpu-run/kernels.tgz ] && tar xzf gpu-run/kernels.tgz -C "$SLEEPY_HOME"
 log "steps:$STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee -a "$R"
 
@@ -136,6 +138,8 @@ if want ncu; then
 fi
 
 log done
+# The compiled kernels, for the next call to carry as gpu-run/kernels.tgz.
+tar czf "$OUT/kernels.tgz" -C "$SLEEPY_HOME" kernels 2>/dev/null
 # At most 8 files come back from a GPU call: the test logs travel as one archive.
 (cd "$OUT" && ls cuda_*.log > /dev/null 2>&1 && tar czf tests.tgz cuda_*.log && rm cuda_*.log)
 echo "==== SUMMARY"

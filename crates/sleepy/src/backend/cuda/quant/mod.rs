@@ -70,7 +70,7 @@ pub struct QuantShape {
 pub(crate) const MAX_THREADS: u32 = 256;
 
 /// The default rule: threads per row so that each has about six units, 256 threads a block.
-/// Where the device runs it (`stream_sms`: its SM count), the streamed kernel, two blocks per
+/// Where the device runs it (`stream_sms`: its SM count), the streamed kernel, one block per
 /// SM, with fewer rows a tile where two tiles would not fit its budget: the register kernel
 /// holds a few units a thread in flight and quantizes the activations before its first
 /// products, so its GEMVs ran at 0.8-1.4 TB/s on an H200 (BENCHMARKS.md). Otherwise
@@ -90,7 +90,7 @@ pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Op
     };
     let rows_per_block = MAX_THREADS / threads_per_row;
     if let Some(sms) = stream_sms {
-        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 2, streamed: true };
+        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 1, streamed: true };
         while s.rows_per_block > 1 && s.threads_per_row * s.rows_per_block >= 64 && ops::stream_plan(fmt, &[0; 4], rows, k, &s, mode, sms).is_none() {
             s.rows_per_block /= 2;
         }
