@@ -70,13 +70,18 @@ pub struct QuantShape {
 pub(crate) const MAX_THREADS: u32 = 256;
 
 /// The default rule: threads per row so that each has about six units, 256 threads a block.
-/// Where the device runs it (`stream_sms`: its SM count), the streamed kernel, one block per
-/// SM, with fewer rows a tile where two tiles would not fit its budget: the register kernel
-/// holds a few units a thread in flight and quantizes the activations before its first
-/// products, so its GEMVs ran at 0.8-1.4 TB/s on an H200 (BENCHMARKS.md). Otherwise
-/// up to four blocks per SM (fewer where registers do not allow), eight units in flight where
-/// a thread has more than four (four for SwiGLU, which loads two rows, and for the
-/// register-heavy Q5_K / Q6_K units).
+/// Weights of 12 MiB and more (a launch's rows, gate and up together) go to the streamed
+/// kernel where the device runs it (`stream_sms`: its SM count), two blocks per SM, with
+/// fewer rows a tile where two tiles would not fit its budget. On an H200 (`sleepy tune`,
+/// BENCHMARKS.md) the register kernel keeps too few bytes in flight for those (Qwen3-4B Q8_0:
+/// gate+up 17.8 us registers against 15.4 streamed, down 13.3 against 11.0), while smaller
+/// ones are mostly start-up, where the register kernel starts sooner (Q8_0 output projection,
+/// 11 MB: 4.8 against 5.2 us; every Qwen3-0.6B shape). Otherwise up to four blocks per SM
+/// (fewer where registers do not allow), eight units in flight where a thread has more than
+/// four (four for SwiGLU, which loads two rows, and for the register-heavy Q5_K / Q6_K units).
+/// Weight bytes of a launch from which the default is the streamed kernel.
+const STREAM_MIN_BYTES: usize = 12 << 20;
+
 pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Option<u32>) -> QuantShape {
     let units = fmt.units_per_row(k).max(1);
     let threads_per_row = ((units / 6).max(1).next_power_of_two() as u32).clamp(8, 128);
@@ -89,8 +94,9 @@ pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Op
         _ => 8,
     };
     let rows_per_block = MAX_THREADS / threads_per_row;
-    if let Some(sms) = stream_sms {
-        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 1, streamed: true };
+    let bytes = rows * if mode == 2 { 2 } else { 1 } * fmt.dtype().row_bytes(k).unwrap_or(0);
+    if let Some(sms) = stream_sms.filter(|_| bytes >= STREAM_MIN_BYTES) {
+        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 2, streamed: true };
         while s.rows_per_block > 1 && s.threads_per_row * s.rows_per_block >= 64 && ops::stream_plan(fmt, &[0; 4], rows, k, &s, mode, sms).is_none() {
             s.rows_per_block /= 2;
         }

@@ -306,17 +306,22 @@ mod tests {
     #[test]
     fn stream_plans_are_aligned_and_fit() {
         let at = [0u64; 4];
-        // Qwen3-4B's shapes in the formats it is benchmarked in: two stages at least, within
-        // the budget, one block per SM or the shape's count.
+        // Qwen3-4B's big shapes in the formats it is benchmarked in stream by default: two
+        // stages at least, within the budget, two blocks per SM; its output projection (11 MB
+        // in Q8_0) and Q4_K's QKV do not.
         for fmt in [QFmt::Q8_0, QFmt::Q4K, QFmt::Q4_0, QFmt::Q5K] {
-            for (units, k, mode) in [(6144, 2560, 0), (2560, 4096, 1), (9728, 2560, 2), (2560, 9728, 1), (151936, 2560, 0)] {
+            for (units, k, mode) in [(9728, 2560, 2), (2560, 9728, 1), (151936, 2560, 0)] {
                 let s = default_shape(fmt, units, k, mode, Some(132));
                 assert!(s.streamed, "{fmt:?} {units}x{k}: {s:?}");
                 let p = stream_plan(fmt, &at, units, k, &s, mode, 132).unwrap_or_else(|| panic!("{fmt:?} {units}x{k}"));
-                assert!(p.stages >= 2 && p.smem <= STREAM_SMEM && p.blocks == 132, "{fmt:?} {units}x{k}: {p:?}");
+                assert!(p.stages >= 2 && p.smem <= STREAM_SMEM / 2 && p.blocks == 264, "{fmt:?} {units}x{k}: {p:?}");
                 assert!(p.threads >= 64 + 32);
             }
         }
+        assert!(default_shape(QFmt::Q8_0, 6144, 2560, 0, Some(132)).streamed);
+        assert!(!default_shape(QFmt::Q8_0, 2560, 4096, 1, Some(132)).streamed);
+        assert!(!default_shape(QFmt::Q4K, 6144, 2560, 0, Some(132)).streamed);
+        assert!(!default_shape(QFmt::Q8_0, 151936, 2560, 0, None).streamed, "no streaming where the device cannot");
         // Q6_K's scales are 20 bytes a row at k = 2560: tiles of 4 rows align, of 1 or 2 not.
         assert!(stream_plan(QFmt::Q6K, &at, 1000, 2560, &shape(64, 4, 2), 0, 132).is_some());
         assert!(stream_plan(QFmt::Q6K, &at, 1000, 2560, &shape(128, 2, 2), 0, 132).is_none());
