@@ -153,7 +153,7 @@ GEMVQ_FMT(7)
 // [t rpb, (t + 1) rpb); block b owns tiles [T b / blocks, T (b + 1) / blocks). The host keeps
 // every copy 16-byte aligned: rpb times each region's row bytes, and for SwiGLU n_units times
 // them, are multiples of 16.
-// Block: nc = tpr * rpb consumer threads, then one producer warp. The consumers quantize x into
+// Block: nc = tpr * rpb consumer threads (at most 512), then one producer warp. The consumers quantize x into
 // shared memory as gemvq_body does (while the first tiles are in flight), then thread c dots
 // units c % tpr + j tpr of row c / tpr of each tile, read from the stage. Each warp's row sums
 // go to slots of their own (tpr / 32 a row when tpr > 32), added in a fixed order at the end:
@@ -253,7 +253,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         const int r = i * rpb + ty;
         float acc0 = 0.f, acc1 = 0.f;
         if (r < nrows) {
-#pragma unroll 2
+#pragma unroll 4
             for (int cc = tx; cc < nu; cc += tpr) {
                 QUnit<FMT> ua;
                 ua.template load<true>(gate, ty, nb, nu, cc);
@@ -291,7 +291,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
 }
 
 #define GEMVQ_STREAM(FMT, NORM, MODE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(288) gemvq_stream_##FMT##_##NORM##_##MODE(            \
+    extern "C" __global__ void __launch_bounds__(544) gemvq_stream_##FMT##_##NORM##_##MODE(            \
         const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,            \
         const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y, int n_units, \
         int K, int tpr, int stages) {                                                                   \

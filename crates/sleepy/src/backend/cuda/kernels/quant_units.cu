@@ -301,6 +301,66 @@ template <> struct QUnit<7> {
     }
 };
 
+// Values 8 i .. 8 i + 7 of the row (zeros past nchunks chunks), RMS-normed and times g when
+// NORM, in the CPU's order (x * scale * g).
+template <bool NORM>
+__device__ __forceinline__ void load_chunk(const float* __restrict__ x, const float* __restrict__ g, float scale, int i,
+                                           int nchunks, float (&v)[8]) {
+    if (i >= nchunks) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = 0.f;
+        return;
+    }
+    const float4 a0 = ((const float4*)x)[2 * i], a1 = ((const float4*)x)[2 * i + 1];
+    v[0] = a0.x; v[1] = a0.y; v[2] = a0.z; v[3] = a0.w;
+    v[4] = a1.x; v[5] = a1.y; v[6] = a1.z; v[7] = a1.w;
+    if (NORM) {
+        const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
+        const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
+    }
+}
+
+// Chunk i (values v) into the shared activations. Every lane of the warp calls it (the
+// shuffles combine 4 lanes into a 32-block, or the warp into a 256-block for ACT 2).
+template <int ACT>
+__device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int nchunks, int lane, const Acts& a) {
+    float amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    if (ACT == 2) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+    }
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    float d;
+    if (ACT == 2) d = amax != 0.f ? 1.f / id : 0.f;
+    else d = f16r(amax / 127.f);
+    int sum = 0;
+    u32 p0 = 0, p1 = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int q = __float2int_rn(v[j] * id);
+        sum += q;
+        if (j < 4) p0 |= ((u32)q & 0xffu) << (8 * j);
+        else p1 |= ((u32)q & 0xffu) << (8 * (j - 4));
+    }
+    const int s16 = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+    const int s32 = s16 + __shfl_xor_sync(0xffffffffu, s16, 2);
+    if (i < nchunks) {
+        *(uint2*)(a.q + 8 * i) = make_uint2(p0, p1);
+        if ((lane & 1) == 0) a.s16[i >> 1] = s16;
+        if ((lane & 3) == 0) {
+            a.d32[i >> 2] = d;
+            if (ACT == 1) a.s32[i >> 2] = f16r(amax / 127.f * (float)s32);
+        }
+    }
+}
+
 // Quantize the row x [K] into the block's shared activations (ACT 0: Q8_0, per 32 values,
 // scale rounded to f16; ACT 1: Q8_1, Q8_0 plus the f16-rounded d * sum of each 32; ACT 2:
 // Q8_K, per 256 values, f32 scale), matching quant::prepare_acts bit for bit. With NORM, x is
@@ -315,6 +375,7 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
     float scale = 1.f;
     if (NORM) {
         float ss = 0.f;
+#pragma unroll 4
         for (int i = tid; i < K / 4; i += nthreads) {
             const float4 v = ((const float4*)x)[i];
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
@@ -323,58 +384,15 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
         scale = 1.f / sqrtf(ss / (float)K + eps);
     }
     const int nchunks = K / 8;
-    // The loop bound is the same for the whole warp (base = this warp's first chunk), so the
-    // shuffles below always have all 32 lanes.
-    for (int base = tid - lane; base < nchunks; base += nthreads) {
-        const int i = base + lane;
-        float v[8];
-        if (i < nchunks) {
-            const float4 a0 = ((const float4*)x)[2 * i], a1 = ((const float4*)x)[2 * i + 1];
-            v[0] = a0.x; v[1] = a0.y; v[2] = a0.z; v[3] = a0.w;
-            v[4] = a1.x; v[5] = a1.y; v[6] = a1.z; v[7] = a1.w;
-            if (NORM) {
-                const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
-                const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-#pragma unroll
-                for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = 0.f;
-        }
-        float amax = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        if (ACT == 2) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
-        }
-        const float id = amax != 0.f ? 127.f / amax : 0.f;
-        float d;
-        if (ACT == 2) d = amax != 0.f ? 1.f / id : 0.f;
-        else d = f16r(amax / 127.f);
-        int sum = 0;
-        u32 p0 = 0, p1 = 0;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int q = __float2int_rn(v[j] * id);
-            sum += q;
-            if (j < 4) p0 |= ((u32)q & 0xffu) << (8 * j);
-            else p1 |= ((u32)q & 0xffu) << (8 * (j - 4));
-        }
-        const int s16 = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
-        const int s32 = s16 + __shfl_xor_sync(0xffffffffu, s16, 2);
-        if (i < nchunks) {
-            *(uint2*)(a.q + 8 * i) = make_uint2(p0, p1);
-            if ((lane & 1) == 0) a.s16[i >> 1] = s16;
-            if ((lane & 3) == 0) {
-                a.d32[i >> 2] = d;
-                if (ACT == 1) a.s32[i >> 2] = f16r(amax / 127.f * (float)s32);
-            }
-        }
+    // Two chunks a thread a round, both requested before either is used: x was just written
+    // by the previous kernel, so each round waits on L2. The bound is the same for the whole
+    // warp (base = this warp's first chunk), so the shuffles always have all 32 lanes.
+    for (int base = tid - lane; base < nchunks; base += 2 * nthreads) {
+        float v0[8], v1[8];
+        load_chunk<NORM>(x, g, scale, base + lane, nchunks, v0);
+        load_chunk<NORM>(x, g, scale, base + nthreads + lane, nchunks, v1);
+        quantize_chunk<ACT>(v0, base + lane, nchunks, lane, a);
+        if (base + nthreads < nchunks) quantize_chunk<ACT>(v1, base + nthreads + lane, nchunks, lane, a);
     }
     sync();
 }

@@ -68,6 +68,18 @@ pub struct QuantShape {
 /// Threads per block are capped so that any kernel variant can launch: the largest use
 /// about 160 registers (ptxas, sm_90), and 256 threads x 255 registers fit an SM's 64K.
 pub(crate) const MAX_THREADS: u32 = 256;
+/// The streamed kernel's consumer threads (plus its producer warp) are compiled for 544 a
+/// block (`__launch_bounds__`); it uses about 50 registers.
+pub(crate) const MAX_STREAM_THREADS: u32 = 512;
+
+/// The most threads a block of this shape's kernel may have (its producer warp aside).
+pub(crate) fn max_threads(s: &QuantShape) -> u32 {
+    if s.streamed {
+        MAX_STREAM_THREADS
+    } else {
+        MAX_THREADS
+    }
+}
 
 /// The default rule: threads per row so that each has about six units, 256 threads a block.
 /// Weights of 12 MiB and more (a launch's rows, gate and up together) go to the streamed
@@ -112,9 +124,10 @@ pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
     if s.streamed || ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
         s.unroll = 4;
     }
-    s.threads_per_row = s.threads_per_row.clamp(1, MAX_THREADS).next_power_of_two();
-    // A power of two, so that doubling up to a whole warp below stays within MAX_THREADS.
-    let rows = s.rows_per_block.clamp(1, MAX_THREADS / s.threads_per_row);
+    let max = max_threads(&s);
+    s.threads_per_row = s.threads_per_row.clamp(1, max).next_power_of_two();
+    // A power of two, so that doubling up to a whole warp below stays within the maximum.
+    let rows = s.rows_per_block.clamp(1, max / s.threads_per_row);
     s.rows_per_block = 1 << (31 - rows.leading_zeros());
     // Block sizes stay whole warps (the reductions assume it).
     while (s.threads_per_row * s.rows_per_block) % 32 != 0 {
@@ -138,7 +151,7 @@ mod tests {
                         let shapes = [default_shape(fmt, n, k, mode, None), default_shape(fmt, n, k, mode, Some(132)), odd, QuantShape { streamed: true, ..odd }];
                         for s in shapes.map(|s| sanitize(s, mode)) {
                             assert!(s.threads_per_row.is_power_of_two());
-                            assert!(s.threads_per_row * s.rows_per_block <= MAX_THREADS);
+                            assert!(s.threads_per_row * s.rows_per_block <= max_threads(&s));
                             assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
                             assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
                             assert!(s.blocks_per_sm >= 1);

@@ -2,7 +2,7 @@
 //! of each segment, embedding rows, and prefill GEMMs through bf16 tiles.
 
 use super::layout::{repack, QFmt, REGION_ALIGN};
-use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_THREADS};
+use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_STREAM_THREADS};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
@@ -102,7 +102,7 @@ pub(crate) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     let per_block = tiles.div_ceil(blocks as usize);
     let stages = (budget.saturating_sub(fixed) / stage).min(16).min(per_block.max(2));
     let threads = (tpr * rpb + 32) as u32;
-    (stages >= 2 && tpr * rpb <= MAX_THREADS as usize).then_some(StreamPlan { blocks, threads, stages: stages as u32, smem: (fixed + stages * stage) as u32 })
+    (stages >= 2 && tpr * rpb <= MAX_STREAM_THREADS as usize).then_some(StreamPlan { blocks, threads, stages: stages as u32, smem: (fixed + stages * stage) as u32 })
 }
 
 impl CudaBackend {

@@ -18,8 +18,9 @@
 //! Quantized family (kernels/gemv_quant.cu), the same rules over its 16-byte units of quants
 //! (K/32 a row; K/16 for Q8_0): threads per row 4 to 128, at most 256 threads a block (its
 //! largest variants use ~160 registers), 2, 4 or 8 units in flight (not 8 for SwiGLU, which
-//! holds two rows' units); and the streamed kernel at each rows/threads/blocks setting, where
-//! the device runs it (units in flight do not apply to it).
+//! holds two rows' units); and the streamed kernel at each rows/threads/blocks setting, with
+//! up to 512 consumer threads a block, where the device runs it (units in flight do not
+//! apply to it).
 
 use super::{GemvProblem, LaunchConfig};
 pub use crate::backend::cuda::gemv::MAX_THREADS;
@@ -116,9 +117,9 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
             if tpr as usize > units.max(4) {
                 continue;
             }
-            for rpb in block_rows(tpr, quant::MAX_THREADS) {
+            for rpb in block_rows(tpr, quant::MAX_STREAM_THREADS) {
                 for blocks_per_sm in [1u32, 2, 4, 8, 16] {
-                    for unroll in in_flight(units, tpr, allowed) {
+                    for unroll in in_flight(units, tpr, allowed).into_iter().filter(|_| tpr * rpb <= quant::MAX_THREADS) {
                         let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll, blocks_per_sm, streamed: false });
                         push(c, tpr, rpb, unroll, blocks_per_sm, &mut out);
                     }
@@ -203,7 +204,7 @@ mod tests {
                     LaunchConfig::Quant(s) => {
                         assert!(s.threads_per_row.is_power_of_two());
                         let threads = s.threads_per_row * s.rows_per_block;
-                        assert!(threads <= quant::MAX_THREADS && threads % 32 == 0);
+                        assert!(threads <= quant::max_threads(s) && threads % 32 == 0);
                         assert!(p.mode != 2 || s.unroll <= 4);
                         assert_eq!(quant::sanitize(*s, p.mode), *s, "the launch code would change {s:?}");
                     }
