@@ -82,17 +82,17 @@ pub(crate) fn max_threads(s: &QuantShape) -> u32 {
 }
 
 /// The default rule: threads per row so that each has about six units, 256 threads a block.
-/// Weights of 12 MiB and more (a launch's rows, gate and up together) go to the streamed
+/// Weights of 10 MiB and more (a launch's rows, gate and up together) go to the streamed
 /// kernel where the device runs it (`stream_sms`: its SM count), two blocks per SM, with
 /// fewer rows a tile where two tiles would not fit its budget. On an H200 (`sleepy tune`,
 /// BENCHMARKS.md) the register kernel keeps too few bytes in flight for those (Qwen3-4B Q8_0:
-/// gate+up 17.8 us registers against 15.4 streamed, down 13.3 against 11.0), while smaller
-/// ones are mostly start-up, where the register kernel starts sooner (Q8_0 output projection,
-/// 11 MB: 4.8 against 5.2 us; every Qwen3-0.6B shape). Otherwise up to four blocks per SM
+/// output projection, 11 MB, 6.1 us in registers against 4.9 streamed; down 13.3 against
+/// 11.0), while smaller ones are mostly start-up, where the register kernel starts sooner
+/// (Q4_K QKV, 8.9 MB: 7.0 against 7.3 us; every Qwen3-0.6B shape). Otherwise up to four blocks per SM
 /// (fewer where registers do not allow), eight units in flight where a thread has more than
 /// four (four for SwiGLU, which loads two rows, and for the register-heavy Q5_K / Q6_K units).
 /// Weight bytes of a launch from which the default is the streamed kernel.
-const STREAM_MIN_BYTES: usize = 12 << 20;
+const STREAM_MIN_BYTES: usize = 10 << 20;
 
 pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Option<u32>) -> QuantShape {
     let units = fmt.units_per_row(k).max(1);
