@@ -244,12 +244,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
         if (tid == nc) {
             const u64 policy = evict_first_policy();
             for (int i = 0; i < ntiles; ++i) {
-                const int s = i % stages;
-                if (i == stages) {
-                    pdl_wait();
-                    pdl_launch_next();
-                }
-                if (i >= stages) mbar_wait(smem_addr(&empty[s]), (u32)(i / stages - 1) & 1u);
+                const int s = ring_acquire(i, stages, empty);
                 const int a = u0 + i * rpb, n = min(rpb, u1 - a);
                 const u32 bytes = (u32)n * row_bytes, st = smem_addr(tiles) + (u32)s * stage_bytes;
                 const u32 bar = smem_addr(&full[s]);
@@ -312,8 +307,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
     }
 
     for (int i = 0; i < ntiles; ++i) {
-        const int s = i % stages;
-        mbar_wait(smem_addr(&full[s]), (u32)(i / stages) & 1u);
+        const int s = ring_wait_full(i, stages, full);
         const unsigned char* st = tiles + (size_t)s * stage_bytes + (size_t)ty * row_bytes;
         const int r = i * rpb + ty;
         // Two sums a row (even and odd weights) halve the chain of dependent adds.

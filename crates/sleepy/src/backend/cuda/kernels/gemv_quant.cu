@@ -206,12 +206,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
             const u64 policy = evict_first_policy();
             const u8* reg[4] = {w.r0, w.r1, w.r2, w.r3};
             for (int i = 0; i < ntiles; ++i) {
-                const int s = i % stages;
-                if (i == stages) {
-                    pdl_wait();
-                    pdl_launch_next();
-                }
-                if (i >= stages) mbar_wait(smem_addr(&empty[s]), (u32)(i / stages - 1) & 1u);
+                const int s = ring_acquire(i, stages, empty);
                 const int a = u0 + i * rpb, n = min(rpb, n_units - a);
                 u32 bytes[4], total = 0;
 #pragma unroll
@@ -245,8 +240,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     const int tx = tid % tpr, ty = tid / tpr;
     const int width = tpr < 32 ? tpr : 32;
     for (int i = 0; i < ntiles; ++i) {
-        const int s = i % stages;
-        mbar_wait(smem_addr(&full[s]), (u32)(i / stages) & 1u);
+        const int s = ring_wait_full(i, stages, full);
         const unsigned char* st = ring + (size_t)s * stage_bytes;
         const QPtr gate = {st + off[0], st + off[1], st + off[2], st + off[3]};
         const QPtr up = {gate.r0 + half_bytes, gate.r1 + half_bytes, gate.r2 + half_bytes, gate.r3 + half_bytes};

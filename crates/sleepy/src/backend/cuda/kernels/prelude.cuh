@@ -146,6 +146,26 @@ __device__ __forceinline__ void ring_init(u64* full, u64* empty, int stages, int
 #endif
 }
 
+// The producer's turn at tile i (of a ring of `stages`): the stage to fill, once every
+// consumer warp released it. The first `stages` tiles go out before the dependency wait
+// (weights never depend on the previous kernel); the next kernel may launch only after it.
+__device__ __forceinline__ int ring_acquire(int i, int stages, u64* empty) {
+    const int s = i % stages;
+    if (i == stages) {
+        pdl_wait();
+        pdl_launch_next();
+    }
+    if (i >= stages) mbar_wait(smem_addr(&empty[s]), (u32)(i / stages - 1) & 1u);
+    return s;
+}
+
+// A consumer's turn at tile i: its stage, once the copies landed.
+__device__ __forceinline__ int ring_wait_full(int i, int stages, u64* full) {
+    const int s = i % stages;
+    mbar_wait(smem_addr(&full[s]), (u32)(i / stages) & 1u);
+    return s;
+}
+
 // The producer's arrival on a stage's `full` barrier, announcing `bytes` of copies.
 __device__ __forceinline__ void ring_expect(u64* bar, u32 bytes) {
 #if __CUDA_ARCH__ >= 900
