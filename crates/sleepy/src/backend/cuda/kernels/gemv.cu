@@ -217,6 +217,19 @@ GEMV_DT(1)
 // their last bits may differ from run to run (the register kernel's order is fixed).
 // Dynamic shared memory: stages tiles, then the block's accumulators (2 per unit for SwiGLU).
 // Requires K % 8 == 0, W 16-byte aligned, stages <= 16, nc a multiple of 32.
+// Adds the products of 8 weights (one 16-byte chunk) and x: even weights into `even`, odd
+// weights into `odd` (two sums halve the chain of dependent adds).
+template <int DT>
+__device__ __forceinline__ void dot8(const uint4 w, const float (&x)[8], float& even, float& odd) {
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const float2 p = unpack2<DT>(ws[e]);
+        even += p.x * x[2 * e];
+        odd += p.y * x[2 * e + 1];
+    }
+}
+
 template <int DT, int CH, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, const float* __restrict__ x,
                                                  const float* __restrict__ g, float eps,
@@ -317,24 +330,8 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
             for (int j = 0; j < CH; ++j) {
                 const int cc = tx + j * tpr;
                 if (cc < nchunks) {
-                    const uint4 a = *(const uint4*)(st + cc * 16);
-                    const u32 wa[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const float2 p = unpack2<DT>(wa[e]);
-                        acc0 += p.x * xr[j][2 * e];
-                        acc2 += p.y * xr[j][2 * e + 1];
-                    }
-                    if (MODE == 2) {
-                        const uint4 b = *(const uint4*)(st + half_bytes + cc * 16);
-                        const u32 wb[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const float2 q = unpack2<DT>(wb[e]);
-                            acc1 += q.x * xr[j][2 * e];
-                            acc3 += q.y * xr[j][2 * e + 1];
-                        }
-                    }
+                    dot8<DT>(*(const uint4*)(st + cc * 16), xr[j], acc0, acc2);
+                    if (MODE == 2) dot8<DT>(*(const uint4*)(st + half_bytes + cc * 16), xr[j], acc1, acc3);
                 }
             }
         }
