@@ -119,6 +119,17 @@ pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Op
     QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 4, streamed: false }
 }
 
+/// The shape the register kernel runs for `s`: itself, or for a streamed shape (which that
+/// kernel runs for two token rows, or where the device does not stream) the same rows and
+/// threads within the register kernel's thread limit.
+pub(crate) fn register_shape(s: &QuantShape, mode: u32) -> QuantShape {
+    if s.streamed {
+        sanitize(QuantShape { streamed: false, ..*s }, mode)
+    } else {
+        *s
+    }
+}
+
 /// Keep a shape launchable whatever a table file says.
 pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
     if s.streamed || ![2, 4, 8].contains(&s.unroll) || (mode == 2 && s.unroll == 8) {
@@ -144,17 +155,20 @@ mod tests {
     #[test]
     fn quant_shapes_are_launchable() {
         let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0, streamed: false };
+        let wide = QuantShape { rows_per_block: 4, threads_per_row: 128, unroll: 4, blocks_per_sm: 2, streamed: true };
         for fmt in layout::ALL_FORMATS {
             for k in [32, 256, 896, 2560, 4864, 9728] {
                 for n in [1, 7, 128, 1024, 6144, 151936] {
                     for mode in [0, 1, 2] {
-                        let shapes = [default_shape(fmt, n, k, mode, None), default_shape(fmt, n, k, mode, Some(132)), odd, QuantShape { streamed: true, ..odd }];
-                        for s in shapes.map(|s| sanitize(s, mode)) {
+                        let shapes = [default_shape(fmt, n, k, mode, None), default_shape(fmt, n, k, mode, Some(132)), odd, QuantShape { streamed: true, ..odd }, wide];
+                        for s in shapes.map(|s| sanitize(s, mode)).into_iter().flat_map(|s| [s, register_shape(&s, mode)]) {
                             assert!(s.threads_per_row.is_power_of_two());
                             assert!(s.threads_per_row * s.rows_per_block <= max_threads(&s));
                             assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
                             assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
                             assert!(s.blocks_per_sm >= 1);
+                            let r = register_shape(&s, mode);
+                            assert!(!r.streamed && r.threads_per_row * r.rows_per_block <= MAX_THREADS, "{s:?} -> {r:?}");
                         }
                     }
                 }

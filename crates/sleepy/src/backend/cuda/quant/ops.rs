@@ -77,6 +77,11 @@ pub(crate) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
         return None;
     }
     let (tpr, rpb) = (s.threads_per_row as usize, s.rows_per_block as usize);
+    // The kernel's barriers count whole consumer warps, and its row reductions need a
+    // power-of-two row width (`sanitize` makes both so; this guards direct callers).
+    if !tpr.is_power_of_two() || (tpr * rpb) % 32 != 0 {
+        return None;
+    }
     let nb = k / fmt.dtype().block_len();
     let mut half = 0;
     for (i, &(_, len)) in fmt.regions().iter().enumerate() {
@@ -223,6 +228,9 @@ impl CudaBackend {
                 return self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
             }
         }
+        // A streamed shape this launch cannot stream (two token rows; no streaming on this
+        // device) runs the register kernel within that kernel's thread limit.
+        let s = &super::register_shape(s, mode);
         let (key, smem) = gemvq_key(fmt, k, s, norm.is_some(), mode);
         let name = || gemvq_name(fmt, s, norm.is_some(), mode);
         // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
@@ -329,7 +337,9 @@ mod tests {
         // SwiGLU's up rows start at units * row bytes: Q4_1 at k = 64 has 8-byte scale rows.
         assert!(stream_plan(QFmt::Q4_1, &at, 6, 64, &shape(4, 8, 1), 2, 132).is_some());
         assert!(stream_plan(QFmt::Q4_1, &at, 5, 64, &shape(4, 8, 1), 2, 132).is_none());
-        // Register shapes, unaligned regions, rows of partial K-blocks, tiles past the budget.
+        // Register shapes, unaligned regions, rows of partial K-blocks, tiles past the budget,
+        // partial warps.
+        assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &shape(16, 1, 2), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &QuantShape { streamed: false, ..shape(32, 8, 2) }, 0, 132).is_none());
         assert!(stream_plan(QFmt::Q8_0, &[8, 0, 0, 0], 1000, 2560, &shape(32, 8, 2), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 896, &shape(32, 8, 2), 0, 132).is_none());
