@@ -1,5 +1,6 @@
-// Decode GEMV over quantized weights, and dequantization of weight rows (embedding lookup,
-// prefill tiles for cuBLAS). Formats and layouts: quant_units.cu.
+// Decode GEMV over quantized weights (a register kernel, and a streamed one for Hopper
+// below), and dequantization of weight rows (embedding lookup, prefill tiles for cuBLAS).
+// Formats and layouts: quant_units.cu.
 //
 // gemvq_FMT_U_NORM_MODE: y[t, u] = epilogue(sum_k W[u, k] * x'[t, k]), W one segment of rows
 // in layout FMT (regions r0..r3), x f32 [T, K] (row stride K), y f32 [T, ldy].

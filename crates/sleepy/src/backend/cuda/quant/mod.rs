@@ -4,8 +4,10 @@
 //! in a fused Q|K|V of a Q4_K_M file) is stored as row segments: runs of parts of one format,
 //! each in the GPU layout of `layout` (quantized) or as bf16 rows (float parts). Decode runs
 //! one GEMV launch per segment on its row range (kernels/gemv_quant.cu: int8 activations,
-//! dp4a, the weight dequantized in registers); prefill dequantizes row chunks to bf16 and uses
-//! the cuBLAS path; the embedding lookup dequantizes the rows it needs.
+//! dp4a, the weight dequantized in registers; on Hopper, large launches stream tiles of each
+//! layout region into shared memory instead of loading weights into registers); prefill
+//! dequantizes row chunks to bf16 and uses the cuBLAS path; the embedding lookup dequantizes
+//! the rows it needs.
 //!
 //! Launch shapes are data, as for bf16: a default rule, replaced per problem (format, rows, k,
 //! fused variant) by what `sleepy tune` measured on this GPU (cuda/tune/store.rs).
