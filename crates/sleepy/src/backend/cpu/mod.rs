@@ -32,10 +32,10 @@ pub struct CpuBackend {
     /// single-row order (false: a token's result no longer depends on how tokens are batched).
     pub q4k_gemm_groups: bool,
     /// Greedy ids queued as the GPU queues them (`Backend::queue_argmax`): the ids not yet
-    /// taken, and the last one, which an embedding of `QUEUED_TOKEN` reads. None (the
-    /// default): the CPU does not queue. Only there so the generation loop's pipelined
-    /// branch runs, and is tested, without a GPU.
-    queue: Option<Mutex<(VecDeque<u32>, Option<u32>)>>,
+    /// taken, oldest first; an embedding of `QUEUED_TOKEN` reads the newest (as on the GPU,
+    /// only while one is queued). None (the default): the CPU does not queue. Only there so
+    /// the generation loop's pipelined branch runs, and is tested, without a GPU.
+    queue: Option<Mutex<VecDeque<u32>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +98,7 @@ impl CpuBackend {
 
     /// This backend, queueing greedy ids the way the GPU does (see the `queue` field).
     pub fn with_queued_argmax(mut self) -> CpuBackend {
-        self.queue = Some(Mutex::new((VecDeque::new(), None)));
+        self.queue = Some(Mutex::new(VecDeque::new()));
         self
     }
 
@@ -175,7 +175,7 @@ impl Backend for CpuBackend {
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuAct) -> Result<()> {
         check(out.rows == ids.len() && out.cols == table.k, "embed")?;
         let n = table.rows();
-        let queued = self.queue.as_ref().and_then(|q| q.lock().ok().and_then(|q| q.1));
+        let queued = self.queue.as_ref().and_then(|q| q.lock().ok().and_then(|q| q.back().copied()));
         for (t, &id) in ids.iter().enumerate() {
             let id = if id == QUEUED_TOKEN { queued.unwrap_or(id) } else { id };
             if id as usize >= n {
@@ -263,15 +263,14 @@ impl Backend for CpuBackend {
         let Some(q) = &self.queue else { return Ok(false) };
         let id = self.argmax_last(x)?;
         let mut q = q.lock().map_err(|_| Error::Other("argmax queue poisoned".into()))?;
-        q.0.push_back(id);
-        q.1 = Some(id);
+        q.push_back(id);
         Ok(true)
     }
 
     fn take_queued(&self) -> Result<u32> {
         let q = self.queue.as_ref().ok_or_else(|| Error::Other("this CPU backend does not queue".into()))?;
         let mut q = q.lock().map_err(|_| Error::Other("argmax queue poisoned".into()))?;
-        q.0.pop_front().ok_or_else(|| Error::Other("no argmax is queued".into()))
+        q.pop_front().ok_or_else(|| Error::Other("no argmax is queued".into()))
     }
 }
 

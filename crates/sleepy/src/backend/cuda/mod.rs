@@ -138,11 +138,10 @@ struct State {
     /// GEMV launches noted while the tuner or `sleepy bench` asks (see tune::log_gemv_calls).
     gemv_log: Option<Vec<tune::GemvCall>>,
     /// Queued argmax results (Backend::queue_argmax): slots in flight, oldest first; the
-    /// page-locked words they are copied to and the events marking each copy; the next slot.
+    /// page-locked words they are copied to and the events marking each copy.
     queued: VecDeque<usize>,
     queue_host: driver::HostWords,
     queue_events: Vec<driver::Event>,
-    queue_next: usize,
 }
 
 pub struct CudaBackend {
@@ -196,7 +195,6 @@ impl CudaBackend {
             queued: VecDeque::new(),
             queue_host: driver::HostWords::alloc(QUEUE_SLOTS)?,
             queue_events: (0..QUEUE_SLOTS).map(|_| driver::Event::new()).collect::<Result<_>>()?,
-            queue_next: 0,
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");

@@ -45,13 +45,15 @@ fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(
 /// Shared memory a streamed GEMV block may fill with weight tiles (one block per SM).
 const STREAM_SMEM: u32 = 96 * 1024;
 
-/// A streamed GEMV launch: blocks, threads (consumers and the producer warp), pipeline
-/// stages and dynamic shared memory (the tiles, then the block's accumulators).
-struct StreamPlan {
-    blocks: u32,
-    threads: u32,
-    stages: u32,
-    smem: u32,
+/// A streamed GEMV launch (bf16/f16 here, quantized in quant/ops.rs): blocks, threads
+/// (consumers and the producer warp), pipeline stages and dynamic shared memory (the tiles
+/// and the block's sums; the quantized kernel's activations too).
+#[derive(Debug, PartialEq)]
+pub(super) struct StreamPlan {
+    pub(super) blocks: u32,
+    pub(super) threads: u32,
+    pub(super) stages: u32,
+    pub(super) smem: u32,
 }
 
 impl CudaBackend {
@@ -433,9 +435,9 @@ impl Backend for CudaBackend {
             return Err(Error::Other("too many argmax results queued and not taken".into()));
         }
         // The copy to the host is queued right behind the argmax, before any later step can
-        // overwrite the result; the event marks its arrival.
-        let slot = st.queue_next % st.queue_events.len();
-        st.queue_next += 1;
+        // overwrite the result; the event marks its arrival. Slots in flight are consecutive
+        // (mod the slot count) and fewer than the slots, so the one after the newest is free.
+        let slot = st.queued.back().map_or(0, |&b| (b + 1) % st.queue_events.len());
         st.queue_host.copy_from(slot, result, self.stream.0)?;
         st.queue_events[slot].record(self.stream.0)?;
         st.queued.push_back(slot);

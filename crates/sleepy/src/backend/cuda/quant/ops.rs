@@ -4,6 +4,7 @@
 use super::layout::{repack, QFmt, REGION_ALIGN};
 use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_STREAM_THREADS};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
+use crate::backend::cuda::ops::StreamPlan;
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
 use crate::error::{Error, Result};
@@ -56,23 +57,13 @@ fn gemvq_stream_key(fmt: QFmt, norm: bool, mode: u32) -> (u64, impl Fn() -> Stri
 }
 
 /// Shared memory the streamed blocks on one SM may fill together.
-const STREAM_SMEM: u32 = 192 * 1024;
+const STREAM_SMEM_SM: u32 = 192 * 1024;
 
-/// A streamed quantized GEMV launch (kernels/gemv_quant.cu, gemvq_stream): blocks, threads
-/// (consumers and the producer warp), pipeline stages and dynamic shared memory.
-#[derive(Debug, PartialEq)]
-pub(crate) struct StreamPlan {
-    pub blocks: u32,
-    pub threads: u32,
-    pub stages: u32,
-    pub smem: u32,
-}
-
-/// How the streamed kernel runs a one-row launch of shape `s`, or None where the register
+/// How the streamed kernel (kernels/gemv_quant.cu, gemvq_stream) runs a one-row launch of shape `s`, or None where the register
 /// kernel runs it: shapes that do not ask for it, copies that would not be 16-byte aligned
 /// (a tile's bytes of a region, or for SwiGLU the up rows' offset), or fewer than two tiles
 /// in the budget. Mirrors the kernel's layout of shared memory.
-pub(crate) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, mode: u32, sms: u32) -> Option<StreamPlan> {
+pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, mode: u32, sms: u32) -> Option<StreamPlan> {
     if !s.streamed || units == 0 || s.rows_per_block == 0 || k % 32 != 0 || (fmt.dtype().block_len() == 256 && k % 256 != 0) {
         return None;
     }
@@ -103,7 +94,7 @@ pub(crate) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     // leaves the rest of the SM to the kernels beside it. Short kernels are mostly that
     // start: on an H200, Qwen3-4B's Q8_0 output projection took 5.3 us for 11 MB in tiles
     // through two stages of a 64 KB budget (BENCHMARKS.md).
-    let budget = (STREAM_SMEM / s.blocks_per_sm.max(1)) as usize;
+    let budget = (STREAM_SMEM_SM / s.blocks_per_sm.max(1)) as usize;
     let per_block = tiles.div_ceil(blocks as usize);
     let stages = (budget.saturating_sub(fixed) / stage).min(16).min(per_block.max(2));
     let threads = (tpr * rpb + 32) as u32;
@@ -322,7 +313,7 @@ mod tests {
                 let s = default_shape(fmt, units, k, mode, Some(132));
                 assert!(s.streamed, "{fmt:?} {units}x{k}: {s:?}");
                 let p = stream_plan(fmt, &at, units, k, &s, mode, 132).unwrap_or_else(|| panic!("{fmt:?} {units}x{k}"));
-                assert!(p.stages >= 2 && p.smem <= STREAM_SMEM / 2 && p.blocks == 264, "{fmt:?} {units}x{k}: {p:?}");
+                assert!(p.stages >= 2 && p.smem <= STREAM_SMEM_SM / 2 && p.blocks == 264, "{fmt:?} {units}x{k}: {p:?}");
                 assert!(p.threads >= 64 + 32);
             }
         }
