@@ -59,8 +59,9 @@ fn gemvq_stream_key(fmt: QFmt, norm: bool, mode: u32) -> (u64, impl Fn() -> Stri
 /// Shared memory the streamed blocks on one SM may fill together.
 const STREAM_SMEM_SM: u32 = 192 * 1024;
 
-/// How the streamed kernel (kernels/gemv_quant.cu, gemvq_stream) runs a one-row launch of shape `s`, or None where the register
-/// kernel runs it: shapes that do not ask for it, copies that would not be 16-byte aligned
+/// How the streamed kernel (kernels/gemv_quant.cu, gemvq_stream) runs a one-row launch of
+/// shape `s`, or None where the register kernel runs it: shapes that do not ask for it, copies
+/// that would not be 16-byte aligned
 /// (a tile's bytes of a region, or for SwiGLU the up rows' offset), or fewer than two tiles
 /// in the budget. Mirrors the kernel's layout of shared memory.
 pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, mode: u32, sms: u32) -> Option<StreamPlan> {
