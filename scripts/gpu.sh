@@ -14,8 +14,8 @@
 #           format of $CONVERT (q4_k q8_0)
 #   tests   the four GPU test binaries (PARALLEL_TESTS=1: beside the models step)
 #   bench   `sleepy bench -p 512 -n 128` of every configuration in $CONFIGS (tag $TAG), of
-#           $NOSTREAM_CONFIGS with SLEEPY_GEMV_STREAM=0, and of $BASE_CONFIGS with
-#           gpu-run/sleepy-base (a previous build) where it is there
+#           $NOSTREAM_CONFIGS with SLEEPY_GEMV_STREAM=0, and of $BASE_CONFIGS (and qwen3-4b at
+#           depth $BASE_DEPTH) with gpu-run/sleepy-base (a previous build) where it is there
 #   tune    `sleepy tune` of each configuration in $TUNE, then bench of it with the choices
 #   eval    `sleepy eval --reference` on the GPU: bf16, q8_0, q4_k of both models
 #   ncu     Nsight Compute sections of chosen kernels ($NCU_SECTIONS, below); each kernel runs
@@ -97,6 +97,7 @@ if want bench; then
     # The previous binary in the same run, where one was carried (gpu-run/sleepy-base).
     if [ -f gpu-run/sleepy-base ]; then
         for c in ${BASE_CONFIGS:-}; do BENCH_BIN=gpu-run/sleepy-base bench base "$c" -p 0 -n 128 -r 3; done
+        [ -n "${BASE_DEPTH:-}" ] && BENCH_BIN=gpu-run/sleepy-base bench base qwen3-4b -p 0 -n 128 -r 3 --depth "$BASE_DEPTH"
     fi
 fi
 
