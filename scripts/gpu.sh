@@ -16,6 +16,7 @@
 #   bench   `sleepy bench -p 512 -n 128` of every configuration in $CONFIGS (tag $TAG), of
 #           $NOSTREAM_CONFIGS with SLEEPY_GEMV_STREAM=0, and of $BASE_CONFIGS (and qwen3-4b at
 #           depth $BASE_DEPTH) with gpu-run/sleepy-base (a previous build) where it is there
+#   sweep   tg128 with environment knobs set ($SWEEP, below)
 #   tune    `sleepy tune` of each configuration in $TUNE, then bench of it with the choices
 #   eval    `sleepy eval --reference` on the GPU: bf16, q8_0, q4_k of both models
 #   ncu     Nsight Compute sections of chosen kernels ($NCU_SECTIONS, below); each kernel runs
@@ -101,6 +102,15 @@ if want bench; then
     fi
 fi
 
+# SWEEP="tag:spec:VAR=v,VAR=v[:depth] ...": tg128 of spec with those variables set (A/B of
+# run-time knobs in one call).
+if want sweep; then
+    for e in ${SWEEP:-}; do
+        IFS=: read -r tg c vars d <<< "$e"
+        (export ${vars//,/ }; bench "$tg" "$c" -p 0 -n 128 -r 3 ${d:+--depth $d})
+    done
+fi
+
 if want tune; then
     for c in ${TUNE:-qwen3-0.6b qwen3-4b qwen3-4b.q4_k}; do
         left || { log "skip tune $c (time)"; continue; }
@@ -134,7 +144,7 @@ if want ncu; then
         log "ncu sections $e"
         timeout 150 ncu --clock-control none -k "regex:$k" -s "$sk" -c "$n" --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
-            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}.txt" 2>> "$R"
+            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}${d:+-d$d}.txt" 2>> "$R"
     done
 fi
 

@@ -315,24 +315,30 @@ fn decode_attention_matches_cpu_at_every_position() {
     let Some(p) = pair("decode_attention_matches_cpu_at_every_position") else { return };
     let mut r = rng(5);
     // Qwen3's rope and norm at every shape; the other rope styles (interleaved, partial,
-    // no Q/K norm) at two shapes, over more than one chunk of positions.
+    // no Q/K norm) at two shapes, over more than one chunk of positions. Through
+    // `new_kv_split`: two chunks a head group (blocks of up to 150 positions, many batches
+    // each), and four heads a block where the group allows it (the rule picks fewer).
     let mut cases = Vec::new();
     for (h, kvh, d) in ATTN {
-        for (max_seq, steps, layer) in [(600, 300, 1), (5000, 80, 0)] {
-            cases.push((h, kvh, d, max_seq, steps, layer, RopeStyle::Neox, d, true));
+        for (max_seq, steps, layer, chunks) in [(600, 300, 1, None), (5000, 80, 0, None), (600, 300, 0, Some(2))] {
+            cases.push((h, kvh, d, max_seq, steps, layer, RopeStyle::Neox, d, true, None, chunks));
         }
     }
-    for (h, kvh, d) in [ATTN[0], ATTN[2]] {
-        cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Interleaved, d, false));
-        cases.push((h, kvh, d, 600, 140, 0, RopeStyle::Neox, d / 2, false));
+    for chunks in [None, Some(2)] {
+        let (h, kvh, d) = ATTN[0];
+        cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, Some(4), chunks));
     }
-    for (h, kvh, d, max_seq, steps, layer, style, dims, norm) in cases {
+    for (h, kvh, d) in [ATTN[0], ATTN[2]] {
+        cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Interleaved, d, false, None, None));
+        cases.push((h, kvh, d, 600, 140, 0, RopeStyle::Neox, d / 2, false, None, None));
+    }
+    for (h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks) in cases {
         {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
             let rope = rope_for(dims, style);
             let cfg = cfg_for(h, kvh, d, max_seq);
-            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv(&cfg, max_seq).unwrap());
+            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv_split(&cfg, max_seq, hb, chunks).unwrap());
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
@@ -345,10 +351,10 @@ fn decode_attention_matches_cpu_at_every_position() {
                 p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, qk_cpu, &rope, &mut oc).unwrap();
                 p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, qk_gpu, &rope, &mut og).unwrap();
                 let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} pos={pos}: relative error {e:.3e}");
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} pos={pos}: relative error {e:.3e}");
                 worst = worst.max(e);
             }
-            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq}: worst relative error {worst:.2e} over {steps} positions");
+            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?}: worst relative error {worst:.2e} over {steps} positions");
         }
     }
 }

@@ -60,7 +60,9 @@ impl GemvTable {
 
     /// The shape for a weight of `rows` row units of length `k`.
     pub fn shape(&self, rows: usize, k: usize) -> GemvShape {
-        let found = self.entries.iter().find(|(n, kk, _)| *n == rows && *kk == k).map(|e| e.2);
+        // A measured streamed shape says nothing about the register kernel: devices that do
+        // not stream use the rule.
+        let found = self.entries.iter().find(|(n, kk, s)| *n == rows && *kk == k && (self.streamed || !s.streamed)).map(|e| e.2);
         let s = found.unwrap_or_else(|| default_shape(rows, k, self.streamed));
         sanitize(s, k)
     }
@@ -152,6 +154,15 @@ mod tests {
         assert!(hopper.shape(2560, 4096).streamed && !hopper.shape(6144, 2560).streamed);
         assert!(!hopper.shape(10, 4100).streamed, "rows of whole 16-byte chunks only");
         assert!(!GemvTable::default().shape(2560, 9728).streamed);
+        // The built-in table's streamed entries only where the device streams.
+        let mut builtin = GemvTable::load();
+        assert!(builtin.entries.iter().any(|e| e.2.streamed), "the test needs a streamed entry");
+        for (n, k, s) in builtin.entries.clone() {
+            assert_eq!(builtin.shape(n, k).streamed, false, "{n}x{k} without streaming");
+            builtin.streamed = true;
+            assert_eq!(builtin.shape(n, k), sanitize(s, k), "{n}x{k}");
+            builtin.streamed = false;
+        }
         // Past what the kernels cover: no chunk count, so the launch reports an error.
         let s = GemvTable::default().shape(4, 4097);
         assert_eq!(s.vec, 1);

@@ -27,9 +27,24 @@ fn attn_dims(s: &AttnShape) -> Result<()> {
     Ok(())
 }
 
-/// Query heads per decode-attention block: the largest divisor of the group size up to 4.
+/// Query heads per decode-attention block: two where the group size is a multiple of 4 (its
+/// K/V read by two blocks, from L2 the second time), else one. Fewer heads a block keep fewer
+/// accumulators (254 registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks fit
+/// an SM to hide the online softmax's dependent steps: on an H200, Qwen3-4B (group 4) ran
+/// 2.420 -> 2.344 ms a token and 2.903 -> 2.769 at depth 4096 with two heads instead of four
+/// (one: 2.330 and 2.827), and Qwen3-0.6B (group 2) 0.747 -> 0.717 with one instead of two.
 fn heads_per_block(group: usize) -> usize {
-    [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1)
+    if group % 4 == 0 { 2 } else { 1 }
+}
+
+/// Decode-attention blocks an SM the kernel fits at `hb` heads a block (by its registers; see
+/// heads_per_block): the chunk count aims at that many a head group over all SMs.
+fn attn_blocks_per_sm(hb: usize) -> usize {
+    match hb {
+        4 => 2,
+        2 => 3,
+        _ => 4,
+    }
 }
 
 /// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
@@ -190,6 +205,39 @@ impl CudaBackend {
         self.launch(&format!("attn_prefill_{d}"), [t.div_ceil(16) as u32, s.n_heads as u32, 1], [128, 1, 1], smem, args)
     }
 
+    /// A KV cache whose decode attention runs `hb` query heads a block (a divisor of the group
+    /// size: 1, 2 or 4) and splits the positions into `chunks` blocks a head group at most;
+    /// None: the rule (heads_per_block, and as many blocks an SM as fit). Tests use this to
+    /// run every kernel variant, and long chunks at short contexts.
+    pub fn new_kv_split(&self, cfg: &ModelConfig, max_seq: usize, hb: Option<usize>, chunks: Option<usize>) -> Result<CudaKv> {
+        let s = AttnShape { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
+        attn_dims(&s)?;
+        let kv_dim = cfg.kv_dim();
+        let max_seq = max_seq.max(1);
+        let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        // SLEEPY_ATTN_HB and SLEEPY_ATTN_WAVES (blocks an SM) override the rule, to measure.
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let hb = hb.or(env("SLEEPY_ATTN_HB")).unwrap_or(heads_per_block(group));
+        if ![1, 2, 4].contains(&hb) || group % hb != 0 {
+            return Err(Error::Cuda(format!("{hb} query heads a decode-attention block do not divide the group of {group}")));
+        }
+        let groups = cfg.n_heads / hb;
+        let waves = env("SLEEPY_ATTN_WAVES").unwrap_or(attn_blocks_per_sm(hb)).max(1);
+        // Each chunk at least 64 positions (the kernel's DEC_MIN_CHUNK).
+        let chunks = chunks.unwrap_or((waves * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(64));
+        Ok(CudaKv {
+            max_seq,
+            kv_dim,
+            k: DevBuf::alloc(cache_bytes)?,
+            v: DevBuf::alloc(cache_bytes)?,
+            part: DevBuf::alloc(cfg.n_heads * chunks * (cfg.head_dim + 2) * 4)?,
+            counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
+            heads_per_block: hb,
+            chunks,
+        })
+    }
+
     fn check_fits(&self, kv: &CudaKv, pos0: usize, t: usize) -> Result<()> {
         if pos0 + t > kv.max_seq {
             return Err(Error::Other(format!("sequence of {} tokens does not fit the context of {}", pos0 + t, kv.max_seq)));
@@ -251,25 +299,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<CudaKv> {
-        let s = AttnShape { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
-        attn_dims(&s)?;
-        let kv_dim = cfg.kv_dim();
-        let max_seq = max_seq.max(1);
-        let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
-        let hb = heads_per_block(cfg.n_heads / cfg.n_kv_heads);
-        let groups = cfg.n_heads / hb;
-        // About two waves of blocks over the SMs, each chunk at least 64 positions.
-        let chunks = (2 * self.gpu.info.sms as usize).div_ceil(groups).clamp(1, max_seq.div_ceil(64));
-        Ok(CudaKv {
-            max_seq,
-            kv_dim,
-            k: DevBuf::alloc(cache_bytes)?,
-            v: DevBuf::alloc(cache_bytes)?,
-            part: DevBuf::alloc(cfg.n_heads * chunks * (cfg.head_dim + 2) * 4)?,
-            counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
-            heads_per_block: hb,
-            chunks,
-        })
+        self.new_kv_split(cfg, max_seq, None, None)
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaAct) -> Result<()> {
