@@ -29,16 +29,17 @@ fn attn_dims(s: &AttnShape) -> Result<()> {
 
 /// Query heads per decode-attention block: two where the group size is a multiple of 4 (its
 /// K/V read by two blocks, from L2 the second time), else one. Fewer heads a block keep fewer
-/// accumulators (254 registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks fit
-/// an SM to hide the online softmax's dependent steps: on an H200, Qwen3-4B (group 4) ran
+/// accumulators (then 254 registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks
+/// fit an SM to hide the online softmax's dependent steps: on an H200, Qwen3-4B (group 4) ran
 /// 2.420 -> 2.344 ms a token and 2.903 -> 2.769 at depth 4096 with two heads instead of four
 /// (one: 2.330 and 2.827), and Qwen3-0.6B (group 2) 0.747 -> 0.717 with one instead of two.
 fn heads_per_block(group: usize) -> usize {
     if group % 4 == 0 { 2 } else { 1 }
 }
 
-/// Decode-attention blocks an SM the kernel fits at `hb` heads a block (by its registers; see
-/// heads_per_block): the chunk count aims at that many a head group over all SMs.
+/// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
+/// many (DEC_BLOCKS_SM in kernels/decode_attention.cu), and the chunk count aims at that many
+/// a head group over all SMs.
 fn attn_blocks_per_sm(hb: usize) -> usize {
     match hb {
         4 => 2,

@@ -202,22 +202,59 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     };
     for (int base = 0; base < ncache; base += NSLOT * UNR) {
         if (base > 0) load_batch(base);
+        // The batch's UNR positions of this lane group: scores first, then one online-softmax
+        // step for all of them (one rescale of the accumulators a batch, not one a position:
+        // the dependent max -> exp -> rescale chain is what bounds this loop).
+        float s[UNR][HB];
 #pragma unroll
         for (int u = 0; u < UNR; ++u) {
-            const int i = base + u * NSLOT + slot;
-            float kf[16], vf[16], s[HB];
+            float kf[16];
             const u32 kw[8] = {ka[u].x, ka[u].y, ka[u].z, ka[u].w, kb[u].x, kb[u].y, kb[u].z, kb[u].w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float2 a = unpack2<0>(kw[j]);
+                kf[2 * j] = a.x;
+                kf[2 * j + 1] = a.y;
+            }
+            scores(kf, s[u]); // every lane takes part in the shuffles
+            if (base + u * NSLOT + slot >= ncache) {
+#pragma unroll
+                for (int g = 0; g < HB; ++g) s[u][g] = NEG_INF;
+            }
+        }
+        float p[HB][UNR];
+#pragma unroll
+        for (int g = 0; g < HB; ++g) {
+            float mn = m[g];
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) mn = fmaxf(mn, s[u][g]);
+            // No position yet (only past the cache's end): every weight is exp(-inf) = 0.
+            const float ref = mn == NEG_INF ? 0.f : mn;
+            const float corr = __expf(m[g] - ref);
+            float ps = 0.f;
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) {
+                p[g][u] = __expf(s[u][g] - ref);
+                ps += p[g][u];
+            }
+            l[g] = l[g] * corr + ps;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) acc[g][j] *= corr;
+            m[g] = mn;
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            if (base + u * NSLOT + slot >= ncache) continue; // v was not loaded
             const u32 vw[8] = {va[u].x, va[u].y, va[u].z, va[u].w, vb[u].x, vb[u].y, vb[u].z, vb[u].w};
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                const float2 a = unpack2<0>(kw[j]), b = unpack2<0>(vw[j]);
-                kf[2 * j] = a.x;
-                kf[2 * j + 1] = a.y;
-                vf[2 * j] = b.x;
-                vf[2 * j + 1] = b.y;
+                const float2 b = unpack2<0>(vw[j]);
+#pragma unroll
+                for (int g = 0; g < HB; ++g) {
+                    acc[g][2 * j] = fmaf(p[g][u], b.x, acc[g][2 * j]);
+                    acc[g][2 * j + 1] = fmaf(p[g][u], b.y, acc[g][2 * j + 1]);
+                }
             }
-            scores(kf, s); // every lane takes part in the shuffles
-            if (i < ncache) update(s, vf);
         }
     }
     if (has_cur && warp == 0) {
@@ -320,8 +357,11 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
+// Blocks an SM each variant is compiled to fit (the registers it may use): the host's
+// attn_blocks_per_sm sizes the grid by the same numbers.
+#define DEC_BLOCKS_SM(HB) ((HB) == 4 ? 2 : (HB) == 2 ? 3 : 4)
 #define ATTN_DECODE(D, HB, UNR)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) attn_decode_##D##_##HB(                     \
+    extern "C" __global__ void __launch_bounds__(128, DEC_BLOCKS_SM(HB)) attn_decode_##D##_##HB(  \
         const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
         const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
         u32* counters, float* out) {                                                              \
