@@ -5,6 +5,7 @@
 //! touches kernel code. Each thread of a row owns `chunks_per_thread` chunks of `vec` weights
 //! (derived, never stored), so threads per row times chunks per thread must cover the row.
 
+use super::quant::QuantShape;
 use serde::{Deserialize, Serialize};
 
 /// Chunks per thread the kernels are compiled for (`kernels/gemv.cu`), for 8-wide chunks;
@@ -47,6 +48,9 @@ impl GemvShape {
 pub struct GemvTable {
     /// (rows, k) -> shape, for weight shapes that were measured.
     pub entries: Vec<(usize, usize, GemvShape)>,
+    /// (format name, rows, k) -> shape of the quantized GEMV, measured likewise.
+    #[serde(default)]
+    pub quant: Vec<(String, usize, usize, QuantShape)>,
     /// The device can run the streamed kernel (Hopper and later).
     #[serde(skip)]
     pub streamed: bool,
@@ -56,6 +60,12 @@ impl GemvTable {
     /// The built-in measured shapes (the default configurations a tuner compares against).
     pub fn load() -> GemvTable {
         serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
+    }
+
+    /// The measured shape of a quantized weight of `format`, where the table has one (and,
+    /// for a streamed shape, the device streams).
+    pub fn quant_shape(&self, format: &str, rows: usize, k: usize) -> Option<QuantShape> {
+        self.quant.iter().find(|(f, n, kk, s)| f == format && *n == rows && *kk == k && (self.streamed || !s.streamed)).map(|e| e.3)
     }
 
     /// The shape for a weight of `rows` row units of length `k`.
@@ -156,6 +166,13 @@ mod tests {
         assert!(!GemvTable::default().shape(2560, 9728).streamed);
         // The built-in table's streamed entries only where the device streams.
         let mut builtin = GemvTable::load();
+        for (f, n, k, q) in builtin.quant.clone() {
+            assert_eq!(builtin.quant_shape(&f, n, k).is_some(), !q.streamed, "{f} {n}x{k}");
+            builtin.streamed = true;
+            assert_eq!(builtin.quant_shape(&f, n, k), Some(q), "{f} {n}x{k}");
+            assert!(crate::quant::DType::from_name(&f).is_some(), "{f}");
+            builtin.streamed = false;
+        }
         assert!(builtin.entries.iter().any(|e| e.2.streamed), "the test needs a streamed entry");
         for (n, k, s) in builtin.entries.clone() {
             assert_eq!(builtin.shape(n, k).streamed, false, "{n}x{k} without streaming");

@@ -186,7 +186,7 @@ impl CudaBackend {
             return Ok(LaunchConfig::Dense(self.table.shape(p.units, p.k)));
         }
         if let Some(f) = QFmt::of(p.format) {
-            return Ok(LaunchConfig::Quant(quant::sanitize(quant::default_shape(f, p.units, p.k, p.mode, self.stream_sms()), p.mode)));
+            return Ok(LaunchConfig::Quant(self.quant_default(f, p.units, p.k, p.mode)));
         }
         Err(Error::Cuda(format!("no tunable GEMV kernel for {} weights", p.format.name())))
     }
@@ -236,8 +236,14 @@ impl CudaBackend {
         let p = GemvProblem { format: fmt.dtype(), units, k, norm, mode };
         match self.tuned.read().ok().and_then(|t| t.get(&p)) {
             Some(LaunchConfig::Quant(s)) => s,
-            _ => quant::sanitize(quant::default_shape(fmt, units, k, mode, self.stream_sms()), mode),
+            _ => self.quant_default(fmt, units, k, mode),
         }
+    }
+
+    /// The shape of a quantized GEMV when nothing is tuned: the built-in table or the rule.
+    fn quant_default(&self, fmt: QFmt, units: usize, k: usize, mode: u32) -> QuantShape {
+        let s = self.table.quant_shape(fmt.dtype().name(), units, k);
+        quant::sanitize(s.unwrap_or_else(|| quant::default_shape(fmt, units, k, mode, self.stream_sms())), mode)
     }
 
     /// The tuned configurations in use.
