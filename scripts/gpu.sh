@@ -102,12 +102,12 @@ if want bench; then
     fi
 fi
 
-# SWEEP="tag:spec:VAR=v,VAR=v[:depth] ...": tg128 of spec with those variables set (A/B of
-# run-time knobs in one call).
+# SWEEP="tag@spec@VAR=v,VAR=v[@depth] ...": tg128 of spec with those variables set (A/B of
+# run-time knobs in one call; '@' because specs hold ':').
 if want sweep; then
     for e in ${SWEEP:-}; do
-        IFS=: read -r tg c vars d <<< "$e"
-        (export ${vars//,/ }; bench "$tg" "$c" -p 0 -n 128 -r 3 ${d:+--depth $d})
+        IFS=@ read -r tg c vars d <<< "$e"
+        (set -f; [ -n "$vars" ] && export ${vars//,/ }; bench "$tg" "$c" -p 0 -n 128 -r 3 ${d:+--depth $d})
     done
 fi
 

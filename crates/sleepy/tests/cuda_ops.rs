@@ -316,17 +316,18 @@ fn decode_attention_matches_cpu_at_every_position() {
     let mut r = rng(5);
     // Qwen3's rope and norm at every shape; the other rope styles (interleaved, partial,
     // no Q/K norm) at two shapes, over more than one chunk of positions. Through
-    // `new_kv_split`: two chunks a head group (blocks of up to 150 positions, many batches
-    // each), and four heads a block where the group allows it (the rule picks fewer).
+    // `new_kv_split`: two chunks a head group (blocks of up to 160 positions: chunks round up
+    // to 32), and two and four heads a block at every head size (the rule picks one or two).
     let mut cases = Vec::new();
     for (h, kvh, d) in ATTN {
         for (max_seq, steps, layer, chunks) in [(600, 300, 1, None), (5000, 80, 0, None), (600, 300, 0, Some(2))] {
             cases.push((h, kvh, d, max_seq, steps, layer, RopeStyle::Neox, d, true, None, chunks));
         }
     }
-    for chunks in [None, Some(2)] {
-        let (h, kvh, d) = ATTN[0];
-        cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, Some(4), chunks));
+    for (h, kvh, d) in [ATTN[0], (8, 2, 64), (8, 2, 256)] {
+        for (hb, chunks) in [(Some(2), None), (Some(4), None), (Some(4), Some(2))] {
+            cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, hb, chunks));
+        }
     }
     for (h, kvh, d) in [ATTN[0], ATTN[2]] {
         cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Interleaved, d, false, None, None));

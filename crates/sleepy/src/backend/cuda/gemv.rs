@@ -48,9 +48,10 @@ impl GemvShape {
 pub struct GemvTable {
     /// (rows, k) -> shape, for weight shapes that were measured.
     pub entries: Vec<(usize, usize, GemvShape)>,
-    /// (format name, rows, k) -> shape of the quantized GEMV, measured likewise.
+    /// (format name, rows, k, epilogue mode) -> shape of the quantized GEMV, measured
+    /// likewise (the mode decides which streamed shapes fit; see quant/ops.rs).
     #[serde(default)]
-    pub quant: Vec<(String, usize, usize, QuantShape)>,
+    pub quant: Vec<(String, usize, usize, u32, QuantShape)>,
     /// The device can run the streamed kernel (Hopper and later).
     #[serde(skip)]
     pub streamed: bool,
@@ -62,10 +63,11 @@ impl GemvTable {
         serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
     }
 
-    /// The measured shape of a quantized weight of `format`, where the table has one (and,
-    /// for a streamed shape, the device streams).
-    pub fn quant_shape(&self, format: &str, rows: usize, k: usize) -> Option<QuantShape> {
-        self.quant.iter().find(|(f, n, kk, s)| f == format && *n == rows && *kk == k && (self.streamed || !s.streamed)).map(|e| e.3)
+    /// The measured shape of a quantized weight of `format` in epilogue `mode`, where the table
+    /// has one (and, for a streamed shape, the device streams).
+    pub fn quant_shape(&self, format: &str, rows: usize, k: usize, mode: u32) -> Option<QuantShape> {
+        let hit = |(f, n, kk, m, s): &&(String, usize, usize, u32, QuantShape)| f == format && *n == rows && *kk == k && *m == mode && (self.streamed || !s.streamed);
+        self.quant.iter().find(hit).map(|e| e.4)
     }
 
     /// The shape for a weight of `rows` row units of length `k`.
@@ -166,16 +168,17 @@ mod tests {
         assert!(!GemvTable::default().shape(2560, 9728).streamed);
         // The built-in table's streamed entries only where the device streams.
         let mut builtin = GemvTable::load();
-        for (f, n, k, q) in builtin.quant.clone() {
-            assert_eq!(builtin.quant_shape(&f, n, k).is_some(), !q.streamed, "{f} {n}x{k}");
+        for (f, n, k, m, q) in builtin.quant.clone() {
+            assert_eq!(builtin.quant_shape(&f, n, k, m).is_some(), !q.streamed, "{f} {n}x{k}");
             builtin.streamed = true;
-            assert_eq!(builtin.quant_shape(&f, n, k), Some(q), "{f} {n}x{k}");
+            assert_eq!(builtin.quant_shape(&f, n, k, m), Some(q), "{f} {n}x{k}");
+            assert_eq!(builtin.quant_shape(&f, n, k, (m + 1) % 3), None, "{f} {n}x{k}: another epilogue");
             assert!(crate::quant::DType::from_name(&f).is_some(), "{f}");
             builtin.streamed = false;
         }
         assert!(builtin.entries.iter().any(|e| e.2.streamed), "the test needs a streamed entry");
         for (n, k, s) in builtin.entries.clone() {
-            assert_eq!(builtin.shape(n, k).streamed, false, "{n}x{k} without streaming");
+            assert!(!builtin.shape(n, k).streamed, "{n}x{k} without streaming");
             builtin.streamed = true;
             assert_eq!(builtin.shape(n, k), sanitize(s, k), "{n}x{k}");
             builtin.streamed = false;

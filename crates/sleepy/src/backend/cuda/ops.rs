@@ -27,10 +27,19 @@ fn attn_dims(s: &AttnShape) -> Result<()> {
     Ok(())
 }
 
-/// Query heads per decode-attention block: two where the group size is a multiple of 4 (its
-/// K/V read by two blocks, from L2 the second time), else one. Fewer heads a block keep fewer
-/// accumulators (then 254 registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks
-/// fit an SM to hide the online softmax's dependent steps: on an H200, Qwen3-4B (group 4) ran
+/// A count from the environment (None: unset; an error: not a number).
+fn env_count(name: &str) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map(Some).map_err(|_| Error::Cuda(format!("{name}={v}: not a count"))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Query heads per decode-attention block: two where the group size is a multiple of 4, else
+/// one (each KV head's K/V is then read by group / heads blocks, from L2 after the first).
+/// Fewer heads a block keep fewer accumulators (ptxas, before the launch bounds below: 254
+/// registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks fit an SM to hide the
+/// kernel's latency: on an H200, Qwen3-4B (group 4) ran
 /// 2.420 -> 2.344 ms a token and 2.903 -> 2.769 at depth 4096 with two heads instead of four
 /// (one: 2.330 and 2.827), and Qwen3-0.6B (group 2) 0.747 -> 0.717 with one instead of two.
 fn heads_per_block(group: usize) -> usize {
@@ -38,8 +47,9 @@ fn heads_per_block(group: usize) -> usize {
 }
 
 /// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
-/// many (DEC_BLOCKS_SM in kernels/decode_attention.cu), and the chunk count aims at that many
-/// a head group over all SMs.
+/// many (`__launch_bounds__` with DEC_BLOCKS_SM in kernels/decode_attention.cu: at most 255,
+/// 168 and 128 registers a thread), and the chunk count aims at that many blocks an SM over
+/// all head groups.
 fn attn_blocks_per_sm(hb: usize) -> usize {
     match hb {
         4 => 2,
@@ -206,10 +216,11 @@ impl CudaBackend {
         self.launch(&format!("attn_prefill_{d}"), [t.div_ceil(16) as u32, s.n_heads as u32, 1], [128, 1, 1], smem, args)
     }
 
-    /// A KV cache whose decode attention runs `hb` query heads a block (a divisor of the group
-    /// size: 1, 2 or 4) and splits the positions into `chunks` blocks a head group at most;
+    /// A KV cache whose decode attention runs `hb` query heads a block (1, 2 or 4, dividing
+    /// the group size) and splits the positions into `chunks` blocks a head group at most;
     /// None: the rule (heads_per_block, and as many blocks an SM as fit). Tests use this to
-    /// run every kernel variant, and long chunks at short contexts.
+    /// run the kernel variants a model's rule would not pick, and long chunks at short
+    /// contexts.
     pub fn new_kv_split(&self, cfg: &ModelConfig, max_seq: usize, hb: Option<usize>, chunks: Option<usize>) -> Result<CudaKv> {
         let s = AttnShape { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
         attn_dims(&s)?;
@@ -217,16 +228,17 @@ impl CudaBackend {
         let max_seq = max_seq.max(1);
         let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
         let group = cfg.n_heads / cfg.n_kv_heads;
-        // SLEEPY_ATTN_HB and SLEEPY_ATTN_WAVES (blocks an SM) override the rule, to measure.
-        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-        let hb = hb.or(env("SLEEPY_ATTN_HB")).unwrap_or(heads_per_block(group));
+        // SLEEPY_ATTN_HB and SLEEPY_ATTN_BLOCKS_SM override the rule, to measure.
+        let from_env = hb.is_none() && env_count("SLEEPY_ATTN_HB")?.is_some();
+        let hb = hb.or(env_count("SLEEPY_ATTN_HB")?).unwrap_or(heads_per_block(group));
         if ![1, 2, 4].contains(&hb) || group % hb != 0 {
-            return Err(Error::Cuda(format!("{hb} query heads a decode-attention block do not divide the group of {group}")));
+            let what = if from_env { format!("SLEEPY_ATTN_HB={hb}") } else { format!("{hb} query heads a decode-attention block") };
+            return Err(Error::Cuda(format!("{what}: must be 1, 2 or 4 and divide this model's {group} query heads a KV head")));
         }
         let groups = cfg.n_heads / hb;
-        let waves = env("SLEEPY_ATTN_WAVES").unwrap_or(attn_blocks_per_sm(hb)).max(1);
+        let per_sm = env_count("SLEEPY_ATTN_BLOCKS_SM")?.unwrap_or(attn_blocks_per_sm(hb)).max(1);
         // Each chunk at least 64 positions (the kernel's DEC_MIN_CHUNK).
-        let chunks = chunks.unwrap_or((waves * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(64));
+        let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(64));
         Ok(CudaKv {
             max_seq,
             kv_dim,

@@ -242,7 +242,7 @@ impl CudaBackend {
 
     /// The shape of a quantized GEMV when nothing is tuned: the built-in table or the rule.
     fn quant_default(&self, fmt: QFmt, units: usize, k: usize, mode: u32) -> QuantShape {
-        let s = self.table.quant_shape(fmt.dtype().name(), units, k);
+        let s = self.table.quant_shape(fmt.dtype().name(), units, k, mode);
         quant::sanitize(s.unwrap_or_else(|| quant::default_shape(fmt, units, k, mode, self.stream_sms())), mode)
     }
 
