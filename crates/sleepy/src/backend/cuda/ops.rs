@@ -39,9 +39,9 @@ fn env_count(name: &str) -> Result<Option<usize>> {
 /// one (each KV head's K/V is then read by group / heads blocks, from L2 after the first).
 /// Fewer heads a block keep fewer accumulators (ptxas, before the launch bounds below: 254
 /// registers a thread at 4 heads, 167 at 2, 128 at 1), so more blocks fit an SM to hide the
-/// kernel's latency: on an H200, Qwen3-4B (group 4) ran
-/// 2.420 -> 2.344 ms a token and 2.903 -> 2.769 at depth 4096 with two heads instead of four
-/// (one: 2.330 and 2.827), and Qwen3-0.6B (group 2) 0.747 -> 0.717 with one instead of two.
+/// kernel's latency: on an H200, Qwen3-4B (group 4) ran 2.420 -> 2.344 ms a token and 2.903
+/// -> 2.769 at depth 4096 with two heads instead of four (one: 2.330 and 2.827), and
+/// Qwen3-0.6B (group 2) 0.747 -> 0.717 with one instead of two.
 fn heads_per_block(group: usize) -> usize {
     if group % 4 == 0 { 2 } else { 1 }
 }
@@ -229,8 +229,9 @@ impl CudaBackend {
         let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
         let group = cfg.n_heads / cfg.n_kv_heads;
         // SLEEPY_ATTN_HB and SLEEPY_ATTN_BLOCKS_SM override the rule, to measure.
-        let from_env = hb.is_none() && env_count("SLEEPY_ATTN_HB")?.is_some();
-        let hb = hb.or(env_count("SLEEPY_ATTN_HB")?).unwrap_or(heads_per_block(group));
+        let env_hb = if hb.is_none() { env_count("SLEEPY_ATTN_HB")? } else { None };
+        let from_env = env_hb.is_some();
+        let hb = hb.or(env_hb).unwrap_or(heads_per_block(group));
         if ![1, 2, 4].contains(&hb) || group % hb != 0 {
             let what = if from_env { format!("SLEEPY_ATTN_HB={hb}") } else { format!("{hb} query heads a decode-attention block") };
             return Err(Error::Cuda(format!("{what}: must be 1, 2 or 4 and divide this model's {group} query heads a KV head")));
