@@ -103,7 +103,9 @@ if want bench; then
 fi
 
 # SWEEP="tag@spec@VAR=v,VAR=v[@depth] ...": tg128 of spec with those variables set (A/B of
-# run-time knobs in one call; '@' because specs hold ':').
+# run-time knobs in one call; '@' because specs hold ':'). SLEEPY_ABLATE=attn+down (roles:
+# qkv, o, gate_up, down, logits, attn) drops those launches from the decode graph: what each
+# costs in the graph, by difference (the tokens are then wrong).
 if want sweep; then
     for e in ${SWEEP:-}; do
         IFS=@ read -r tg c vars d <<< "$e"

@@ -113,12 +113,18 @@ pub struct CudaKv {
     /// Query heads per attention block, and chunks per head group.
     heads_per_block: usize,
     chunks: usize,
+    /// The fewest positions a chunk holds.
+    min_chunk: usize,
 }
 
 /// Mutable state behind the backend's lock.
 struct State {
     /// Launches of the decode step being recorded (None: launch at once).
     recording: Option<Vec<Launch>>,
+    /// Ablation (timing only, results wrong): launch index ranges of each GEMV op and of each
+    /// attention launch in the recorded step.
+    gemv_ops: Vec<(usize, usize)>,
+    attn_ops: Vec<usize>,
     /// Recently used graphs, most recent last.
     graphs: Vec<Graph>,
     graphs_ok: bool,
@@ -155,6 +161,8 @@ pub struct CudaBackend {
     tuned: RwLock<Arc<tune::TunedSet>>,
     gemv_logging: AtomicBool,
     pdl: bool,
+    /// SLEEPY_ABLATE's roles (see `ablated`).
+    ablate: Vec<&'static str>,
 }
 
 const ARGMAX_BLOCKS: usize = 128;
@@ -181,6 +189,8 @@ impl CudaBackend {
         let blas = if driver::cublas_present() { prefill::Blas::new(stream.0).ok() } else { None };
         let st = State {
             recording: None,
+            gemv_ops: Vec::new(),
+            attn_ops: Vec::new(),
             graphs: Vec::new(),
             graphs_ok: !env_off("SLEEPY_CUDA_GRAPHS"),
             step: DevBuf::zeroed(16, stream.0)?,
@@ -199,6 +209,14 @@ impl CudaBackend {
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
         // Bulk asynchronous copies (the streamed GEMV) need sm_90.
+        let ablate = match std::env::var("SLEEPY_ABLATE") {
+            Ok(v) => v
+                .split('+')
+                .filter(|r| !r.is_empty() && *r != "none")
+                .map(|r| ABLATE_ROLES.iter().copied().find(|k| *k == r).ok_or_else(|| Error::Cuda(format!("SLEEPY_ABLATE: unknown role {r} (roles: {})", ABLATE_ROLES.join(", ")))))
+                .collect::<Result<_>>()?,
+            Err(_) => Vec::new(),
+        };
         let mut table = GemvTable::load();
         table.streamed = gpu.info.arch.0 >= 9 && !env_off("SLEEPY_GEMV_STREAM");
         Ok(CudaBackend {
@@ -211,6 +229,7 @@ impl CudaBackend {
             tuned: RwLock::new(tune::store::load_for_device(&gpu.info)),
             gemv_logging: AtomicBool::new(false),
             pdl,
+            ablate,
         })
     }
 
@@ -350,6 +369,8 @@ impl CudaBackend {
         let mut st = self.state()?;
         // Launches left by a forward pass that failed half-way are dropped.
         st.recording = if tokens == 1 && st.graphs_ok { Some(Vec::new()) } else { None };
+        st.gemv_ops.clear();
+        st.attn_ops.clear();
         Ok(())
     }
 
@@ -357,9 +378,17 @@ impl CudaBackend {
     /// is seen). If capture fails, the launches run eagerly and graphs are switched off.
     fn end(&self) -> Result<()> {
         let mut st = self.state()?;
-        let Some(list) = st.recording.take() else { return Ok(()) };
+        let Some(mut list) = st.recording.take() else { return Ok(()) };
         if list.is_empty() {
             return Ok(());
+        }
+        if !self.ablate.is_empty() {
+            let drop = ablated(&self.ablate, list.len(), &st.gemv_ops, &st.attn_ops);
+            let mut i = 0;
+            list.retain(|_| {
+                i += 1;
+                !drop[i - 1]
+            });
         }
         driver::bind()?;
         if let Some(i) = st.graphs.iter().position(|g| g.launches == list) {
@@ -386,6 +415,29 @@ impl CudaBackend {
                 Ok(())
             }
         }
+    }
+
+    /// Launches recorded so far in this step (None: not recording).
+    fn recorded(&self) -> Result<Option<usize>> {
+        Ok(self.state()?.recording.as_ref().map(Vec::len))
+    }
+
+    /// Note for SLEEPY_ABLATE that the launches recorded since `first` are one GEMV op.
+    fn note_gemv(&self, first: Option<usize>) -> Result<()> {
+        let mut st = self.state()?;
+        if let (Some(a), Some(b)) = (first, st.recording.as_ref().map(Vec::len)) {
+            st.gemv_ops.push((a, b));
+        }
+        Ok(())
+    }
+
+    /// Note for SLEEPY_ABLATE that the launch just recorded is a decode attention.
+    fn note_attn(&self) -> Result<()> {
+        let mut st = self.state()?;
+        if let Some(n) = st.recording.as_ref().map(Vec::len) {
+            st.attn_ops.push(n - 1);
+        }
+        Ok(())
     }
 
     /// Copy bandwidth of device memory in GB/s (bytes read + written), from the median of
@@ -416,6 +468,28 @@ impl CudaBackend {
     }
 }
 
+/// What SLEEPY_ABLATE may drop from a decode step: the GEMVs by their place in a layer (the
+/// decoder's order: QKV, output, gate+up, down; the last GEMV of the step is the logits) and
+/// the decode attention.
+const ABLATE_ROLES: [&str; 6] = ["qkv", "o", "gate_up", "down", "logits", "attn"];
+
+/// Which of a step's `n` launches to leave out of its graph for SLEEPY_ABLATE=role+role...:
+/// a timing experiment (what each kind of launch costs inside the graph), whose results are
+/// wrong. `gemv_ops`: each GEMV op's launch range, in order; `attn_ops`: attention launches.
+fn ablated(roles: &[&str], n: usize, gemv_ops: &[(usize, usize)], attn_ops: &[usize]) -> Vec<bool> {
+    let mut drop = vec![false; n];
+    for (i, &(a, b)) in gemv_ops.iter().enumerate() {
+        let role = if i + 1 == gemv_ops.len() { "logits" } else { ABLATE_ROLES[i % 4] };
+        if roles.contains(&role) {
+            drop[a..b].iter_mut().for_each(|d| *d = true);
+        }
+    }
+    if roles.contains(&"attn") {
+        attn_ops.iter().for_each(|&i| drop[i] = true);
+    }
+    drop
+}
+
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Queued work may still use buffers dropped right after this. (The stream and the
@@ -426,5 +500,23 @@ impl Drop for CudaBackend {
                 sys::cuStreamSynchronize(self.stream.0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ablated;
+
+    #[test]
+    fn ablation_drops_the_named_roles_only() {
+        // embed 0; layer 0: qkv 1, attn 2, o 3, gate_up 4-5 (two launches), down 6; layer 1:
+        // qkv 7, attn 8, o 9, gate_up 10, down 11; logits 12; argmax 13.
+        let gemv = [(1, 2), (3, 4), (4, 6), (6, 7), (7, 8), (9, 10), (10, 11), (11, 12), (12, 13)];
+        let attn = [2, 8];
+        let dropped = |roles: &[&str]| ablated(roles, 14, &gemv, &attn).iter().enumerate().filter(|d| *d.1).map(|d| d.0).collect::<Vec<_>>();
+        assert_eq!(dropped(&[]), Vec::<usize>::new());
+        assert_eq!(dropped(&["gate_up"]), vec![4, 5, 10]);
+        assert_eq!(dropped(&["attn", "logits"]), vec![2, 8, 12]);
+        assert_eq!(dropped(&["qkv", "down"]), vec![1, 6, 7, 11]);
     }
 }

@@ -86,13 +86,16 @@ impl CudaBackend {
     /// y = epilogue(W x') for one or two token rows; see kernels/gemv.cu for the modes.
     #[allow(clippy::too_many_arguments)]
     fn gemv(&self, w: &CudaWeight, x: &CudaAct, norm: Option<(&CudaAct, f32)>, bias: Option<&CudaAct>, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        let first = self.recorded()?;
         if let Some(q) = &w.quant {
-            return self.gemv_quant(w, q, x, norm, bias, mode, y, ldy);
+            self.gemv_quant(w, q, x, norm, bias, mode, y, ldy)?;
+        } else {
+            let units = if mode == 2 { w.n / 2 } else { w.n };
+            let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
+            let norm = norm.map(|(n, e)| (n.ptr(), e));
+            self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)?;
         }
-        let units = if mode == 2 { w.n / 2 } else { w.n };
-        let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
-        let norm = norm.map(|(n, e)| (n.ptr(), e));
-        self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)
+        self.note_gemv(first)
     }
 
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
@@ -196,11 +199,13 @@ impl CudaBackend {
             style,
             kv.part.ptr,
             kv.counters.ptr,
-            out.ptr()
+            out.ptr(),
+            kv.min_chunk as i32
         ];
         let key = 2 << 40 | (d as u64) << 8 | hb as u64;
         let name = || format!("attn_decode_{d}_{hb}");
-        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)
+        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
+        self.note_attn()
     }
 
     /// Prefill: store K/V of the (roped) rows, then causal attention of every row.
@@ -238,8 +243,15 @@ impl CudaBackend {
         }
         let groups = cfg.n_heads / hb;
         let per_sm = env_count("SLEEPY_ATTN_BLOCKS_SM")?.unwrap_or(attn_blocks_per_sm(hb)).max(1);
-        // Each chunk at least 64 positions (the kernel's DEC_MIN_CHUNK).
-        let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(64));
+        // The fewest positions a chunk holds: longer chunks spare short contexts the merge of
+        // chunks and cost longer ones their spread over blocks. On an H200 (tg128 from depth 0 /
+        // 512), 64 -> 128 took Qwen3-0.6B 0.710 -> 0.684 ms but 0.787 -> 0.801 at 512, and
+        // Qwen3-4B 2.508 -> 2.538 at 512; 256: 0.873 and 2.649 at 512. 64 stays.
+        let min_chunk = env_count("SLEEPY_ATTN_MIN_CHUNK")?.unwrap_or(64);
+        if min_chunk == 0 || min_chunk % 32 != 0 {
+            return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
+        }
+        let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(min_chunk));
         Ok(CudaKv {
             max_seq,
             kv_dim,
@@ -249,6 +261,7 @@ impl CudaBackend {
             counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
             heads_per_block: hb,
             chunks,
+            min_chunk,
         })
     }
 

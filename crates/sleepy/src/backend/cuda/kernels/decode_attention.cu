@@ -10,6 +10,7 @@
 // from pos (at least 64), so short contexts use one block per head group and no merge.
 // Inside a block, D/16 lanes share a position (16 dims each) and keep a running max, sum
 // and 16 accumulators per head (online softmax); the 128/(D/16) slots merge in shared memory.
+// min_chunk: the fewest positions a chunk has (a multiple of 32).
 // The first block of each KV head whose chunk holds pos writes the new K/V into the cache;
 // blocks use their own copy for position pos.
 // Before the dependency wait, everything that does not come from the previous kernel: the
@@ -19,7 +20,6 @@
 // With several chunks: partials part [H, NC, D + 2] (acc, max, sum); counters [H / HB] are
 // zero at rest; the last active block of a head group merges and resets its counter.
 // Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D + HB*NC.
-#define DEC_MIN_CHUNK 64
 
 // Norm (when w), rope and scale of one head of D values in shared memory, by one warp.
 // cs/sn: per-dim cosine and signed sine of the rotation (1 and 0 where dims do not rotate).
@@ -63,7 +63,8 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
                                                   const int* __restrict__ step, int H, int KVH,
                                                   const float* qn, const float* kn, float eps,
                                                   const float* __restrict__ inv_freq, int rope_dims,
-                                                  int style, float* part, u32* counters, float* out) {
+                                                  int style, float* part, u32* counters, float* out,
+                                                  int min_chunk) {
     constexpr int LPP = D / 16;
     constexpr int PPW = 32 / LPP;
     constexpr int NSLOT = 4 * PPW;
@@ -89,7 +90,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     const int NC = gridDim.y, c = blockIdx.y;
     const int len = pos + 1;
     int chunk = (len + NC - 1) / NC;
-    chunk = max(DEC_MIN_CHUNK, (chunk + 31) & ~31);
+    chunk = max(min_chunk, (chunk + 31) & ~31);
     const int nact = (len + chunk - 1) / chunk;
     const int c0 = c * chunk;
     // No positions: takes no part. Chunk 0 of every head group always waits below, so the
@@ -364,9 +365,9 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     extern "C" __global__ void __launch_bounds__(128, DEC_BLOCKS_SM(HB)) attn_decode_##D##_##HB(  \
         const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
         const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
-        u32* counters, float* out) {                                                              \
+        u32* counters, float* out, int min_chunk) {                                               \
         attn_decode_body<D, HB, UNR>(qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq, rope_dims,  \
-                                      style, part, counters, out);                                \
+                                      style, part, counters, out, min_chunk);                     \
     }
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
