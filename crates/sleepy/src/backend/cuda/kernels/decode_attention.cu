@@ -10,7 +10,8 @@
 // from pos (at least 64), so short contexts use one block per head group and no merge.
 // Inside a block, D/16 lanes share a position (16 dims each) and keep a running max, sum
 // and 16 accumulators per head (online softmax); the 128/(D/16) slots merge in shared memory.
-// min_chunk: the fewest positions a chunk has (a multiple of 32).
+// min_chunk: the fewest positions a chunk has (a multiple of 32); a context shorter than
+// twice that is one chunk.
 // The first block of each KV head whose chunk holds pos writes the new K/V into the cache;
 // blocks use their own copy for position pos.
 // Before the dependency wait, everything that does not come from the previous kernel: the
@@ -91,6 +92,9 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     const int len = pos + 1;
     int chunk = (len + NC - 1) / NC;
     chunk = max(min_chunk, (chunk + 31) & ~31);
+    // A context shorter than two chunks is one: a short second chunk costs a merge of the
+    // chunks for little work.
+    if (len < 2 * min_chunk) chunk = len;
     const int nact = (len + chunk - 1) / chunk;
     const int c0 = c * chunk;
     // No positions: takes no part. Chunk 0 of every head group always waits below, so the
