@@ -208,7 +208,6 @@ impl CudaBackend {
         };
         // PDL needs sm_90 and a driver that captures it into graphs (CUDA 12.3+).
         let pdl = gpu.info.arch.0 >= 9 && gpu.info.driver_version >= 12030 && !env_off("SLEEPY_PDL");
-        // Bulk asynchronous copies (the streamed GEMV) need sm_90.
         let ablate = match std::env::var("SLEEPY_ABLATE") {
             Ok(v) => v
                 .split('+')
@@ -217,6 +216,7 @@ impl CudaBackend {
                 .collect::<Result<_>>()?,
             Err(_) => Vec::new(),
         };
+        // Bulk asynchronous copies (the streamed GEMV) need sm_90.
         let mut table = GemvTable::load();
         table.streamed = gpu.info.arch.0 >= 9 && !env_off("SLEEPY_GEMV_STREAM");
         Ok(CudaBackend {

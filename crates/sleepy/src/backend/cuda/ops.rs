@@ -244,11 +244,11 @@ impl CudaBackend {
         let groups = cfg.n_heads / hb;
         let per_sm = env_count("SLEEPY_ATTN_BLOCKS_SM")?.unwrap_or(attn_blocks_per_sm(hb)).max(1);
         // The fewest positions a chunk holds: longer chunks spare short contexts the merge of
-        // chunks and cost longer ones their spread over blocks. On an H200 (tg128 from depth 0 /
-        // 512), 64 -> 128 took Qwen3-0.6B 0.710 -> 0.684 ms but 0.787 -> 0.801 at 512, and
-        // Qwen3-4B 2.508 -> 2.538 at 512; 256: 0.873 and 2.649 at 512. 64 stays, and the
-        // kernel keeps a context under two chunks (128) in one (0.6B tg128 0.708 -> 0.697 ms, 0.6B
-        // q8_0 0.540 -> 0.520; Qwen3-4B 2.363 -> 2.370).
+        // chunks and cost longer ones their spread over blocks. On an H200 (tg128 from depth
+        // 0 / 512), 64 -> 128 took Qwen3-0.6B 0.710 -> 0.684 ms but 0.787 -> 0.801 at 512,
+        // and Qwen3-4B 2.508 -> 2.538 at 512; 256: 0.873 and 2.649 at 512. 64 stays, and
+        // the kernel keeps a context under two chunks (128) in one: 0.6B tg128 0.708 ->
+        // 0.697 ms, 0.6B q8_0 0.540 -> 0.520, Qwen3-4B 2.363 -> 2.370.
         let min_chunk = env_count("SLEEPY_ATTN_MIN_CHUNK")?.unwrap_or(64);
         if min_chunk == 0 || min_chunk % 32 != 0 {
             return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
