@@ -417,13 +417,20 @@ impl CudaBackend {
         }
     }
 
-    /// Launches recorded so far in this step (None: not recording).
+    /// For SLEEPY_ABLATE: launches recorded so far in this step (None: not recording, or no
+    /// ablation asked for, so the decode step takes no extra lock for it).
     fn recorded(&self) -> Result<Option<usize>> {
+        if self.ablate.is_empty() {
+            return Ok(None);
+        }
         Ok(self.state()?.recording.as_ref().map(Vec::len))
     }
 
     /// Note for SLEEPY_ABLATE that the launches recorded since `first` are one GEMV op.
     fn note_gemv(&self, first: Option<usize>) -> Result<()> {
+        if first.is_none() {
+            return Ok(());
+        }
         let mut st = self.state()?;
         if let (Some(a), Some(b)) = (first, st.recording.as_ref().map(Vec::len)) {
             st.gemv_ops.push((a, b));
@@ -433,6 +440,9 @@ impl CudaBackend {
 
     /// Note for SLEEPY_ABLATE that the launch just recorded is a decode attention.
     fn note_attn(&self) -> Result<()> {
+        if self.ablate.is_empty() {
+            return Ok(());
+        }
         let mut st = self.state()?;
         if let Some(n) = st.recording.as_ref().map(Vec::len) {
             st.attn_ops.push(n - 1);
