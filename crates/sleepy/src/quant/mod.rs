@@ -22,7 +22,7 @@
 mod float;
 mod half_ops;
 mod kquantize;
-mod kquants;
+pub(crate) mod kquants;
 mod legacy;
 mod prepared;
 #[cfg(target_arch = "x86_64")]

@@ -25,6 +25,10 @@ __device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units,
         if (cc < nu) {
             a[i].load(w, (size_t)unit, nb, nu, cc);
             if (MODE == 2) b[i].load(w, (size_t)unit + n_units, nb, nu, cc);
+        } else {
+            // Defined values for the dot below, whose result is then discarded.
+            a[i] = QUnit<FMT>{};
+            if (MODE == 2) b[i] = QUnit<FMT>{};
         }
     }
 }
@@ -37,6 +41,7 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     u8* sm = (u8*)qsmem;
     Acts a;
     a.q = (signed char*)sm;
+    a.qhi = a.q + K / 2;
     a.d32 = (float*)(sm + K);
     a.s32 = a.d32 + K / 32;
     a.s16 = (int*)(a.s32 + K / 32);
@@ -69,19 +74,23 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     pdl_wait();
     pdl_launch_next();
 
-    quantize_acts<ActOf<FMT>::value, NORM>(x + (size_t)t * K, g, eps, K, a, red, tid, nthreads, SyncAll{});
+    quantize_acts<FMT, NORM>(x + (size_t)t * K, g, eps, K, a, red, tid, nthreads, SyncAll{});
 
     // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
     float acc0 = 0.f, acc1 = 0.f;
     for (int step = 0; base < n_units;) {
         const int unit = base + threadIdx.y;
         if (unit < n_units) {
+            // Straight-line: every unit's activation loads can issue before the first product
+            // (a unit past the row dots at a clamped index and adds nothing).
 #pragma unroll
             for (int i = 0; i < U; ++i) {
                 const int cc = threadIdx.x + (step * U + i) * tpr;
-                if (cc < nu) {
-                    acc0 += ua[i].dot(cc, a);
-                    if (MODE == 2) acc1 += ub[i].dot(cc, a);
+                const float p0 = ua[i].dot(min(cc, nu - 1), a);
+                acc0 += cc < nu ? p0 : 0.f;
+                if (MODE == 2) {
+                    const float p1 = ub[i].dot(min(cc, nu - 1), a);
+                    acc1 += cc < nu ? p1 : 0.f;
                 }
             }
         }
@@ -232,11 +241,12 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     pdl_launch_next();
     Acts acts;
     acts.q = (signed char*)qtiles;
+    acts.qhi = acts.q + K / 2;
     acts.d32 = (float*)(qtiles + K);
     acts.s32 = acts.d32 + K / 32;
     acts.s16 = (int*)(acts.s32 + K / 32);
     // Ends with a barrier of the consumers: the activations are ready for all of them.
-    quantize_acts<ActOf<FMT>::value, NORM>(x, g, eps, K, acts, red, tid, nc, SyncFirst{nc});
+    quantize_acts<FMT, NORM>(x, g, eps, K, acts, red, tid, nc, SyncFirst{nc});
 
     const int tx = tid % tpr, ty = tid / tpr;
     const int width = tpr < 32 ? tpr : 32;
@@ -248,16 +258,29 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         const int r = i * rpb + ty;
         float acc0 = 0.f, acc1 = 0.f;
         if (r < nrows) {
-#pragma unroll 4
-            for (int cc = tx; cc < nu; cc += tpr) {
-                QUnit<FMT> ua;
-                ua.template load<true>(gate, ty, nb, nu, cc);
-                acc0 += ua.dot(cc, acts);
-                if (MODE == 2) {
-                    QUnit<FMT> ub;
-                    ub.template load<true>(up, ty, nb, nu, cc);
-                    acc1 += ub.dot(cc, acts);
+            // UN units a batch, straight-line so that all their loads issue before the first
+            // product; then the last units one at a time (the same order of additions).
+            constexpr int UN = MODE == 2 ? 2 : 4;
+            int cc = tx;
+            for (; cc + (UN - 1) * tpr < nu; cc += UN * tpr) {
+                QUnit<FMT> ua[UN], ub[UN];
+#pragma unroll
+                for (int j = 0; j < UN; ++j) {
+                    ua[j].template load<true>(gate, ty, nb, nu, cc + j * tpr);
+                    if (MODE == 2) ub[j].template load<true>(up, ty, nb, nu, cc + j * tpr);
                 }
+#pragma unroll
+                for (int j = 0; j < UN; ++j) {
+                    acc0 += ua[j].dot(cc + j * tpr, acts);
+                    if (MODE == 2) acc1 += ub[j].dot(cc + j * tpr, acts);
+                }
+            }
+            for (; cc < nu; cc += tpr) {
+                QUnit<FMT> ua, ub;
+                ua.template load<true>(gate, ty, nb, nu, cc);
+                if (MODE == 2) ub.template load<true>(up, ty, nb, nu, cc);
+                acc0 += ua.dot(cc, acts);
+                if (MODE == 2) acc1 += ub.dot(cc, acts);
             }
         }
         ring_release(&empty[s]);

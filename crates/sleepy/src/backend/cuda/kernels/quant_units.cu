@@ -11,8 +11,8 @@
 //   FMT 2 Q4_1: R0 qs[16]   R1 (d, m) f16 x2
 //   FMT 3 Q5_0: R0 qs[16]   R1 d f16            R2 qh u32
 //   FMT 4 Q5_1: R0 qs[16]   R1 (d, m) f16 x2    R2 qh u32
-//   FMT 5 Q4_K: R0 qs[128]  R1 d, dmin, scales[12] (16 B)
-//   FMT 6 Q5_K: R0 qs[128]  R1 d, dmin, scales[12]       R2 qh[32]
+//   FMT 5 Q4_K: R0 qs[128]  R1 d, dmin, scales (16 B, the 12 scale bytes rearranged: QK45)
+//   FMT 6 Q5_K: R0 qs[128]  R1 as Q4_K                   R2 qh[32]
 //   FMT 7 Q6_K: R0 ql[128]  R1 qh[64]           R2 scales i8[16]   R3 d f16
 // A unit is 16 bytes of R0; a row is units 0 .. NU-1 (NU = K/16 for Q8_0, K/32 otherwise) and
 // unit cc of row r is at R0 + 16 * (r * NU + cc). A unit holds one group of 16 values (Q8_0)
@@ -21,7 +21,12 @@
 // Activations (shared memory, filled by quantize_acts in the companion format of the weight
 // format, as quant::prepare_acts does on the CPU): q int8 [K]; d32 [K/32] the scale of each
 // 32 values; s32 [K/32] the f16-rounded d * sum of the 32 quants (Q8_1 only); s16 [K/16] the
-// integer sum of each 16 quants.
+// integer sum of each 16 quants. For the K-quants (Q8_K activations) q and s16 are in unit
+// order instead (act_slot): the 16 values unit cc dots with its lo group at q[16 cc], those of
+// its hi group at qhi[16 cc] (qhi = q + K/2), and their sums as int16 at ((short*)s16)[2 cc]
+// and [2 cc + 1]; so each unit reads its activations with conflict-free loads at addresses
+// linear in cc. d32 stays in value order (all 8 entries of a super-block hold its scale, so
+// unit cc reads d32[cc]).
 
 typedef unsigned char u8;
 
@@ -34,6 +39,7 @@ struct QPtr {
 
 struct Acts {
     signed char* q;
+    signed char* qhi;
     float* d32;
     float* s32;
     int* s16;
@@ -49,6 +55,25 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
     const int4 v = *(const int4*)a;
     return dp4a((int)w3, v.w, dp4a((int)w2, v.z, dp4a((int)w1, v.y, dp4a((int)w0, v.x, 0))));
+}
+
+// The same with the weight bytes unsigned (0..255).
+__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+__device__ __forceinline__ int dot16u(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
+    const int4 v = *(const int4*)a;
+    return dp4a_us(w3, v.w, dp4a_us(w2, v.z, dp4a_us(w1, v.y, dp4a_us(w0, v.x, 0))));
+}
+
+// a.lo * b.byte0 + a.hi * b.byte1 + c (LO) or with bytes 2 and 3 (!LO): a holds two int16.
+template <bool LO> __device__ __forceinline__ int dp2a(u32 a, u32 b, int c) {
+    int d;
+    if (LO) asm("dp2a.lo.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    else asm("dp2a.hi.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
 }
 
 __device__ __forceinline__ float f16r(float f) { return f16_to_f32(f32_to_f16(f)); }
@@ -161,6 +186,11 @@ template <> struct QUnit<4> : QLegacy<4> {};
 // c = w / 2 of 64 values, offset l0 = 16 (w % 2); low nibbles are values 64c + l0 + j of
 // sub-block 2c, high nibbles 64c + 32 + l0 + j of sub-block 2c + 1. Q5_K: bit 2c (2c + 1)
 // of qh[l0 + j] is the 5th bit of the low (high) value.
+// The 12 scale bytes hold the 6-bit scales s0..s7 and mins m0..m7 of the 8 sub-blocks. At
+// upload (layout.rs) they are rearranged so that chunk c's four, [s 2c, s 2c+1, m 2c, m 2c+1],
+// come out as the bytes of one word in a few operations: their low nibbles are the bytes of
+// meta.y (chunks 0 and 1) or meta.z (2 and 3), chunk c & 1 in the high nibbles; their top two
+// bits are bits 2c, 2c + 1 of the bytes of meta.w.
 template <int FMT> struct QK45 {
     uint4 q;
     uint4 meta;
@@ -173,23 +203,10 @@ template <int FMT> struct QK45 {
         meta = *(const uint4*)(w.r1 + 16 * sb);
         if (FIVE) qh = *(const uint4*)(w.r2 + 32 * sb + 16 * (cc & 1));
     }
-    // 6-bit scale and min of sub-blocks 2c (s0, m0) and 2c + 1 (s1, m1) from the 12 packed
-    // bytes in meta.y..w: sub-blocks 0..3 in the low 6 bits of bytes 0..7, 4..7 in bytes 8..11
-    // plus the top 2 bits of bytes 0..7.
-    __device__ __forceinline__ void scales(int c, int& s0, int& s1, int& m0, int& m1) const {
-        u32 s, m;
-        if (c < 2) {
-            s = meta.y & 0x3F3F3F3Fu;
-            m = meta.z & 0x3F3F3F3Fu;
-        } else {
-            s = (meta.w & 0x0F0F0F0Fu) | (((meta.y >> 6) & 0x03030303u) << 4);
-            m = ((meta.w >> 4) & 0x0F0F0F0Fu) | (((meta.z >> 6) & 0x03030303u) << 4);
-        }
-        const int b = 2 * (c & 1);
-        s0 = ubyte(s, b);
-        s1 = ubyte(s, b + 1);
-        m0 = ubyte(m, b);
-        m1 = ubyte(m, b + 1);
+    // Bytes [s0, s1, m0, m1]: scale and min of sub-blocks 2c and 2c + 1.
+    __device__ __forceinline__ u32 scale_word(int c) const {
+        const u32 lo = ((c < 2 ? meta.y : meta.z) >> (4 * (c & 1))) & 0x0F0F0F0Fu;
+        return lo | (((meta.w >> (2 * c)) & 0x03030303u) << 4);
     }
     __device__ __forceinline__ u32 lo_word(u32 qw, u32 hw, int c) const {
         u32 r = qw & 0x0F0F0F0Fu;
@@ -204,25 +221,30 @@ template <int FMT> struct QK45 {
     __device__ __forceinline__ static int vlo_of(int cc) { return 256 * (cc >> 3) + 64 * ((cc & 7) >> 1) + 16 * (cc & 1); }
     __device__ __forceinline__ float dot(int cc, const Acts& a) const {
         const int c = (cc & 7) >> 1;
-        const int vl = vlo_of(cc), vh = vl + 32;
         const u32 h0 = FIVE ? qh.x : 0u, h1 = FIVE ? qh.y : 0u, h2 = FIVE ? qh.z : 0u, h3 = FIVE ? qh.w : 0u;
-        const int lo = dot16(lo_word(q.x, h0, c), lo_word(q.y, h1, c), lo_word(q.z, h2, c), lo_word(q.w, h3, c), a.q + vl);
-        const int hi = dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.q + vh);
-        int s0, s1, m0, m1;
-        scales(c, s0, s1, m0, m1);
-        const float da = a.d32[vl >> 5];
+        const int lo = dot16(lo_word(q.x, h0, c), lo_word(q.y, h1, c), lo_word(q.z, h2, c), lo_word(q.w, h3, c), a.q + 16 * cc);
+        // Q4_K's high nibbles in place (16 times the value) spare a shift a word; the sum is
+        // then an exact multiple of 16.
+        const int hi = FIVE ? dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.qhi + 16 * cc)
+                            : dot16u(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
+        const u32 sm = scale_word(c);
+        const u32 sums = ((const u32*)a.s16)[cc];  // int16 sums of the lo and hi groups
+        // |lo|, |hi| <= 16 * 15 * 127 fit int16 for Q4_K, so one dp2a weighs both by their
+        // scales; Q5_K's 5-bit values do not.
+        const int sc = FIVE ? lo * ubyte(sm, 0) + hi * ubyte(sm, 1) : dp2a<true>(__byte_perm(lo, hi, 0x5410), sm, 0);
+        const int mn = dp2a<false>(sums, sm, 0);
+        const float da = a.d32[cc];
         const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
-        return dx * (float)(s0 * lo + s1 * hi) - dmin * (float)(m0 * a.s16[vl >> 4] + m1 * a.s16[vh >> 4]);
+        return dx * (float)sc - dmin * (float)mn;
     }
     __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
         const int c = (cc & 7) >> 1;
         vlo = vlo_of(cc);
         vhi = vlo + 32;
-        int s0, s1, m0, m1;
-        scales(c, s0, s1, m0, m1);
+        const u32 sm = scale_word(c);
         const float d = lo_f16(meta.x), dmin = hi_f16(meta.x);
-        const float d0 = __fmul_rn(d, (float)s0), d1 = __fmul_rn(d, (float)s1);
-        const float n0 = __fmul_rn(dmin, (float)m0), n1 = __fmul_rn(dmin, (float)m1);
+        const float d0 = __fmul_rn(d, (float)ubyte(sm, 0)), d1 = __fmul_rn(d, (float)ubyte(sm, 1));
+        const float n0 = __fmul_rn(dmin, (float)ubyte(sm, 2)), n1 = __fmul_rn(dmin, (float)ubyte(sm, 3));
         const u32 ws[4] = {q.x, q.y, q.z, q.w};
         const u32 hs[4] = {FIVE ? qh.x : 0u, FIVE ? qh.y : 0u, FIVE ? qh.z : 0u, FIVE ? qh.w : 0u};
 #pragma unroll
@@ -272,13 +294,14 @@ template <> struct QUnit<7> {
     }
     __device__ __forceinline__ float dot(int cc, const Acts& a) const {
         const int s = (cc & 3) >= 2 ? 2 : 0;
-        const int vl = vlo_of(cc), vh = vl + 64;
-        const int lo = dot16(lo_word(q.x, qh.x, s), lo_word(q.y, qh.y, s), lo_word(q.z, qh.z, s), lo_word(q.w, qh.w, s), a.q + vl);
-        const int hi = dot16(hi_word(q.x, qh.x, s), hi_word(q.y, qh.y, s), hi_word(q.z, qh.z, s), hi_word(q.w, qh.w, s), a.q + vh);
+        const int lo = dot16(lo_word(q.x, qh.x, s), lo_word(q.y, qh.y, s), lo_word(q.z, qh.z, s), lo_word(q.w, qh.w, s), a.q + 16 * cc);
+        const int hi = dot16(hi_word(q.x, qh.x, s), hi_word(q.y, qh.y, s), hi_word(q.z, qh.z, s), hi_word(q.w, qh.w, s), a.qhi + 16 * cc);
+        const u32 sums = ((const u32*)a.s16)[cc];  // int16 sums of the lo and hi groups
+        const int slo_sum = (int)(short)(sums & 0xffffu), shi_sum = (int)sums >> 16;
         int slo, shi;
         scales(cc, slo, shi);
-        const float dx = d * a.d32[vl >> 5];
-        return dx * (float)(slo * (lo - 32 * a.s16[vl >> 4]) + shi * (hi - 32 * a.s16[vh >> 4]));
+        const float dx = d * a.d32[cc];
+        return dx * (float)(slo * (lo - 32 * slo_sum) + shi * (hi - 32 * shi_sum));
     }
     __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
         const int s = (cc & 3) >= 2 ? 2 : 0;
@@ -322,10 +345,26 @@ __device__ __forceinline__ void load_chunk(const float* __restrict__ x, const fl
     }
 }
 
+// The activation format each weight format is dotted with (see quant::prepare_acts).
+template <int FMT> struct ActOf { static constexpr int value = FMT >= 5 ? 2 : (FMT == 2 || FMT == 4) ? 1 : 0; };
+
+// Where chunk i (values 8i .. 8i + 7) of the activations goes in q (x) and the s16 slot of
+// its 16 values (y): value order, or for the K-quants unit order (see Acts above).
+template <int FMT> __device__ __forceinline__ int2 act_slot(int i, int K) {
+    if (FMT < 5) return make_int2(8 * i, i >> 1);
+    const int sb = i >> 5, r = (8 * i) & 255;
+    // Q6_K: unit w = 4 (r / 128) + (r / 16) % 4, its hi group 64 values on; Q4_K / Q5_K:
+    // unit w = 2 (r / 64) + (r / 16) % 2, its hi group 32 values on.
+    const int p = FMT == 7 ? (r >> 6) & 1 : (r >> 5) & 1;
+    const int cc = 8 * sb + (FMT == 7 ? 4 * (r >> 7) + ((r >> 4) & 3) : 2 * (r >> 6) + ((r >> 4) & 1));
+    return make_int2(p * (K / 2) + 16 * cc + (r & 15), 2 * cc + p);
+}
+
 // Chunk i (values v) into the shared activations. Every lane of the warp calls it (the
 // shuffles combine 4 lanes into a 32-block, or the warp into a 256-block for ACT 2).
-template <int ACT>
-__device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int nchunks, int lane, const Acts& a) {
+template <int FMT>
+__device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int nchunks, int K, int lane, const Acts& a) {
+    constexpr int ACT = ActOf<FMT>::value;
     float amax = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
@@ -352,8 +391,12 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
     const int s16 = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
     const int s32 = s16 + __shfl_xor_sync(0xffffffffu, s16, 2);
     if (i < nchunks) {
-        *(uint2*)(a.q + 8 * i) = make_uint2(p0, p1);
-        if ((lane & 1) == 0) a.s16[i >> 1] = s16;
+        const int2 at = act_slot<FMT>(i, K);
+        *(uint2*)(a.q + at.x) = make_uint2(p0, p1);
+        if ((lane & 1) == 0) {
+            if (ACT == 2) ((short*)a.s16)[at.y] = (short)s16;
+            else a.s16[at.y] = s16;
+        }
         if ((lane & 3) == 0) {
             a.d32[i >> 2] = d;
             if (ACT == 1) a.s32[i >> 2] = f16r(amax / 127.f * (float)s32);
@@ -361,14 +404,15 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
     }
 }
 
-// Quantize the row x [K] into the block's shared activations (ACT 0: Q8_0, per 32 values,
-// scale rounded to f16; ACT 1: Q8_1, Q8_0 plus the f16-rounded d * sum of each 32; ACT 2:
-// Q8_K, per 256 values, f32 scale), matching quant::prepare_acts bit for bit. With NORM, x is
+// Quantize the row x [K] into the block's shared activations in the companion format of
+// weight format FMT (ActOf: 0 Q8_0, per 32 values, scale rounded to f16; 1 Q8_1, Q8_0 plus
+// the f16-rounded d * sum of each 32; 2 Q8_K, per 256 values, f32 scale, in unit order),
+// matching quant::prepare_acts bit for bit. With NORM, x is
 // RMS-normed and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
 // 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
 // (% 256 for ACT 2). Threads tid = 0 .. nthreads - 1 (whole warps) take part; it contains
 // barriers (`sync`), so each of them calls it.
-template <int ACT, bool NORM, class Sync>
+template <int FMT, bool NORM, class Sync>
 __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
                                               const Acts& a, float* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31;
@@ -391,11 +435,8 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
         float v0[8], v1[8];
         load_chunk<NORM>(x, g, scale, base + lane, nchunks, v0);
         load_chunk<NORM>(x, g, scale, base + nthreads + lane, nchunks, v1);
-        quantize_chunk<ACT>(v0, base + lane, nchunks, lane, a);
-        if (base + nthreads < nchunks) quantize_chunk<ACT>(v1, base + nthreads + lane, nchunks, lane, a);
+        quantize_chunk<FMT>(v0, base + lane, nchunks, K, lane, a);
+        if (base + nthreads < nchunks) quantize_chunk<FMT>(v1, base + nthreads + lane, nchunks, K, lane, a);
     }
     sync();
 }
-
-// The activation format each weight format is dotted with (see quant::prepare_acts).
-template <int FMT> struct ActOf { static constexpr int value = FMT >= 5 ? 2 : (FMT == 2 || FMT == 4) ? 1 : 0; };

@@ -28,8 +28,22 @@ fn act_of(fmt: QFmt) -> u32 {
     }
 }
 
+/// act_slot: where chunk i (values 8i .. 8i + 7) goes in q, and the s16 slot of its 16 values
+/// (unit order for the K-quants).
+fn act_slot(fmt: QFmt, i: usize, k: usize) -> (usize, usize) {
+    if act_of(fmt) != 2 {
+        return (8 * i, i >> 1);
+    }
+    let (sb, r) = (i >> 5, (8 * i) & 255);
+    let q6 = fmt == QFmt::Q6K;
+    let p = if q6 { (r >> 6) & 1 } else { (r >> 5) & 1 };
+    let cc = 8 * sb + if q6 { 4 * (r >> 7) + ((r >> 4) & 3) } else { 2 * (r >> 6) + ((r >> 4) & 1) };
+    (p * (k / 2) + 16 * cc + (r & 15), 2 * cc + p)
+}
+
 /// quantize_acts: 8 values per thread; 4 threads share a 32-block, a warp a 256-block.
-fn quantize_acts(act: u32, x: &[f32], norm: Option<(&[f32], f32)>) -> Acts {
+fn quantize_acts(fmt: QFmt, x: &[f32], norm: Option<(&[f32], f32)>) -> Acts {
+    let act = act_of(fmt);
     let k = x.len();
     let mut v: Vec<f32> = x.to_vec();
     if let Some((g, eps)) = norm {
@@ -39,23 +53,31 @@ fn quantize_acts(act: u32, x: &[f32], norm: Option<(&[f32], f32)>) -> Acts {
     }
     let mut a = Acts { q: vec![0; k], d32: vec![0.0; k / 32], s32: vec![0.0; k / 32], s16: vec![0; k / 16] };
     let group = if act == 2 { 256 } else { 32 };
+    // In value order first; then each chunk of 8 to its slot.
+    let mut q = vec![0i8; k];
     for (gi, blk) in v.chunks_exact(group).enumerate() {
         let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let d = if act == 2 { if amax != 0.0 { 1.0 / id } else { 0.0 } } else { f16r(amax / 127.0) };
         for (j, &val) in blk.iter().enumerate() {
-            a.q[gi * group + j] = (val * id).round_ties_even() as i32 as i8;
+            q[gi * group + j] = (val * id).round_ties_even() as i32 as i8;
         }
         for b32 in 0..group / 32 {
             let at = gi * group / 32 + b32;
             a.d32[at] = d;
-            let s16: Vec<i32> = (0..2).map(|h| a.q[32 * at + 16 * h..32 * at + 16 * h + 16].iter().map(|&q| q as i32).sum()).collect();
-            a.s16[2 * at] = s16[0];
-            a.s16[2 * at + 1] = s16[1];
+            let s16: Vec<i32> = (0..2).map(|h| q[32 * at + 16 * h..32 * at + 16 * h + 16].iter().map(|&q| q as i32).sum()).collect();
+            for (h, &s) in s16.iter().enumerate() {
+                // The int16 store of the K-quants' slots (|s| <= 16 * 127).
+                a.s16[act_slot(fmt, 4 * at + 2 * h, k).1] = if act == 2 { s as i16 as i32 } else { s };
+            }
             if act == 1 {
                 a.s32[at] = f16r(amax / 127.0 * (s16[0] + s16[1]) as f32);
             }
         }
+    }
+    for (i, chunk) in q.chunks_exact(8).enumerate() {
+        let at = act_slot(fmt, i, k).0;
+        a.q[at..at + 8].copy_from_slice(chunk);
     }
     a
 }
@@ -169,15 +191,11 @@ fn words(fmt: QFmt, u: &Unit, cc: usize) -> ([u32; 4], [u32; 4], usize, Option<u
     }
 }
 
-/// QK45::scales: (s0, s1, m0, m1) of sub-blocks 2c and 2c + 1.
+/// QK45::scale_word: (s0, s1, m0, m1) of sub-blocks 2c and 2c + 1.
 fn k_scales(meta: &[u32; 4], c: usize) -> (i32, i32, i32, i32) {
-    let (s, m) = if c < 2 {
-        (meta[1] & 0x3F3F_3F3F, meta[2] & 0x3F3F_3F3F)
-    } else {
-        ((meta[3] & 0x0F0F_0F0F) | (((meta[1] >> 6) & 0x0303_0303) << 4), ((meta[3] >> 4) & 0x0F0F_0F0F) | (((meta[2] >> 6) & 0x0303_0303) << 4))
-    };
-    let b = 2 * (c & 1);
-    (ubyte(s, b), ubyte(s, b + 1), ubyte(m, b), ubyte(m, b + 1))
+    let lo = ((if c < 2 { meta[1] } else { meta[2] }) >> (4 * (c & 1))) & 0x0F0F_0F0F;
+    let w = lo | (((meta[3] >> (2 * c)) & 0x0303_0303) << 4);
+    (ubyte(w, 0), ubyte(w, 1), ubyte(w, 2), ubyte(w, 3))
 }
 
 /// QUnit<7>::scales: (lo, hi).
@@ -188,9 +206,26 @@ fn q6_scales(sc: &[u32; 4], cc: usize) -> (i32, i32) {
 
 fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
     let (lw, hw, vl, vh) = words(fmt, u, cc);
+    if act_of(fmt) == 2 {
+        // Unit order: the lo and hi groups' activations, sums and scale at cc.
+        let half = a.q.len() / 2;
+        let lo = dot16(lw, &a.q[16 * cc..16 * cc + 16]);
+        let hi = dot16(hw, &a.q[half + 16 * cc..half + 16 * cc + 16]);
+        let (slo, shi, da) = (a.s16[2 * cc], a.s16[2 * cc + 1], a.d32[cc]);
+        return match fmt {
+            QFmt::Q6K => {
+                let (sl, sh) = q6_scales(&u.aux2, cc);
+                u.d * da * (sl * (lo - 32 * slo) + sh * (hi - 32 * shi)) as f32
+            }
+            _ => {
+                let (s0, s1, m0, m1) = k_scales(&u.aux, (cc & 7) >> 1);
+                let (dx, dmin) = (f16v(u.aux[0] & 0xffff) * da, f16v(u.aux[0] >> 16) * da);
+                dx * (s0 * lo + s1 * hi) as f32 - dmin * (m0 * slo + m1 * shi) as f32
+            }
+        };
+    }
     let lo = dot16(lw, &a.q[vl..vl + 16]);
     let hi = vh.map_or(0, |vh| dot16(hw, &a.q[vh..vh + 16]));
-    let vh = vh.unwrap_or(0);
     match fmt {
         QFmt::Q8_0 => u.d * a.d32[vl >> 5] * lo as f32,
         QFmt::Q4_0 | QFmt::Q5_0 => {
@@ -198,17 +233,8 @@ fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
             f16v(u.aux[0] & 0xffff) * a.d32[cc] * (lo + hi - off * (a.s16[2 * cc] + a.s16[2 * cc + 1])) as f32
         }
         QFmt::Q4_1 | QFmt::Q5_1 => f16v(u.aux[0] & 0xffff) * a.d32[cc] * (lo + hi) as f32 + f16v(u.aux[0] >> 16) * a.s32[cc],
-        QFmt::Q4K | QFmt::Q5K => {
-            let (s0, s1, m0, m1) = k_scales(&u.aux, (cc & 7) >> 1);
-            let da = a.d32[vl >> 5];
-            let (dx, dmin) = (f16v(u.aux[0] & 0xffff) * da, f16v(u.aux[0] >> 16) * da);
-            dx * (s0 * lo + s1 * hi) as f32 - dmin * (m0 * a.s16[vl >> 4] + m1 * a.s16[vh >> 4]) as f32
-        }
-        QFmt::Q6K => {
-            let (slo, shi) = q6_scales(&u.aux2, cc);
-            let dx = u.d * a.d32[vl >> 5];
-            dx * (slo * (lo - 32 * a.s16[vl >> 4]) + shi * (hi - 32 * a.s16[vh >> 4])) as f32
-        }
+        // Unit order, above.
+        QFmt::Q4K | QFmt::Q5K | QFmt::Q6K => unreachable!("K-quant activations are in unit order"),
     }
 }
 
@@ -289,7 +315,7 @@ fn emulated_gemv_matches_cpu_dot() {
                 let x = random(&mut r, k, 1.0);
                 let g: Vec<f32> = random(&mut r, k, 0.2).iter().map(|v| 1.0 + v).collect();
                 let norm = with_norm.then_some((g.as_slice(), 1e-6f32));
-                let acts = quantize_acts(act_of(fmt), &x, norm);
+                let acts = quantize_acts(fmt, &x, norm);
                 // The CPU's input: the normed row, as CpuBackend::rmsnorm computes it.
                 let xin: Vec<f32> = match norm {
                     Some((g, eps)) => {
@@ -374,7 +400,7 @@ fn emulated_gemv_matches_cpu_on_real_gguf_tensors() {
             let s = seg(&packed, &off);
             let (nu, nb) = geometry(fmt, k);
             let x = random(&mut r, k, 1.0);
-            let acts = quantize_acts(act_of(fmt), &x, None);
+            let acts = quantize_acts(fmt, &x, None);
             let prepared = quant::prepare_acts(dtype, &x);
             let mut got = Vec::new();
             let mut want = Vec::new();

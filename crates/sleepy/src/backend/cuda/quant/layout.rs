@@ -2,9 +2,12 @@
 //! four regions (quants, scales, high bits, ...), each an array over every block of the
 //! segment in row-major block order, so that the kernels read quants with aligned 16-byte
 //! loads and every scale with one aligned load. The bytes are the same as the file's, only
-//! reordered: a weight read per token costs exactly its stored size.
+//! reordered: a weight read per token costs exactly its stored size. Q4_K and Q5_K also have
+//! the bits of their 12 scale bytes rearranged (`k_scales_to_gpu`), so that a kernel gets the
+//! four 6-bit scales and mins a unit needs as the bytes of one word in a few operations.
 
 use crate::error::{Error, Result};
+use crate::quant::kquants::{pack_scale_min_k4, scale_min_k4};
 use crate::quant::DType;
 
 /// A quantized format the GPU kernels read; `id()` is the FMT number in the kernels.
@@ -115,8 +118,48 @@ pub fn repack(name: &str, fmt: QFmt, k: usize, rows: usize, blocks: &[u8]) -> Re
             let at = offsets[r] + b * len;
             out[at..at + len].copy_from_slice(&block[start..start + len]);
         }
+        if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+            let at = offsets[1] + b * 16 + 4;
+            let gpu = k_scales_to_gpu(out[at..at + 12].try_into().expect("12 scale bytes"));
+            out[at..at + 12].copy_from_slice(&gpu);
+        }
     }
     Ok((out, offsets))
+}
+
+/// The four 6-bit values chunk c (sub-blocks 2c and 2c + 1) of a Q4_K / Q5_K super-block
+/// needs, in the order the kernels want them: [scale 2c, scale 2c+1, min 2c, min 2c+1].
+fn chunk_values(q: &[u8; 12]) -> [[u8; 4]; 4] {
+    std::array::from_fn(|c| {
+        let ((s0, m0), (s1, m1)) = (scale_min_k4(2 * c, q), scale_min_k4(2 * c + 1, q));
+        [s0, s1, m0, m1]
+    })
+}
+
+/// GGML's 12 scale bytes to the GPU's (kernels/quant_units.cu, QK45::scale_word): with
+/// v[c][i] the chunk values above, byte i of word 0 is the low nibbles of v[0][i] and
+/// v[1][i] (low, high nibble), of word 1 those of v[2][i] and v[3][i], and bits 2c, 2c + 1 of
+/// byte i of word 2 are the top two bits of v[c][i].
+pub fn k_scales_to_gpu(q: &[u8; 12]) -> [u8; 12] {
+    let v = chunk_values(q);
+    let mut out = [0u8; 12];
+    for i in 0..4 {
+        out[i] = (v[0][i] & 15) | (v[1][i] & 15) << 4;
+        out[4 + i] = (v[2][i] & 15) | (v[3][i] & 15) << 4;
+        out[8 + i] = (0..4).map(|c| (v[c][i] >> 4) << (2 * c)).sum();
+    }
+    out
+}
+
+/// The inverse of `k_scales_to_gpu`.
+pub fn k_scales_from_gpu(g: &[u8; 12]) -> [u8; 12] {
+    let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
+    for c in 0..4 {
+        let nib = if c < 2 { &g[0..4] } else { &g[4..8] };
+        let val = |i: usize| (nib[i] >> (4 * (c & 1)) & 15) | ((g[8 + i] >> (2 * c)) & 3) << 4;
+        (sc[2 * c], sc[2 * c + 1], m[2 * c], m[2 * c + 1]) = (val(0), val(1), val(2), val(3));
+    }
+    pack_scale_min_k4(&sc, &m)
 }
 
 /// The inverse of `repack` (tests, and the tuner's CPU reference reading a weight back).
@@ -127,6 +170,10 @@ pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize) -> V
         for (r, &(start, len)) in fmt.regions().iter().enumerate() {
             let at = offsets[r] + b * len;
             block[start..start + len].copy_from_slice(&seg[at..at + len]);
+        }
+        if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+            let ggml = k_scales_from_gpu(block[4..16].try_into().expect("12 scale bytes"));
+            block[4..16].copy_from_slice(&ggml);
         }
     }
     out
@@ -164,6 +211,25 @@ mod tests {
                 assert!(off[r] + rows * 2 * len <= seg.len());
             }
             assert_eq!(unpack(fmt, &seg, &off, rows * 2), bytes);
+        }
+        // Every 12-byte scale field round-trips (96 bits of 16 six-bit values).
+        let mut r = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1000 {
+            let q: [u8; 12] = std::array::from_fn(|_| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                r as u8
+            });
+            assert_eq!(k_scales_from_gpu(&k_scales_to_gpu(&q)), q);
+            let g = k_scales_to_gpu(&q);
+            for (c, v) in chunk_values(&q).iter().enumerate() {
+                // What QK45::scale_word computes from the GPU bytes.
+                let w = |i: usize| u32::from_le_bytes(g[4 * i..4 * i + 4].try_into().unwrap());
+                let lo = ((if c < 2 { w(0) } else { w(1) }) >> (4 * (c & 1))) & 0x0F0F_0F0F;
+                let word = lo | ((w(2) >> (2 * c)) & 0x0303_0303) << 4;
+                assert_eq!(word.to_le_bytes(), *v);
+            }
         }
         assert!(repack("w", QFmt::Q4K, 100, 1, &[0u8; 10]).is_err());
         assert!(repack("w", QFmt::Q8_0, 32, 2, &[0u8; 34]).is_err());
