@@ -253,32 +253,37 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     for (int i = 0; i < ntiles; ++i) {
         const int s = ring_wait_full(i, stages, full);
         const unsigned char* st = ring + (size_t)s * stage_bytes;
-        const QPtr gate = {st + off[0], st + off[1], st + off[2], st + off[3]};
+        // This thread's row of the stage (loads below then take row 0: no per-unit row math).
+        const QPtr gate = {st + off[0] + ty * rb[0], st + off[1] + ty * rb[1], st + off[2] + ty * rb[2], st + off[3] + ty * rb[3]};
         const QPtr up = {gate.r0 + half_bytes, gate.r1 + half_bytes, gate.r2 + half_bytes, gate.r3 + half_bytes};
         const int r = i * rpb + ty;
         float acc0 = 0.f, acc1 = 0.f;
         if (r < nrows) {
             // UN units a batch, straight-line so that all their loads issue before the first
             // product; then the last units one at a time (the same order of additions).
+            // K-quants stream with tpr a multiple of 8 (the host's plan): a thread's units then
+            // share their place in the super-block (cc % 8 = tx % 8), and writing them as
+            // (super-block, place) lets the compiler see that and hoist what depends on it.
             constexpr int UN = MODE == 2 ? 2 : 4;
+            const auto unit = [&](int cc, int j) { return FMT >= 5 ? ((cc >> 3) + j * (tpr >> 3)) << 3 | (tx & 7) : cc + j * tpr; };
             int cc = tx;
             for (; cc + (UN - 1) * tpr < nu; cc += UN * tpr) {
                 QUnit<FMT> ua[UN], ub[UN];
 #pragma unroll
                 for (int j = 0; j < UN; ++j) {
-                    ua[j].template load<true>(gate, ty, nb, nu, cc + j * tpr);
-                    if (MODE == 2) ub[j].template load<true>(up, ty, nb, nu, cc + j * tpr);
+                    ua[j].template load<true>(gate, 0, nb, nu, unit(cc, j));
+                    if (MODE == 2) ub[j].template load<true>(up, 0, nb, nu, unit(cc, j));
                 }
 #pragma unroll
                 for (int j = 0; j < UN; ++j) {
-                    acc0 += ua[j].dot(cc + j * tpr, acts);
-                    if (MODE == 2) acc1 += ub[j].dot(cc + j * tpr, acts);
+                    acc0 += ua[j].dot(unit(cc, j), acts);
+                    if (MODE == 2) acc1 += ub[j].dot(unit(cc, j), acts);
                 }
             }
             for (; cc < nu; cc += tpr) {
                 QUnit<FMT> ua, ub;
-                ua.template load<true>(gate, ty, nb, nu, cc);
-                if (MODE == 2) ub.template load<true>(up, ty, nb, nu, cc);
+                ua.template load<true>(gate, 0, nb, nu, cc);
+                if (MODE == 2) ub.template load<true>(up, 0, nb, nu, cc);
                 acc0 += ua.dot(cc, acts);
                 if (MODE == 2) acc1 += ub.dot(cc, acts);
             }

@@ -21,12 +21,11 @@
 // Activations (shared memory, filled by quantize_acts in the companion format of the weight
 // format, as quant::prepare_acts does on the CPU): q int8 [K]; d32 [K/32] the scale of each
 // 32 values; s32 [K/32] the f16-rounded d * sum of the 32 quants (Q8_1 only); s16 [K/16] the
-// integer sum of each 16 quants. For the K-quants (Q8_K activations) q and s16 are in unit
-// order instead (act_slot): the 16 values unit cc dots with its lo group at q[16 cc], those of
-// its hi group at qhi[16 cc] (qhi = q + K/2), and their sums as int16 at ((short*)s16)[2 cc]
-// and [2 cc + 1]; so each unit reads its activations with conflict-free loads at addresses
-// linear in cc. d32 stays in value order (all 8 entries of a super-block hold its scale, so
-// unit cc reads d32[cc]).
+// integer sum of each 16 quants. For the K-quants (Q8_K activations) they are in unit order
+// instead (act_slot): the 16 values unit cc dots with its lo group at q[16 cc], those of its
+// hi group at qhi[16 cc] (qhi = q + K/2), and in place of s16 (and d32) an 8-byte record per
+// unit, ((uint2*)s16)[cc]: the int16 sums of the lo and hi groups, then the f32 scale. So a
+// unit reads its activations with three conflict-free loads at addresses linear in cc.
 
 typedef unsigned char u8;
 
@@ -228,12 +227,13 @@ template <int FMT> struct QK45 {
         const int hi = FIVE ? dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.qhi + 16 * cc)
                             : dot16u(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
         const u32 sm = scale_word(c);
-        const u32 sums = ((const u32*)a.s16)[cc];  // int16 sums of the lo and hi groups
+        const uint2 rec = ((const uint2*)a.s16)[cc];  // int16 sums of the lo and hi groups, scale
+        const u32 sums = rec.x;
         // |lo|, |hi| <= 16 * 15 * 127 fit int16 for Q4_K, so one dp2a weighs both by their
         // scales; Q5_K's 5-bit values do not.
         const int sc = FIVE ? lo * ubyte(sm, 0) + hi * ubyte(sm, 1) : dp2a<true>(__byte_perm(lo, hi, 0x5410), sm, 0);
         const int mn = dp2a<false>(sums, sm, 0);
-        const float da = a.d32[cc];
+        const float da = __uint_as_float(rec.y);
         const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
         return dx * (float)sc - dmin * (float)mn;
     }
@@ -296,11 +296,11 @@ template <> struct QUnit<7> {
         const int s = (cc & 3) >= 2 ? 2 : 0;
         const int lo = dot16(lo_word(q.x, qh.x, s), lo_word(q.y, qh.y, s), lo_word(q.z, qh.z, s), lo_word(q.w, qh.w, s), a.q + 16 * cc);
         const int hi = dot16(hi_word(q.x, qh.x, s), hi_word(q.y, qh.y, s), hi_word(q.z, qh.z, s), hi_word(q.w, qh.w, s), a.qhi + 16 * cc);
-        const u32 sums = ((const u32*)a.s16)[cc];  // int16 sums of the lo and hi groups
-        const int slo_sum = (int)(short)(sums & 0xffffu), shi_sum = (int)sums >> 16;
+        const uint2 rec = ((const uint2*)a.s16)[cc];  // int16 sums of the lo and hi groups, scale
+        const int slo_sum = (int)(short)(rec.x & 0xffffu), shi_sum = (int)rec.x >> 16;
         int slo, shi;
         scales(cc, slo, shi);
-        const float dx = d * a.d32[cc];
+        const float dx = d * __uint_as_float(rec.y);
         return dx * (float)(slo * (lo - 32 * slo_sum) + shi * (hi - 32 * shi_sum));
     }
     __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
@@ -394,10 +394,16 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
         const int2 at = act_slot<FMT>(i, K);
         *(uint2*)(a.q + at.x) = make_uint2(p0, p1);
         if ((lane & 1) == 0) {
-            if (ACT == 2) ((short*)a.s16)[at.y] = (short)s16;
-            else a.s16[at.y] = s16;
+            if (ACT == 2) {
+                // The unit's record: int16 sums of its lo and hi groups, then the scale
+                // (written for both groups: the same value).
+                ((short*)a.s16)[4 * (at.y >> 1) + (at.y & 1)] = (short)s16;
+                ((float*)a.s16)[2 * (at.y >> 1) + 1] = d;
+            } else {
+                a.s16[at.y] = s16;
+            }
         }
-        if ((lane & 3) == 0) {
+        if ((lane & 3) == 0 && ACT != 2) {
             a.d32[i >> 2] = d;
             if (ACT == 1) a.s32[i >> 2] = f16r(amax / 127.f * (float)s32);
         }

@@ -74,6 +74,11 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     if !tpr.is_power_of_two() || (tpr * rpb) % 32 != 0 {
         return None;
     }
+    // The K-quants' loop takes a thread's units to share their place in the super-block (8
+    // units): rows of at least 8 threads.
+    if fmt.dtype().block_len() == 256 && tpr < 8 {
+        return None;
+    }
     let nb = k / fmt.dtype().block_len();
     let mut half = 0;
     for (i, &(_, len)) in fmt.regions().iter().enumerate() {
