@@ -207,7 +207,8 @@ fn q6_scales(sc: &[u32; 4], cc: usize) -> (i32, i32) {
 fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
     let (lw, hw, vl, vh) = words(fmt, u, cc);
     if act_of(fmt) == 2 {
-        // Unit order: the lo and hi groups' activations, sums and scale at cc.
+        // Unit order: the lo and hi groups' activations, sums and scale at cc (the kernels
+        // keep the two sums and the scale in one 8-byte record a unit: the same values).
         let half = a.q.len() / 2;
         let lo = dot16(lw, &a.q[16 * cc..16 * cc + 16]);
         let hi = dot16(hw, &a.q[half + 16 * cc..half + 16 * cc + 16]);
