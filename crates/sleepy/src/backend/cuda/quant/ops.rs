@@ -341,6 +341,11 @@ mod tests {
         assert!(stream_plan(QFmt::Q8_0, &[8, 0, 0, 0], 1000, 2560, &shape(32, 8, 2), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 896, &shape(32, 8, 2), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q8_0, &at, 1000, 9728, &shape(8, 32, 8), 0, 132).is_none());
+        // K-quant rows of fewer than 8 threads (the kernel takes a thread's units to share
+        // their place in the super-block); Q8_0's may.
+        assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_none());
+        assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(8, 32, 1), 0, 132).is_some());
+        assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_some());
         // Few rows: never more blocks than tiles, nor more stages than a block's tiles.
         let p = stream_plan(QFmt::Q8_0, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
         assert_eq!((p.blocks, p.stages), (3, 2));
