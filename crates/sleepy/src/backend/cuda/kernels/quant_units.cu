@@ -44,27 +44,18 @@ struct Acts {
     int* s16;
 };
 
-__device__ __forceinline__ int dp4a(int a, int b, int c) {
+// Four weight bytes (signed, or unsigned 0..255 with U) times four activation bytes, plus c.
+template <bool U = false> __device__ __forceinline__ int dp4a(u32 a, int b, int c) {
     int d;
-    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    if (U) asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    else asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
 
 // Sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
-__device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
+template <bool U = false> __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
     const int4 v = *(const int4*)a;
-    return dp4a((int)w3, v.w, dp4a((int)w2, v.z, dp4a((int)w1, v.y, dp4a((int)w0, v.x, 0))));
-}
-
-// The same with the weight bytes unsigned (0..255).
-__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-__device__ __forceinline__ int dot16u(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
-    const int4 v = *(const int4*)a;
-    return dp4a_us(w3, v.w, dp4a_us(w2, v.z, dp4a_us(w1, v.y, dp4a_us(w0, v.x, 0))));
+    return dp4a<U>(w3, v.w, dp4a<U>(w2, v.z, dp4a<U>(w1, v.y, dp4a<U>(w0, v.x, 0))));
 }
 
 // a.lo * b.byte0 + a.hi * b.byte1 + c (LO) or with bytes 2 and 3 (!LO): a holds two int16.
@@ -225,7 +216,7 @@ template <int FMT> struct QK45 {
         // Q4_K's high nibbles in place (16 times the value) spare a shift a word; the sum is
         // then an exact multiple of 16.
         const int hi = FIVE ? dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.qhi + 16 * cc)
-                            : dot16u(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
+                            : dot16<true>(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
         const u32 sm = scale_word(c);
         const uint2 rec = ((const uint2*)a.s16)[cc];  // int16 sums of the lo and hi groups, scale
         const u32 sums = rec.x;
