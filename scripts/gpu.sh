@@ -138,14 +138,16 @@ if want eval; then
 fi
 
 # NCU_SECTIONS="spec,kernel-regex,skip,count[,depth] ...": Nsight sections of `count` kernels
-# matching the regex after `skip` of them, in `bench -p 0 -n 3 [--depth D]`.
+# matching the regex after `skip` of them, in `bench -p 0 -n 3 [--depth D]`. NCU_METRICS adds
+# `--metrics` to them, e.g. 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+# for what a warp waits on between instructions.
 if want ncu; then
     for e in ${NCU_SECTIONS:-}; do
         IFS=, read -r c k sk n d <<< "$e"
         left || { log "skip ncu sections $e (time)"; continue; }
         log "ncu sections $e"
         timeout 150 ncu --clock-control none -k "regex:$k" -s "$sk" -c "$n" --section SpeedOfLight --section Occupancy \
-            --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+            --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis ${NCU_METRICS:+--metrics "$NCU_METRICS"} \
             "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}${d:+-d$d}.txt" 2>> "$R"
     done
 fi
