@@ -140,7 +140,7 @@ fn chunk_values(q: &[u8; 12]) -> [[u8; 4]; 4] {
 /// v[c][i] the chunk values above, byte i of word 0 is the low nibbles of v[0][i] and
 /// v[1][i] (low, high nibble), of word 1 those of v[2][i] and v[3][i], and bits 2c, 2c + 1 of
 /// byte i of word 2 are the top two bits of v[c][i].
-pub fn k_scales_to_gpu(q: &[u8; 12]) -> [u8; 12] {
+fn k_scales_to_gpu(q: &[u8; 12]) -> [u8; 12] {
     let v = chunk_values(q);
     let mut out = [0u8; 12];
     for i in 0..4 {
@@ -152,7 +152,7 @@ pub fn k_scales_to_gpu(q: &[u8; 12]) -> [u8; 12] {
 }
 
 /// The inverse of `k_scales_to_gpu`.
-pub fn k_scales_from_gpu(g: &[u8; 12]) -> [u8; 12] {
+fn k_scales_from_gpu(g: &[u8; 12]) -> [u8; 12] {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for c in 0..4 {
         let nib = if c < 2 { &g[0..4] } else { &g[4..8] };
