@@ -27,7 +27,7 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 export SLEEPY_HOME=${SLEEPY_HOME:-$PWD/gpu-work/home}
-BIN=$PWD/gpu-run/sleepy
+BIN=${BIN:-$PWD/gpu-run/sleepy}
 M=${MODELS:-$PWD/gpu-work/models}
 OUT=${OUT:-gpu-work/out}
 STEPS=" ${STEPS:-models bench} "

@@ -185,7 +185,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
 #if __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char qtiles[];
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
-    __shared__ float red[32];
+    __shared__ __align__(8) float red[32];  // quantize_acts: a double a consumer warp (16)
     const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
     const int nu = FMT == 0 ? K / 16 : K / 32;
     const int nb = FMT >= 5 ? K / 256 : K / 32;
@@ -313,8 +313,11 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
 #endif
 }
 
+// Two blocks an SM (shapes of two blocks an SM, and the next kernel's block beside one): at
+// most 56 registers a thread. Without the 2, the f64 norm sum took some variants to 69; with
+// it ptxas spills 12-64 bytes in some, outside the unit loop (sm_90 SASS).
 #define GEMVQ_STREAM(FMT, NORM, MODE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(544) gemvq_stream_##FMT##_##NORM##_##MODE(            \
+    extern "C" __global__ void __launch_bounds__(544, 2) gemvq_stream_##FMT##_##NORM##_##MODE(            \
         const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,            \
         const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y, int n_units, \
         int K, int tpr, int stages) {                                                                   \

@@ -315,6 +315,15 @@ template <> struct QUnit<7> {
     }
 };
 
+// Chunk i's values v RMS-normed by scale and times g.
+__device__ __forceinline__ void scale_chunk(const float* __restrict__ g, float scale, int i, int nchunks, float (&v)[8]) {
+    if (i >= nchunks) return;
+    const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
+    const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
+}
+
 // Values 8 i .. 8 i + 7 of the row (zeros past nchunks chunks), RMS-normed and times g when
 // NORM, in the CPU's order (x * scale * g).
 template <bool NORM>
@@ -328,12 +337,7 @@ __device__ __forceinline__ void load_chunk(const float* __restrict__ x, const fl
     const float4 a0 = ((const float4*)x)[2 * i], a1 = ((const float4*)x)[2 * i + 1];
     v[0] = a0.x; v[1] = a0.y; v[2] = a0.z; v[3] = a0.w;
     v[4] = a1.x; v[5] = a1.y; v[6] = a1.z; v[7] = a1.w;
-    if (NORM) {
-        const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
-        const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
-    }
+    if (NORM) scale_chunk(g, scale, i, nchunks, v);
 }
 
 // The activation format each weight format is dotted with (see quant::prepare_acts).
@@ -401,11 +405,30 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
     }
 }
 
+// The RMS norm's scale from this thread's share `ss` of the sum of squares, as the CPU's
+// rmsnorm_row takes it: squares rounded to f32, summed in f64, the mean rounded to f32. The
+// order of the f64 sum then (almost) never changes the mean, so the normed activations, and
+// their int8 quants, are the CPU's. red: room for one double a warp. Contains barriers.
+template <class Sync>
+__device__ __forceinline__ float rms_scale(double ss, float* red, int tid, int nthreads, int K, float eps, Sync sync) {
+    double* r = (double*)red;
+    const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    sync();
+    if (lane == 0) r[warp] = ss;
+    sync();
+    double sum = 0.0;
+    for (int i = 0; i < nwarps; ++i) sum += r[i];
+    const float mean = (float)(sum / (double)K);
+    return 1.f / sqrtf(mean + eps);
+}
+
 // Quantize the row x [K] into the block's shared activations in the companion format of
 // weight format FMT (ActOf: 0 Q8_0, per 32 values, scale rounded to f16; 1 Q8_1, Q8_0 plus
 // the f16-rounded d * sum of each 32; 2 Q8_K, per 256 values, f32 scale, in unit order),
-// matching quant::prepare_acts bit for bit. With NORM, x is
-// RMS-normed and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
+// matching quant::prepare_acts bit for bit. With NORM, x is RMS-normed with the CPU's scale
+// (rms_scale) and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
 // 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
 // (% 256 for ACT 2). Threads tid = 0 .. nthreads - 1 (whole warps) take part; it contains
 // barriers (`sync`), so each of them calls it.
@@ -413,18 +436,43 @@ template <int FMT, bool NORM, class Sync>
 __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
                                               const Acts& a, float* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31;
+    const int nchunks = K / 8;
+    if (nchunks <= 2 * nthreads) {
+        // At most two chunks a thread (every decode GEMV's K): x is read once, into registers,
+        // and the norm's sum is taken from them, so only one load of x waits on L2.
+        const int base = tid - lane, i0 = base + lane, i1 = base + nthreads + lane;
+        float v0[8], v1[8], g0[8], g1[8];
+        load_chunk<false>(x, g, 1.f, i0, nchunks, v0);
+        load_chunk<false>(x, g, 1.f, i1, nchunks, v1);
+        if (NORM) {
+            // g with x, so that the sum's barriers do not hold up a second load.
+            load_chunk<false>(g, g, 1.f, i0, nchunks, g0);
+            load_chunk<false>(g, g, 1.f, i1, nchunks, g1);
+            double ss = 0.0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) ss += (double)(v0[j] * v0[j]) + (double)(v1[j] * v1[j]);
+            const float scale = rms_scale(ss, red, tid, nthreads, K, eps, sync);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                v0[j] = v0[j] * scale * g0[j];
+                v1[j] = v1[j] * scale * g1[j];
+            }
+        }
+        quantize_chunk<FMT>(v0, i0, nchunks, K, lane, a);
+        if (base + nthreads < nchunks) quantize_chunk<FMT>(v1, i1, nchunks, K, lane, a);
+        sync();
+        return;
+    }
     float scale = 1.f;
     if (NORM) {
-        float ss = 0.f;
+        double ss = 0.0;
 #pragma unroll 4
         for (int i = tid; i < K / 4; i += nthreads) {
             const float4 v = ((const float4*)x)[i];
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            ss += (double)(v.x * v.x) + (double)(v.y * v.y) + (double)(v.z * v.z) + (double)(v.w * v.w);
         }
-        ss = block_sum_of(ss, red, tid, nthreads, sync);
-        scale = 1.f / sqrtf(ss / (float)K + eps);
+        scale = rms_scale(ss, red, tid, nthreads, K, eps, sync);
     }
-    const int nchunks = K / 8;
     // Two chunks a thread a round, both requested before either is used: x was just written
     // by the previous kernel, so each round waits on L2. The bound is the same for the whole
     // warp (base = this warp's first chunk), so the shuffles always have all 32 lanes.
