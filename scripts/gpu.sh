@@ -8,7 +8,8 @@
 # "tests", the GPU test binaries cuda_ops, cuda_model, cuda_quant, cuda_tune (copied from
 # target/release/deps after `cargo test --release --no-run`); and ../shared/tools/gpu copied to
 # gpu-tools/. Models go to $MODELS (default gpu-work/models, ignored, so a warm machine keeps
-# them between calls); tuning choices to $SLEEPY_HOME (default gpu-work/home).
+# them between calls); tuning choices to $SLEEPY_HOME (default gpu-work/home). $BIN runs
+# another binary in place of gpu-run/sleepy (e.g. tuning a second build in the same call).
 # Steps:
 #   models  bandwidth.py; make_models.py $MAKE (qwen3-0.6b qwen3-4b); qwen3-4b as GGUF in each
 #           format of $CONVERT (q4_k q8_0)

@@ -315,15 +315,6 @@ template <> struct QUnit<7> {
     }
 };
 
-// Chunk i's values v RMS-normed by scale and times g.
-__device__ __forceinline__ void scale_chunk(const float* __restrict__ g, float scale, int i, int nchunks, float (&v)[8]) {
-    if (i >= nchunks) return;
-    const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
-    const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
-}
-
 // Values 8 i .. 8 i + 7 of the row (zeros past nchunks chunks), RMS-normed and times g when
 // NORM, in the CPU's order (x * scale * g).
 template <bool NORM>
@@ -337,7 +328,12 @@ __device__ __forceinline__ void load_chunk(const float* __restrict__ x, const fl
     const float4 a0 = ((const float4*)x)[2 * i], a1 = ((const float4*)x)[2 * i + 1];
     v[0] = a0.x; v[1] = a0.y; v[2] = a0.z; v[3] = a0.w;
     v[4] = a1.x; v[5] = a1.y; v[6] = a1.z; v[7] = a1.w;
-    if (NORM) scale_chunk(g, scale, i, nchunks, v);
+    if (NORM) {
+        const float4 g0 = ((const float4*)g)[2 * i], g1 = ((const float4*)g)[2 * i + 1];
+        const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gs[j];
+    }
 }
 
 // The activation format each weight format is dotted with (see quant::prepare_acts).
