@@ -159,10 +159,10 @@ GEMVQ_FMT(7)
 // ---- Streamed quantized GEMV (Hopper and later): gemv.cu's streamed design over this layout.
 // One token row. A tile is rpb rows; a region stores rows contiguously (row-major block
 // order), so a tile is one bulk copy a region (rounded up to 16 bytes: regions are padded,
-// layout.rs), and SwiGLU tiles hold the up rows' regions after the gate rows'. Tile t is rows
-// [t rpb, (t + 1) rpb); block b owns tiles [T b / blocks, T (b + 1) / blocks). The host keeps
-// every copy 16-byte aligned: rpb times each region's row bytes, and for SwiGLU n_units times
-// them, are multiples of 16.
+// layout.rs), and SwiGLU tiles hold the up rows' regions after the gate rows'. Block b owns
+// rows [8 G b / blocks, 8 G (b + 1) / blocks) (G groups of 8 rows), in tiles of rpb rows from
+// its first. The host keeps every copy 16-byte aligned: 8 and rpb times each region's row
+// bytes, and for SwiGLU n_units times them, are multiples of 16.
 // Block: nc = tpr * rpb consumer threads (at most 512), then one producer warp. The consumers quantize x into
 // shared memory as gemvq_body does (while the first tiles are in flight), then thread c dots
 // units c % tpr + j tpr of row c / tpr of each tile, read from the stage. Each warp's row sums
@@ -189,10 +189,13 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
     const int nu = FMT == 0 ? K / 16 : K / 32;
     const int nb = FMT >= 5 ? K / 256 : K / 32;
-    const int all_tiles = (n_units + rpb - 1) / rpb;
-    const int t0 = (int)((long long)all_tiles * blockIdx.x / gridDim.x);
-    const int t1 = (int)((long long)all_tiles * (blockIdx.x + 1) / gridDim.x);
-    const int u0 = t0 * rpb, nrows = min(t1 * rpb, n_units) - u0, ntiles = t1 - t0;
+    // The block's rows: an even share of the groups of 8 (whole tiles would leave some blocks
+    // a tile more than others: a third more for Qwen3-4B's gate+up), in tiles of rpb rows,
+    // the last one short.
+    const int groups = (n_units + 7) / 8;
+    const int g0 = (int)((long long)groups * blockIdx.x / gridDim.x);
+    const int g1 = (int)((long long)groups * (blockIdx.x + 1) / gridDim.x);
+    const int u0 = 8 * g0, nrows = min(8 * g1, n_units) - u0, ntiles = (nrows + rpb - 1) / rpb;
     // Each region's row bytes and its offset in a stage (the gate rows' half for SwiGLU).
     u32 rb[4], off[4], half_bytes = 0;
 #pragma unroll
@@ -204,7 +207,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     const u32 stage_bytes = MODE == 2 ? 2 * half_bytes : half_bytes;
     unsigned char* ring = qtiles + ((3 * K / 2 + 127) & ~127);
     const int wpr = tpr > 32 ? tpr / 32 : 1;
-    const int share = (all_tiles + gridDim.x - 1) / gridDim.x * rpb * wpr;
+    const int share = (groups + gridDim.x - 1) / gridDim.x * 8 * wpr;
     float* slots = (float*)(ring + (size_t)stages * stage_bytes);
 
     if (tid == nc) ring_init(full, empty, stages, nc / 32);
@@ -217,7 +220,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
             const u8* reg[4] = {w.r0, w.r1, w.r2, w.r3};
             for (int i = 0; i < ntiles; ++i) {
                 const int s = ring_acquire(i, stages, empty);
-                const int a = u0 + i * rpb, n = min(rpb, n_units - a);
+                const int a = u0 + i * rpb, n = min(rpb, u0 + nrows - a);
                 u32 bytes[4], total = 0;
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {

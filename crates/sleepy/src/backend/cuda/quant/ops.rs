@@ -84,16 +84,19 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     for (i, &(_, len)) in fmt.regions().iter().enumerate() {
         let rb = nb * len;
         let up = if mode == 2 { units * rb } else { 0 };
-        if (rpb * rb) % 16 != 0 || up % 16 != 0 || r[i] % 16 != 0 {
+        if (rpb * rb) % 16 != 0 || (8 * rb) % 16 != 0 || up % 16 != 0 || r[i] % 16 != 0 {
             return None;
         }
         half += (rpb * rb).next_multiple_of(16);
     }
     let stage = if mode == 2 { 2 * half } else { half };
-    let tiles = units.div_ceil(rpb);
-    let blocks = (sms * s.blocks_per_sm).min(tiles as u32).max(1);
+    // Blocks take even shares of the groups of 8 rows (the kernel's split); `rows` is the most
+    // one takes.
+    let groups = units.div_ceil(8);
+    let blocks = (sms * s.blocks_per_sm).min(groups as u32).max(1);
+    let rows = groups.div_ceil(blocks as usize) * 8;
     let wpr = if tpr > 32 { tpr / 32 } else { 1 };
-    let slots = tiles.div_ceil(blocks as usize) * rpb * wpr * if mode == 2 { 2 } else { 1 };
+    let slots = rows * wpr * if mode == 2 { 2 } else { 1 };
     let fixed = (3 * k / 2).next_multiple_of(128) + 4 * slots;
     // The SM's budget shared by the shape's blocks; no more stages than a block has tiles,
     // so a block with few rows queues all of them at once (before the dependency wait) and
@@ -101,7 +104,7 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     // start: on an H200, Qwen3-4B's Q8_0 output projection took 5.3 us for 11 MB in tiles
     // through two stages of a 64 KB budget (BENCHMARKS.md).
     let budget = (STREAM_SMEM_SM / s.blocks_per_sm.max(1)) as usize;
-    let per_block = tiles.div_ceil(blocks as usize);
+    let per_block = rows.div_ceil(rpb);
     let stages = (budget.saturating_sub(fixed) / stage).min(16).min(per_block.max(2));
     let threads = (tpr * rpb + 32) as u32;
     (stages >= 2 && tpr * rpb <= MAX_STREAM_THREADS as usize).then_some(StreamPlan { blocks, threads, stages: stages as u32, smem: (fixed + stages * stage) as u32 })
@@ -346,10 +349,11 @@ mod tests {
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(8, 32, 1), 0, 132).is_some());
         assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_some());
-        // Few rows: never more blocks than tiles, nor more stages than a block's tiles.
+        // Few rows: never more blocks than groups of 8 rows, nor more stages than the most
+        // tiles a block takes (2560 rows: 320 groups, blocks of 16 or 24 rows).
         let p = stream_plan(QFmt::Q8_0, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
         assert_eq!((p.blocks, p.stages), (3, 2));
         let p = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &shape(32, 4, 1), 1, 132).unwrap();
-        assert_eq!(p.stages, 5, "{p:?}");
+        assert_eq!(p.stages, 6, "{p:?}");
     }
 }
