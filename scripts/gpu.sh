@@ -141,16 +141,26 @@ fi
 # NCU_SECTIONS="spec,kernel-regex,skip,count[,depth] ...": Nsight sections of `count` kernels
 # matching the regex after `skip` of them, in `bench -p 0 -n 3 [--depth D]`. NCU_METRICS adds
 # `--metrics` to them, e.g. 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
-# for what a warp waits on between instructions.
+# for what a warp waits on between instructions. NCU_SOURCE=1 also samples warp stalls per
+# SASS instruction (SourceCounters) and keeps each kernel's source page as CSV, all in one
+# archive, ncu-src.tgz (a call returns at most 8 files).
 if want ncu; then
     for e in ${NCU_SECTIONS:-}; do
         IFS=, read -r c k sk n d <<< "$e"
         left || { log "skip ncu sections $e (time)"; continue; }
         log "ncu sections $e"
+        tag="${c//[:.]/_}-${k//[^a-z0-9_]/}${d:+-d$d}"
         timeout 150 ncu --clock-control none -k "regex:$k" -s "$sk" -c "$n" --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis ${NCU_METRICS:+--metrics "$NCU_METRICS"} \
-            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-${c//[:.]/_}-${k//[^a-z0-9_]/}${d:+-d$d}.txt" 2>> "$R"
+            ${NCU_SOURCE:+--section SourceCounters -f -o "$OUT/src-$tag"} \
+            "$BIN" bench $(margs "$c") --device cuda -p 0 -n 3 -r 1 ${d:+--depth $d} > "$OUT/sections-$tag.txt" 2>> "$R"
+        if [ -n "${NCU_SOURCE:-}" ] && [ -f "$OUT/src-$tag.ncu-rep" ]; then
+            timeout 60 ncu -i "$OUT/src-$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/src-$tag.csv" 2>> "$R"
+            ncu -i "$OUT/src-$tag.ncu-rep" >> "$OUT/sections-$tag.txt" 2>> "$R"
+            rm -f "$OUT/src-$tag.ncu-rep"
+        fi
     done
+    (cd "$OUT" && ls src-*.csv > /dev/null 2>&1 && tar czf ncu-src.tgz src-*.csv && rm src-*.csv)
 fi
 
 log done
