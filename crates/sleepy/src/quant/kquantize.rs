@@ -9,6 +9,18 @@ use super::write_f16;
 
 /// Candidate scale steps tried around the range-based scale, in tenths of a level.
 const SEARCH_STEPS: i32 = 8;
+/// The candidates: steps -SEARCH_STEPS ..= SEARCH_STEPS.
+const CANDIDATES: usize = 2 * SEARCH_STEPS as usize + 1;
+
+/// Step of candidate c, in tenths of a level.
+fn step_tenths(c: usize) -> f32 {
+    0.1 * (c as i32 - SEARCH_STEPS) as f32
+}
+
+// Both fits take every candidate in one pass over x: each candidate's sums still add the
+// values in order, so the result is bit for bit the candidate-at-a-time search's (tested
+// against it below), and the candidates' independent chains overlap instead of each waiting
+// on its own sums: quantizing to Q4_K took 0.59 of the time (5.1 M weights, one thread).
 
 /// Affine fit of x ~ scale * q - offset with q in 0..=nmax and offset >= 0 (the formats store
 /// a non-negative min that is subtracted). Returns (scale, offset).
@@ -18,47 +30,64 @@ fn fit_affine(x: &[f32], nmax: i32) -> (f32, f32) {
     if hi <= lo {
         return (0.0, -lo);
     }
+    let nm = nmax as f32;
+    let code = |v: f32, offset: f32, inv: f32| ((v + offset) * inv).round().clamp(0.0, nm);
     let error = |scale: f32, offset: f32| -> f32 {
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         x.iter()
             .map(|&v| {
-                let q = ((v + offset) * inv).round().clamp(0.0, nmax as f32);
-                let e = scale * q - offset - v;
+                let e = scale * code(v, offset, inv) - offset - v;
                 e * e
             })
             .sum()
     };
-    let mut best = ((hi - lo) / nmax as f32, -lo);
-    let mut best_err = error(best.0, best.1);
     let n = x.len() as f32;
-    for step in -SEARCH_STEPS..=SEARCH_STEPS {
-        let iscale = (nmax as f32 + 0.1 * step as f32) / (hi - lo);
-        let (mut sq, mut sqq, mut sx, mut sqx) = (0f32, 0f32, 0f32, 0f32);
-        for &v in x {
-            let q = ((v - lo) * iscale).round().clamp(0.0, nmax as f32);
-            sq += q;
-            sqq += q * q;
-            sx += v;
-            sqx += q * v;
+    let iscale: [f32; CANDIDATES] = std::array::from_fn(|c| (nm + step_tenths(c)) / (hi - lo));
+    let (mut sq, mut sqq, mut sqx, mut sx) = ([0f32; CANDIDATES], [0f32; CANDIDATES], [0f32; CANDIDATES], 0f32);
+    for &v in x {
+        sx += v;
+        for c in 0..CANDIDATES {
+            let q = ((v - lo) * iscale[c]).round().clamp(0.0, nm);
+            sq[c] += q;
+            sqq[c] += q * q;
+            sqx[c] += q * v;
         }
-        let det = n * sqq - sq * sq;
+    }
+    // Each candidate's least-squares refit (None: it has none).
+    let fits: [Option<(f32, f32)>; CANDIDATES] = std::array::from_fn(|c| {
+        let det = n * sqq[c] - sq[c] * sq[c];
         if det <= 0.0 {
-            continue;
+            return None;
         }
-        let mut scale = (n * sqx - sq * sx) / det;
-        let mut offset = (scale * sq - sx) / n;
+        let mut scale = (n * sqx[c] - sq[c] * sx) / det;
+        let mut offset = (scale * sq[c] - sx) / n;
         if offset < 0.0 {
             // A positive minimum cannot be stored: fit the scale alone with no offset.
             offset = 0.0;
-            scale = if sqq > 0.0 { sqx / sqq } else { 0.0 };
+            scale = if sqq[c] > 0.0 { sqx[c] / sqq[c] } else { 0.0 };
         }
-        if scale <= 0.0 {
-            continue;
+        (scale > 0.0).then_some((scale, offset))
+    });
+    // Their squared errors, in one pass too (a candidate without a fit is measured at a
+    // harmless stand-in and not looked at).
+    let fit = |c: usize| fits[c].unwrap_or((1.0, 0.0));
+    let inv: [f32; CANDIDATES] = std::array::from_fn(|c| 1.0 / fit(c).0);
+    let mut err = [0f32; CANDIDATES];
+    for &v in x {
+        for c in 0..CANDIDATES {
+            let (scale, offset) = fit(c);
+            let e = scale * code(v, offset, inv[c]) - offset - v;
+            err[c] += e * e;
         }
-        let err = error(scale, offset);
-        if err < best_err {
-            best = (scale, offset);
-            best_err = err;
+    }
+    let mut best = ((hi - lo) / nm, -lo);
+    let mut best_err = error(best.0, best.1);
+    for c in 0..CANDIDATES {
+        if let Some(f) = fits[c] {
+            if err[c] < best_err {
+                best = f;
+                best_err = err[c];
+            }
         }
     }
     best
@@ -77,36 +106,47 @@ fn fit_symmetric(x: &[f32], nmid: i32) -> f32 {
     if amax == 0.0 {
         return 0.0;
     }
+    let (qlo, qhi) = (-nmid as f32, (nmid - 1) as f32);
     let error = |scale: f32| -> f32 {
         x.iter()
             .map(|&v| {
-                let q = (v / scale).round().clamp(-nmid as f32, (nmid - 1) as f32);
-                let e = scale * q - v;
+                let e = scale * (v / scale).round().clamp(qlo, qhi) - v;
                 e * e
             })
             .sum()
     };
+    let iscale: [f32; CANDIDATES] = std::array::from_fn(|c| -(nmid as f32 + step_tenths(c)) / max);
+    let (mut sqq, mut sqx) = ([0f32; CANDIDATES], [0f32; CANDIDATES]);
+    for &v in x {
+        for c in 0..CANDIDATES {
+            let q = (v * iscale[c]).round().clamp(qlo, qhi);
+            sqq[c] += q * q;
+            sqx[c] += q * v;
+        }
+    }
+    let fits: [Option<f32>; CANDIDATES] = std::array::from_fn(|c| {
+        if sqq[c] == 0.0 {
+            return None;
+        }
+        let scale = sqx[c] / sqq[c];
+        (scale != 0.0).then_some(scale)
+    });
+    let scales: [f32; CANDIDATES] = std::array::from_fn(|c| fits[c].unwrap_or(1.0));
+    let mut err = [0f32; CANDIDATES];
+    for &v in x {
+        for c in 0..CANDIDATES {
+            let e = scales[c] * (v / scales[c]).round().clamp(qlo, qhi) - v;
+            err[c] += e * e;
+        }
+    }
     let mut best = max / -(nmid as f32);
     let mut best_err = error(best);
-    for step in -SEARCH_STEPS..=SEARCH_STEPS {
-        let iscale = -(nmid as f32 + 0.1 * step as f32) / max;
-        let (mut sqq, mut sqx) = (0f32, 0f32);
-        for &v in x {
-            let q = (v * iscale).round().clamp(-nmid as f32, (nmid - 1) as f32);
-            sqq += q * q;
-            sqx += q * v;
-        }
-        if sqq == 0.0 {
-            continue;
-        }
-        let scale = sqx / sqq;
-        if scale == 0.0 {
-            continue;
-        }
-        let err = error(scale);
-        if err < best_err {
-            best = scale;
-            best_err = err;
+    for c in 0..CANDIDATES {
+        if let Some(scale) = fits[c] {
+            if err[c] < best_err {
+                best = scale;
+                best_err = err[c];
+            }
         }
     }
     best
@@ -209,6 +249,140 @@ pub fn quantize_q6k(src: &[f32], dst: &mut [u8]) {
                 b[64 * h + 32 + l] = (v(1) & 0x0F) | ((v(3) & 0x0F) << 4);
                 b[128 + 32 * h + l] = (v(0) >> 4) | ((v(1) >> 4) << 2) | ((v(2) >> 4) << 4) | ((v(3) >> 4) << 6);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The plain search the fits replace: one candidate at a time, each with its own passes.
+    fn fit_affine_ref(x: &[f32], nmax: i32) -> (f32, f32) {
+        let lo = x.iter().fold(0f32, |m, &v| m.min(v));
+        let hi = x.iter().fold(f32::MIN, |m, &v| m.max(v));
+        if hi <= lo {
+            return (0.0, -lo);
+        }
+        let error = |scale: f32, offset: f32| -> f32 {
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            x.iter()
+                .map(|&v| {
+                    let q = ((v + offset) * inv).round().clamp(0.0, nmax as f32);
+                    let e = scale * q - offset - v;
+                    e * e
+                })
+                .sum()
+        };
+        let mut best = ((hi - lo) / nmax as f32, -lo);
+        let mut best_err = error(best.0, best.1);
+        let n = x.len() as f32;
+        for step in -SEARCH_STEPS..=SEARCH_STEPS {
+            let iscale = (nmax as f32 + 0.1 * step as f32) / (hi - lo);
+            let (mut sq, mut sqq, mut sx, mut sqx) = (0f32, 0f32, 0f32, 0f32);
+            for &v in x {
+                let q = ((v - lo) * iscale).round().clamp(0.0, nmax as f32);
+                sq += q;
+                sqq += q * q;
+                sx += v;
+                sqx += q * v;
+            }
+            let det = n * sqq - sq * sq;
+            if det <= 0.0 {
+                continue;
+            }
+            let mut scale = (n * sqx - sq * sx) / det;
+            let mut offset = (scale * sq - sx) / n;
+            if offset < 0.0 {
+                offset = 0.0;
+                scale = if sqq > 0.0 { sqx / sqq } else { 0.0 };
+            }
+            if scale <= 0.0 {
+                continue;
+            }
+            let err = error(scale, offset);
+            if err < best_err {
+                best = (scale, offset);
+                best_err = err;
+            }
+        }
+        best
+    }
+
+    fn fit_symmetric_ref(x: &[f32], nmid: i32) -> f32 {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            return 0.0;
+        }
+        let error = |scale: f32| -> f32 {
+            x.iter()
+                .map(|&v| {
+                    let q = (v / scale).round().clamp(-nmid as f32, (nmid - 1) as f32);
+                    let e = scale * q - v;
+                    e * e
+                })
+                .sum()
+        };
+        let mut best = max / -(nmid as f32);
+        let mut best_err = error(best);
+        for step in -SEARCH_STEPS..=SEARCH_STEPS {
+            let iscale = -(nmid as f32 + 0.1 * step as f32) / max;
+            let (mut sqq, mut sqx) = (0f32, 0f32);
+            for &v in x {
+                let q = (v * iscale).round().clamp(-nmid as f32, (nmid - 1) as f32);
+                sqq += q * q;
+                sqx += q * v;
+            }
+            if sqq == 0.0 {
+                continue;
+            }
+            let scale = sqx / sqq;
+            if scale == 0.0 {
+                continue;
+            }
+            let err = error(scale);
+            if err < best_err {
+                best = scale;
+                best_err = err;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn fits_match_the_one_candidate_search_bit_for_bit() {
+        let seed: u64 = rand::rng().random();
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        // Sub-blocks of several kinds: centred, one-signed, mostly zero, with an outlier,
+        // constant, of few distinct values.
+        for i in 0..6000 {
+            let n = if i % 2 == 0 { 32 } else { 16 };
+            let x: Vec<f32> = (0..n)
+                .map(|j| {
+                    let u = r.random::<f32>() - 0.5;
+                    match i % 6 {
+                        0 => u,
+                        1 => u + 0.6,
+                        2 => -(u + 0.5) * 1e-3,
+                        3 => if r.random::<f32>() < 0.8 { 0.0 } else { u },
+                        4 => if j == 5 { 40.0 * u } else { u * 0.1 },
+                        _ => [0.25f32, -0.5, 0.0][j % 3] * (i % 5) as f32,
+                    }
+                })
+                .collect();
+            for nmax in [15, 31] {
+                let (a, b) = (fit_affine(&x, nmax), fit_affine_ref(&x, nmax));
+                assert!(a.0.to_bits() == b.0.to_bits() && a.1.to_bits() == b.1.to_bits(), "seed {seed} block {i} nmax {nmax}: {a:?} vs {b:?}");
+            }
+            let (a, b) = (fit_symmetric(&x, 32), fit_symmetric_ref(&x, 32));
+            assert_eq!(a.to_bits(), b.to_bits(), "seed {seed} block {i}: {a} vs {b}");
         }
     }
 }
