@@ -20,11 +20,31 @@ fn step_tenths(c: usize) -> f32 {
 // Both fits take every candidate in one pass over x: each candidate's sums still add the
 // values in order, so the result is bit for bit the candidate-at-a-time search's (tested
 // against it below), and the candidates' independent chains overlap instead of each waiting
-// on its own sums: quantizing to Q4_K took 0.59 of the time (5.1 M weights, one thread).
+// on its own sums; with AVX2 the candidates go in vector registers. Quantizing 5.1 M random
+// weights to Q4_K on one thread of an AMD EPYC: 7.5 M weights a second before, 12-13 in one
+// pass, 54 with AVX2.
 
 /// Affine fit of x ~ scale * q - offset with q in 0..=nmax and offset >= 0 (the formats store
 /// a non-negative min that is subtracted). Returns (scale, offset).
 fn fit_affine(x: &[f32], nmax: i32) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { fit_affine_avx2(x, nmax) };
+    }
+    fit_affine_body(x, nmax)
+}
+
+/// The same code with the candidates in AVX2 registers (the same IEEE operations, so the same
+/// bits: no fused multiply-adds are formed).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fit_affine_avx2(x: &[f32], nmax: i32) -> (f32, f32) {
+    fit_affine_body(x, nmax)
+}
+
+#[inline(always)]
+fn fit_affine_body(x: &[f32], nmax: i32) -> (f32, f32) {
     let lo = x.iter().fold(0f32, |m, &v| m.min(v));
     let hi = x.iter().fold(f32::MIN, |m, &v| m.max(v));
     if hi <= lo {
@@ -96,6 +116,22 @@ fn fit_affine(x: &[f32], nmax: i32) -> (f32, f32) {
 /// Symmetric fit of x ~ scale * q with q in -nmid..nmid-1. Returns the scale (signed, so
 /// that the value of largest magnitude lands on -nmid where that fits best).
 fn fit_symmetric(x: &[f32], nmid: i32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { fit_symmetric_avx2(x, nmid) };
+    }
+    fit_symmetric_body(x, nmid)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fit_symmetric_avx2(x: &[f32], nmid: i32) -> f32 {
+    fit_symmetric_body(x, nmid)
+}
+
+#[inline(always)]
+fn fit_symmetric_body(x: &[f32], nmid: i32) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
