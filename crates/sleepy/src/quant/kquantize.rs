@@ -21,26 +21,40 @@ fn step_tenths(c: usize) -> f32 {
 // values in order, so the result is bit for bit the candidate-at-a-time search's (tested
 // against it below), and the candidates' independent chains overlap instead of each waiting
 // on its own sums; with AVX2 the candidates go in vector registers. Quantizing 5.1 M random
-// weights to Q4_K on one thread of an AMD EPYC: 7.5 M weights a second before, 12-13 in one
-// pass, 54 with AVX2.
+// weights to Q4_K on one thread of an AMD EPYC (shared, noisy): 6-8 M weights a second
+// before, 12-13 in one pass, 40-55 with AVX2.
 
-/// Affine fit of x ~ scale * q - offset with q in 0..=nmax and offset >= 0 (the formats store
-/// a non-negative min that is subtracted). Returns (scale, offset).
-fn fit_affine(x: &[f32], nmax: i32) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::cpu_has_avx2() {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { fit_affine_avx2(x, nmax) };
-    }
-    fit_affine_body(x, nmax)
+/// `fn NAME(args) -> R` running BODY(args) compiled for AVX2 where the CPU has it: the
+/// candidates then go in vector registers (the same IEEE operations, so the same bits; no
+/// fused multiply-adds are formed).
+macro_rules! with_avx2 {
+    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $body:ident) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            if super::cpu_has_avx2() {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) -> $r {
+                    $body($($a),*)
+                }
+                // SAFETY: the CPU has AVX2.
+                return unsafe { avx2($($a),*) };
+            }
+            $body($($a),*)
+        }
+    };
 }
 
-/// The same code with the candidates in AVX2 registers (the same IEEE operations, so the same
-/// bits: no fused multiply-adds are formed).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fit_affine_avx2(x: &[f32], nmax: i32) -> (f32, f32) {
-    fit_affine_body(x, nmax)
+with_avx2! {
+    /// Affine fit of x ~ scale * q - offset with q in 0..=nmax and offset >= 0 (the formats
+    /// store a non-negative min that is subtracted). Returns (scale, offset).
+    fn fit_affine(x: &[f32], nmax: i32) -> (f32, f32) = fit_affine_body
+}
+
+with_avx2! {
+    /// Symmetric fit of x ~ scale * q with q in -nmid..nmid-1. Returns the scale (signed, so
+    /// that the value of largest magnitude lands on -nmid where that fits best).
+    fn fit_symmetric(x: &[f32], nmid: i32) -> f32 = fit_symmetric_body
 }
 
 #[inline(always)]
@@ -111,23 +125,6 @@ fn fit_affine_body(x: &[f32], nmax: i32) -> (f32, f32) {
         }
     }
     best
-}
-
-/// Symmetric fit of x ~ scale * q with q in -nmid..nmid-1. Returns the scale (signed, so
-/// that the value of largest magnitude lands on -nmid where that fits best).
-fn fit_symmetric(x: &[f32], nmid: i32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::cpu_has_avx2() {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { fit_symmetric_avx2(x, nmid) };
-    }
-    fit_symmetric_body(x, nmid)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fit_symmetric_avx2(x: &[f32], nmid: i32) -> f32 {
-    fit_symmetric_body(x, nmid)
 }
 
 #[inline(always)]
