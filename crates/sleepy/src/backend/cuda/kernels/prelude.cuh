@@ -86,17 +86,18 @@ struct SyncFirst {
     __device__ __forceinline__ void operator()() const { asm volatile("bar.sync 1, %0;" ::"r"(n) : "memory"); }
 };
 
-// Sum over threads 0 .. nthreads - 1 (whole warps, at most 1024), thread `tid` giving v;
-// `red` holds 32 floats. Every one of them gets the result. Contains barriers (`sync`): call
-// from all of them.
-template <class Sync>
-__device__ __forceinline__ float block_sum_of(float v, float* red, int tid, int nthreads, Sync sync) {
+// Sum over threads 0 .. nthreads - 1 (whole warps, at most 1024), thread `tid` giving v (a
+// float, or a double); `red` holds one T a warp. Every one of them gets the result. Contains
+// barriers (`sync`): call from all of them.
+template <class T, class Sync>
+__device__ __forceinline__ T block_sum_of(T v, T* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
-    v = warp_sum(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     sync();
     if (lane == 0) red[warp] = v;
     sync();
-    float s = 0.f;
+    T s = 0;
     for (int i = 0; i < nwarps; ++i) s += red[i];
     return s;
 }

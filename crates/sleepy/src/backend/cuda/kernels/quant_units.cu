@@ -407,15 +407,7 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
 // their int8 quants, are the CPU's. red: room for one double a warp. Contains barriers.
 template <class Sync>
 __device__ __forceinline__ float rms_scale(double ss, float* red, int tid, int nthreads, int K, float eps, Sync sync) {
-    double* r = (double*)red;
-    const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    sync();
-    if (lane == 0) r[warp] = ss;
-    sync();
-    double sum = 0.0;
-    for (int i = 0; i < nwarps; ++i) sum += r[i];
+    const double sum = block_sum_of(ss, (double*)red, tid, nthreads, sync);
     const float mean = (float)(sum / (double)K);
     return 1.f / sqrtf(mean + eps);
 }
