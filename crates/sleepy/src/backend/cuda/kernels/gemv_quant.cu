@@ -74,7 +74,8 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     pdl_wait();
     pdl_launch_next();
 
-    quantize_acts<FMT, NORM>(x + (size_t)t * K, g, eps, K, a, red, tid, nthreads, SyncAll{});
+    // The fused-norm launches (QKV, gate+up) take the one-chunk path where it applies.
+    quantize_acts<FMT, NORM, NORM>(x + (size_t)t * K, g, eps, K, a, red, tid, nthreads, SyncAll{});
 
     // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
     float acc0 = 0.f, acc1 = 0.f;

@@ -88,13 +88,14 @@ struct SyncFirst {
 
 // Sum over threads 0 .. nthreads - 1 (whole warps, at most 1024), thread `tid` giving v (a
 // float, or a double); `red` holds one T a warp. Every one of them gets the result. Contains
-// barriers (`sync`): call from all of them.
+// barriers (`sync`): call from all of them. `first`: red is not in use before (the kernel's
+// first reduction), so the barrier that guards its earlier use is left out.
 template <class T, class Sync>
-__device__ __forceinline__ T block_sum_of(T v, T* red, int tid, int nthreads, Sync sync) {
+__device__ __forceinline__ T block_sum_of(T v, T* red, int tid, int nthreads, Sync sync, bool first = false) {
     const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    sync();
+    if (!first) sync();
     if (lane == 0) red[warp] = v;
     sync();
     T s = 0;

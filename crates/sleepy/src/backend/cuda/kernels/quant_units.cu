@@ -404,12 +404,43 @@ __device__ __forceinline__ void quantize_chunk(const float (&v)[8], int i, int n
 // The RMS norm's scale from this thread's share `ss` of the sum of squares, as the CPU's
 // rmsnorm_row takes it: squares rounded to f32, summed in f64, the mean rounded to f32. The
 // order of the f64 sum then (almost) never changes the mean, so the normed activations, and
-// their int8 quants, are the CPU's. red: room for one double a warp. Contains barriers.
+// their int8 quants, are the CPU's. red: room for one double a warp (`first`: not in use
+// before, the kernel's first reduction). Contains barriers.
 template <class Sync>
-__device__ __forceinline__ float rms_scale(double ss, float* red, int tid, int nthreads, int K, float eps, Sync sync) {
-    const double sum = block_sum_of(ss, (double*)red, tid, nthreads, sync);
+__device__ __forceinline__ float rms_scale(double ss, float* red, int tid, int nthreads, int K, float eps, Sync sync,
+                                           bool first = false) {
+    const double sum = block_sum_of(ss, (double*)red, tid, nthreads, sync, first);
     const float mean = (float)(sum / (double)K);
     return 1.f / sqrtf(mean + eps);
+}
+
+// quantize_acts for rows of at most one chunk a thread, as the kernel's first use of `red`:
+// one chunk's registers (no second's), the norm's f64 sum in two chains, one barrier less.
+// Measured on an H200 (BENCHMARKS.md, session 10): Qwen3-0.6B's register-kernel GEMVs gain;
+// in the streamed kernels the same path was slower, so they keep the general one.
+template <int FMT, bool NORM, class Sync>
+__device__ __forceinline__ void quantize_acts_one(const float* __restrict__ x, const float* __restrict__ g, float eps,
+                                                  int K, const Acts& a, float* red, int tid, int nthreads, Sync sync) {
+    const int lane = tid & 31, nchunks = K / 8, i = tid;
+    float v[8];
+    load_chunk<false>(x, g, 1.f, i, nchunks, v);
+    if (NORM) {
+        float gv[8];
+        load_chunk<false>(g, g, 1.f, i, nchunks, gv);
+        // The order moves only the last bits of the f64 sum, which the mean's rounding to f32
+        // (almost) never sees.
+        double s0 = 0.0, s1 = 0.0;
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+            s0 += (double)(v[j] * v[j]);
+            s1 += (double)(v[j + 1] * v[j + 1]);
+        }
+        const float scale = rms_scale(s0 + s1, red, tid, nthreads, K, eps, sync, true);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = v[j] * scale * gv[j];
+    }
+    quantize_chunk<FMT>(v, i, nchunks, K, lane, a);
+    sync();
 }
 
 // Quantize the row x [K] into the block's shared activations in the companion format of
@@ -419,12 +450,14 @@ __device__ __forceinline__ float rms_scale(double ss, float* red, int tid, int n
 // (rms_scale) and multiplied by g first, in the CPU's order (x * scale * g). Each thread takes
 // 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
 // (% 256 for ACT 2). Threads tid = 0 .. nthreads - 1 (whole warps) take part; it contains
-// barriers (`sync`), so each of them calls it.
-template <int FMT, bool NORM, class Sync>
+// barriers (`sync`), so each of them calls it. ONE: rows of one chunk a thread take
+// quantize_acts_one (then `red` must be unused before).
+template <int FMT, bool NORM, bool ONE = false, class Sync>
 __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
                                               const Acts& a, float* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31;
     const int nchunks = K / 8;
+    if (ONE && nchunks <= nthreads) return quantize_acts_one<FMT, NORM>(x, g, eps, K, a, red, tid, nthreads, sync);
     if (nchunks <= 2 * nthreads) {
         // At most two chunks a thread (every decode GEMV's K): x is read once, into registers,
         // and the norm's sum is taken from them, so only one load of x waits on L2.
