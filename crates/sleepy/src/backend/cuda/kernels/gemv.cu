@@ -257,7 +257,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
         if (tid == nc) {
             const u64 policy = evict_first_policy();
             for (int i = 0; i < ntiles; ++i) {
-                const int s = ring_acquire(i, stages, empty);
+                const int s = ring_acquire(i, stages, empty, stages);
                 const int a = u0 + i * rpb, n = min(rpb, u1 - a);
                 const u32 bytes = (u32)n * row_bytes, st = smem_addr(tiles) + (u32)s * stage_bytes;
                 const u32 bar = smem_addr(&full[s]);

@@ -220,7 +220,10 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
             const u64 policy = evict_first_policy();
             const u8* reg[4] = {w.r0, w.r1, w.r2, w.r3};
             for (int i = 0; i < ntiles; ++i) {
-                const int s = ring_acquire(i, stages, empty);
+                // Tiles queued before the dependency wait: every stage for the K-quants (their
+                // launches are bound by the consumers, so the early data is used), one for the
+                // others (bound by the copies, which would slow the previous launch's tail).
+                const int s = ring_acquire(i, stages, empty, FMT >= 5 ? stages : 1);
                 const int a = u0 + i * rpb, n = min(rpb, u0 + nrows - a);
                 u32 bytes[4], total = 0;
 #pragma unroll

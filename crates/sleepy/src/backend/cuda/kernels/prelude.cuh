@@ -149,11 +149,12 @@ __device__ __forceinline__ void ring_init(u64* full, u64* empty, int stages, int
 }
 
 // The producer's turn at tile i (of a ring of `stages`): the stage to fill, once every
-// consumer warp released it. The first `stages` tiles go out before the dependency wait
-// (weights never depend on the previous kernel); the next kernel may launch only after it.
-__device__ __forceinline__ int ring_acquire(int i, int stages, u64* empty) {
+// consumer warp released it. The first `early` tiles (at most `stages`) go out before the
+// dependency wait (weights never depend on the previous kernel); the next kernel may launch
+// only after it.
+__device__ __forceinline__ int ring_acquire(int i, int stages, u64* empty, int early) {
     const int s = i % stages;
-    if (i == stages) {
+    if (i == early) {
         pdl_wait();
         pdl_launch_next();
     }
