@@ -329,17 +329,24 @@ fn decode_attention_matches_cpu_at_every_position() {
             cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, hb, chunks));
         }
     }
+    // The rule's switch from one head a block to two (group 4), at position 100 of 300.
+    let mut short = vec![None; cases.len()];
+    for (h, kvh, d) in [ATTN[0], (8, 2, 256)] {
+        cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, None, None));
+        short.push(Some(100));
+    }
     for (h, kvh, d) in [ATTN[0], ATTN[2]] {
         cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Interleaved, d, false, None, None));
         cases.push((h, kvh, d, 600, 140, 0, RopeStyle::Neox, d / 2, false, None, None));
     }
-    for (h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks) in cases {
+    short.resize(cases.len(), None);
+    for ((h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks), short) in cases.into_iter().zip(short) {
         {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
             let rope = rope_for(dims, style);
             let cfg = cfg_for(h, kvh, d, max_seq);
-            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv_split(&cfg, max_seq, hb, chunks).unwrap());
+            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv_split(&cfg, max_seq, hb, chunks, short).unwrap());
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
@@ -352,10 +359,10 @@ fn decode_attention_matches_cpu_at_every_position() {
                 p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, qk_cpu, &rope, &mut oc).unwrap();
                 p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, qk_gpu, &rope, &mut og).unwrap();
                 let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} pos={pos}: relative error {e:.3e}");
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} short={short:?} pos={pos}: relative error {e:.3e}");
                 worst = worst.max(e);
             }
-            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?}: worst relative error {worst:.2e} over {steps} positions");
+            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?} short={short:?}: worst relative error {worst:.2e} over {steps} positions");
         }
     }
 }

@@ -110,11 +110,19 @@ pub struct CudaKv {
     v: DevBuf,
     part: DevBuf,
     counters: DevBuf,
-    /// Query heads per attention block, and chunks per head group.
-    heads_per_block: usize,
-    chunks: usize,
+    /// Decode attention's split of the work before position `short_ctx` and from it on.
+    short: AttnSplit,
+    long: AttnSplit,
+    short_ctx: usize,
     /// The fewest positions a chunk holds.
     min_chunk: usize,
+}
+
+/// Query heads per decode-attention block, and chunks per head group.
+#[derive(Clone, Copy, Debug)]
+struct AttnSplit {
+    heads_per_block: usize,
+    chunks: usize,
 }
 
 /// Mutable state behind the backend's lock.

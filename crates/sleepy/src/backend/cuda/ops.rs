@@ -3,7 +3,7 @@
 
 use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
-use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
+use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
 use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
@@ -45,6 +45,12 @@ fn env_count(name: &str) -> Result<Option<usize>> {
 fn heads_per_block(group: usize) -> usize {
     if group % 4 == 0 { 2 } else { 1 }
 }
+
+/// Below this many positions decode attention runs one query head a block whatever the rule
+/// above picks: short contexts are bound by each block's latency, not by K/V reads. On an
+/// H200, Qwen3-4B q4_k tg128 (positions 0-127) took 1.299 ms a token at two heads and 1.256
+/// at one (BENCHMARKS.md, session 11), but bf16 at depth 4096, 2.769 against 2.827 (session 6).
+const SHORT_CTX: usize = 1024;
 
 /// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
 /// many (`__launch_bounds__` with DEC_BLOCKS_SM in kernels/decode_attention.cu: at most 255,
@@ -179,10 +185,11 @@ impl CudaBackend {
             }
             None => (0, 0, 0, 0, 0, 0.0),
         };
-        let hb = kv.heads_per_block;
+        let split = if pos < kv.short_ctx { kv.short } else { kv.long };
+        let (hb, chunks) = (split.heads_per_block, split.chunks);
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
-        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + hb * kv.chunks;
+        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + hb * chunks;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),
@@ -204,7 +211,7 @@ impl CudaBackend {
         ];
         let key = 2 << 40 | (d as u64) << 8 | hb as u64;
         let name = || format!("attn_decode_{d}_{hb}");
-        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, kv.chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
+        self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
         self.note_attn()
     }
 
@@ -223,26 +230,27 @@ impl CudaBackend {
 
     /// A KV cache whose decode attention runs `hb` query heads a block (1, 2 or 4, dividing
     /// the group size) and splits the positions into `chunks` blocks a head group at most;
-    /// None: the rule (heads_per_block, and as many blocks an SM as fit). Tests use this to
-    /// run the kernel variants a model's rule would not pick, and long chunks at short
-    /// contexts.
-    pub fn new_kv_split(&self, cfg: &ModelConfig, max_seq: usize, hb: Option<usize>, chunks: Option<usize>) -> Result<CudaKv> {
+    /// None: the rule (heads_per_block, and as many blocks an SM as fit, with one head a block
+    /// before position `short_ctx`, SHORT_CTX when None). Tests use this to run the kernel
+    /// variants a model's rule would not pick, long chunks at short contexts, and the switch.
+    pub fn new_kv_split(&self, cfg: &ModelConfig, max_seq: usize, hb: Option<usize>, chunks: Option<usize>, short_ctx: Option<usize>) -> Result<CudaKv> {
         let s = AttnShape { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
         attn_dims(&s)?;
         let kv_dim = cfg.kv_dim();
         let max_seq = max_seq.max(1);
         let cache_bytes = cfg.n_layers * max_seq * kv_dim * 2;
         let group = cfg.n_heads / cfg.n_kv_heads;
-        // SLEEPY_ATTN_HB and SLEEPY_ATTN_BLOCKS_SM override the rule, to measure.
+        // SLEEPY_ATTN_HB and SLEEPY_ATTN_BLOCKS_SM override the rule, to measure (one split at
+        // every position); SLEEPY_ATTN_SHORT moves the rule's switch (0: none).
         let env_hb = if hb.is_none() { env_count("SLEEPY_ATTN_HB")? } else { None };
         let from_env = env_hb.is_some();
+        let fixed = hb.is_some() || from_env;
         let hb = hb.or(env_hb).unwrap_or(heads_per_block(group));
         if ![1, 2, 4].contains(&hb) || group % hb != 0 {
             let what = if from_env { format!("SLEEPY_ATTN_HB={hb}") } else { format!("{hb} query heads a decode-attention block") };
             return Err(Error::Cuda(format!("{what}: must be 1, 2 or 4 and divide this model's {group} query heads a KV head")));
         }
-        let groups = cfg.n_heads / hb;
-        let per_sm = env_count("SLEEPY_ATTN_BLOCKS_SM")?.unwrap_or(attn_blocks_per_sm(hb)).max(1);
+        let per_sm_env = env_count("SLEEPY_ATTN_BLOCKS_SM")?;
         // The fewest positions a chunk holds: longer chunks spare short contexts the merge of
         // chunks and cost longer ones their spread over blocks. On an H200 (tg128 from depth
         // 0 / 512), 64 -> 128 took Qwen3-0.6B 0.710 -> 0.684 ms but 0.787 -> 0.801 at 512,
@@ -253,16 +261,26 @@ impl CudaBackend {
         if min_chunk == 0 || min_chunk % 32 != 0 {
             return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
         }
-        let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(groups)).clamp(1, max_seq.div_ceil(min_chunk));
+        let split = |hb: usize, chunks: Option<usize>| {
+            let per_sm = per_sm_env.unwrap_or(attn_blocks_per_sm(hb)).max(1);
+            let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
+            AttnSplit { heads_per_block: hb, chunks }
+        };
+        let long = split(hb, chunks);
+        let short_ctx = if fixed || hb == 1 { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
+        let short = if short_ctx > 0 { split(1, chunks) } else { long };
+        let most_chunks = long.chunks.max(short.chunks);
         Ok(CudaKv {
             max_seq,
             kv_dim,
             k: DevBuf::alloc(cache_bytes)?,
             v: DevBuf::alloc(cache_bytes)?,
-            part: DevBuf::alloc(cfg.n_heads * chunks * (cfg.head_dim + 2) * 4)?,
-            counters: DevBuf::zeroed(groups * 4, self.stream.0)?,
-            heads_per_block: hb,
-            chunks,
+            part: DevBuf::alloc(cfg.n_heads * most_chunks * (cfg.head_dim + 2) * 4)?,
+            // A counter a head group, for the split of the most groups (one head a block).
+            counters: DevBuf::zeroed(cfg.n_heads / short.heads_per_block.min(long.heads_per_block) * 4, self.stream.0)?,
+            short,
+            long,
+            short_ctx,
             min_chunk,
         })
     }
@@ -328,7 +346,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv(&self, cfg: &ModelConfig, max_seq: usize) -> Result<CudaKv> {
-        self.new_kv_split(cfg, max_seq, None, None)
+        self.new_kv_split(cfg, max_seq, None, None, None)
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaAct) -> Result<()> {
