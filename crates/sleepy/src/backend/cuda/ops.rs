@@ -48,8 +48,10 @@ fn heads_per_block(group: usize) -> usize {
 
 /// Below this many positions decode attention runs one query head a block whatever the rule
 /// above picks: short contexts are bound by each block's latency, not by K/V reads. On an
-/// H200, Qwen3-4B q4_k tg128 (positions 0-127) took 1.299 ms a token at two heads and 1.256
-/// at one (BENCHMARKS.md, session 11), but bf16 at depth 4096, 2.769 against 2.827 (session 6).
+/// H200 (BENCHMARKS.md, session 11), tg128 of Qwen3-4B at two heads a block against one, from
+/// depth 0: q4_k 1.299 / 1.256 ms, bf16 2.362 / 2.335; from 512: q4_k 1.473 / 1.437; from
+/// 1024: q4_k 1.547 / 1.528, bf16 2.609 / 2.603; from 2048: q4_k 1.650 / 1.651, bf16 2.698 /
+/// 2.737 (and at 4096, session 6: 2.769 / 2.827).
 const SHORT_CTX: usize = 1024;
 
 /// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
