@@ -23,7 +23,8 @@
 #   ncu     Nsight Compute sections of chosen kernels ($NCU_SECTIONS, below); each kernel runs
 #           alone with caches flushed, so times are upper bounds
 # Each step stops starting work past $BUDGET seconds (default 560). Logs and bench.jsonl go
-# to $OUT; a table of every bench line is printed last.
+# to $OUT; a table of every bench line is printed last. Several builds against each other:
+# scripts/gpu-ab.sh (which uses this script's models step).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Several builds against each other in one GPU call: the models (gpu.sh's models step) with
+# each build's GPU tests beside them, then rounds of `sleepy bench` that interleave the builds,
+# so that the machine's drift falls on all of them alike. Run on the GPU machine from the
+# repository root:
+#
+#     VARIANTS="main new new@SLEEPY_ATTN_SHORT=0" CONFIGS="qwen3-4b.q4_k" bash scripts/gpu-ab.sh
+#
+# gpu-run/ (carried) holds sleepy-NAME for each build (sleepy for NAME main) and its test
+# binaries TEST-NAME (cuda_quant-new, from target/release/deps); gpu-tools/ as for gpu.sh.
+#   VARIANTS  NAME[@VAR=v,VAR=v ...]: a build, and the environment it runs with
+#   CONFIGS   model specs as in gpu.sh (NAME bf16, NAME:q8_0 in-situ, NAME.q4_k GGUF)
+#   DEPTHS    bench depths (default 0); ROUNDS (default 2)
+#   TESTS     test binaries to run for each build where gpu-run/TEST-NAME is there (default
+#             cuda_ops cuda_model cuda_quant cuda_tune), all at once, beside the models
+#   MAKE, CONVERT as for gpu.sh; BUDGET (default 540): no bench starts after that many seconds
+# Output under $OUT: ab.jsonl (one bench line a run, with tag, round and spec), tests/*.log,
+# models.log; the medians of the rounds last.
+set -u
+cd "$(dirname "$0")/.."
+export SLEEPY_HOME=${SLEEPY_HOME:-$PWD/gpu-work/home}
+M=${MODELS:-$PWD/gpu-work/models}
+OUT=${OUT:-gpu-work/out}
+T0=$(date +%s)
+mkdir -p "$OUT/tests" "$SLEEPY_HOME"
+chmod +x gpu-run/* 2>/dev/null
+names() { for v in ${VARIANTS:-main}; do echo "${v%%@*}"; done | sort -u; }
+
+for n in $(names); do
+    for t in ${TESTS:-cuda_ops cuda_model cuda_quant cuda_tune}; do
+        [ -f "gpu-run/$t-$n" ] || continue
+        (timeout 400 "gpu-run/$t-$n" --test-threads=1 > "$OUT/tests/$t-$n.log" 2>&1
+         echo "$t-$n rc=$? $(grep 'test result' "$OUT/tests/$t-$n.log")") &
+    done
+done > "$OUT/tests/summary.txt"
+STEPS=models OUT="$OUT/models" bash scripts/gpu.sh > "$OUT/models.log" 2>&1
+wait
+echo "== models and tests done ($(( $(date +%s) - T0 ))s)"
+cat "$OUT/tests/summary.txt"
+grep -E "copy|read:|wrote" "$OUT/models.log"
+
+margs() {
+    case $1 in
+    *.q*) echo "-m $M/$1.gguf" ;;
+    *:*) echo "-m $M/${1%%:*} --quant ${1##*:}" ;;
+    *) echo "-m $M/$1" ;;
+    esac
+}
+for r in $(seq 1 "${ROUNDS:-2}"); do
+    for v in ${VARIANTS:-main}; do
+        n=${v%%@*} e=
+        [[ $v == *@* ]] && e=${v#*@}
+        b=gpu-run/sleepy-$n
+        [ "$n" = main ] && b=gpu-run/sleepy
+        for c in ${CONFIGS:-qwen3-4b.q4_k}; do
+            for d in ${DEPTHS:-0}; do
+                [ $(( $(date +%s) - T0 )) -lt "${BUDGET:-540}" ] || continue
+                timeout 150 env ${e//,/ } "$b" bench $(margs "$c") --device cuda --json -p 0 -n 128 -r 3 --depth "$d" 2>> "$OUT/bench.err" |
+                    sed "s/^{/{\"tag\":\"$v\",\"round\":$r,\"spec\":\"$c\",/" >> "$OUT/ab.jsonl"
+            done
+        done
+    done
+done
+echo "== bench done ($(( $(date +%s) - T0 ))s)"
+python3 - "$OUT/ab.jsonl" <<'PY'
+import json, sys, statistics
+runs = {}
+for line in open(sys.argv[1]):
+    try: o = json.loads(line)
+    except Exception: continue
+    runs.setdefault((o["spec"], o["depth"], o["tag"]), []).append(o)
+for (spec, depth, tag), os in runs.items():
+    ms = [o["ms_per_token"] for o in os]
+    fr = statistics.median(o["fraction_of_bandwidth"] for o in os)
+    print(f'{spec:<17} d={depth:<5} {tag:<30} median {statistics.median(ms):7.3f} ms ({", ".join(f"{m:.3f}" for m in ms)}) {100 * fr:5.1f}% of floor')
+PY
