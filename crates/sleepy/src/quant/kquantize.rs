@@ -5,6 +5,7 @@
 //! and recompute the codes with the scales as they will be read back.
 
 use super::kquants::{pack_scale_min_k4, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, QK_K};
+use super::legacy::signed_absmax;
 use super::write_f16;
 
 /// Candidate scale steps tried around the range-based scale, in tenths of a level.
@@ -129,14 +130,8 @@ fn fit_affine_body(x: &[f32], nmax: i32) -> (f32, f32) {
 
 #[inline(always)]
 fn fit_symmetric_body(x: &[f32], nmid: i32) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax == 0.0 {
+    let max = signed_absmax(x);
+    if max == 0.0 {
         return 0.0;
     }
     let (qlo, qhi) = (-nmid as f32, (nmid - 1) as f32);
@@ -344,14 +339,8 @@ mod tests {
     }
 
     fn fit_symmetric_ref(x: &[f32], nmid: i32) -> f32 {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in x {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
+        let max = signed_absmax(x);
+        if max == 0.0 {
             return 0.0;
         }
         let error = |scale: f32| -> f32 {

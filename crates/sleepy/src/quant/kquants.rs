@@ -15,7 +15,7 @@
 //! The dots follow the arithmetic of GGML's x86 CPU path (see `dot_*` below); quantization
 //! of weights is our own least-squares search (`kquantize`).
 
-use super::legacy::hsum8;
+use super::legacy::{hsum8, signed_absmax};
 use super::read_f16;
 
 pub const QK_K: usize = 256;
@@ -145,14 +145,8 @@ pub fn quantize_acts_q8k(x: &[f32]) -> Q8KActs {
     let nb = x.len() / QK_K;
     let mut a = Q8KActs { d: Vec::with_capacity(nb), qs: Vec::with_capacity(nb * QK_K), bsums: Vec::with_capacity(nb * 16) };
     for blk in x.chunks_exact(QK_K) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in blk {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
+        let max = signed_absmax(blk);
+        if max == 0.0 {
             a.d.push(0.0);
             a.qs.extend(std::iter::repeat_n(0, QK_K));
             a.bsums.extend(std::iter::repeat_n(0, 16));

@@ -100,8 +100,10 @@ pub fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// The value of largest magnitude (the first one on ties), keeping its sign.
-fn signed_absmax(x: &[f32]) -> f32 {
+/// The value of largest magnitude (the first one on ties), keeping its sign; 0 for none (all
+/// zeros). Shared by the quantizers and the Q8_K activation quantizer.
+#[inline(always)]
+pub(super) fn signed_absmax(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {
