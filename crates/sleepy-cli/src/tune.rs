@@ -67,7 +67,7 @@ fn json(r: &TuneReport, load_s: f64) -> serde_json::Value {
                 "weight_bytes": s.problem.weight_bytes(),
                 "default": s.default.config, "default_us": s.default.us, "best": s.best.config, "best_us": s.best.us,
                 "tuned": c.config, "tuned_us": c.us, "gain": 1.0 - c.us / s.default.us,
-                "reverted": r.reverted.contains(&s.problem), "cpu_error": s.cpu_error, "best_error": s.best_error,
+                "overruled_in_step": r.overruled(s), "cpu_error": s.cpu_error, "best_error": s.best_error,
                 "candidates": s.tried, "rejected": s.rejected, "noise": s.noise})
         })
         .collect();
@@ -75,6 +75,8 @@ fn json(r: &TuneReport, load_s: f64) -> serde_json::Value {
         "shapes": shapes, "skipped": r.skipped.iter().map(|p| p.label()).collect::<Vec<_>>(),
         "failed": r.failed.iter().map(|(p, e)| serde_json::json!({"shape": p.label(), "error": e})).collect::<Vec<_>>(),
         "decode_before": comparison(&r.before), "decode_after": comparison(&r.after),
+        "step_trials": r.trials.iter().map(|t| serde_json::json!({"shape": t.problem.label(), "config": t.config, "kept": t.kept,
+            "vs": comparison(&Some(t.vs))})).collect::<Vec<_>>(),
         "saved": r.saved.as_ref().map(|p| p.display().to_string()), "tune_seconds": r.seconds, "load_seconds": load_s})
 }
 
@@ -84,7 +86,12 @@ fn print_table(r: &TuneReport, load_s: f64) {
     for s in &r.shapes {
         let c = r.chosen(s);
         let gbs = s.problem.weight_bytes() as f64 / c.us / 1e3;
-        let mark = if r.reverted.contains(&s.problem) { " (reverted)" } else if c.config == s.default.config { " (default kept)" } else { "" };
+        let mark = match (c.config == s.default.config, r.overruled(s)) {
+            (true, true) => " (default kept in the step)",
+            (true, false) => " (default kept)",
+            (false, true) => " (chosen in the step)",
+            (false, false) => "",
+        };
         println!(
             "{:<30} {:>4}  {:<22} {:>9.2}  {:<22} {:>9.2} {:>7.0} {:>+6.1}%{mark}",
             s.problem.label(),
@@ -113,16 +120,18 @@ fn print_table(r: &TuneReport, load_s: f64) {
             c.tokens_per_run
         );
     };
-    match (&r.before, &r.after) {
-        (Some(b), Some(a)) => {
-            line("per-shape winners", b);
-            if !r.reverted.is_empty() {
-                let names: Vec<String> = r.reverted.iter().map(|p| p.label()).collect();
-                println!("not clearly faster as a whole: put back to the default: {}", names.join(", "));
-                line("final", a);
-            }
+    if !r.trials.is_empty() {
+        println!("in the decode step, each candidate against the choice before it (kept: the fastest beyond the noise):");
+        for t in &r.trials {
+            println!("  {:<30} {:<22} {:>+6.1}% (noise {:.1}%){}", t.problem.label(), t.config.short(), 100.0 * (t.vs.ratio - 1.0), 100.0 * t.vs.noise, if t.kept { "  kept" } else { "" });
         }
-        _ => println!("decode step: no shape beat its default; nothing to compare"),
+    }
+    if let Some(b) = &r.before {
+        line("per-shape winners", b);
+    }
+    match &r.after {
+        Some(a) => line("final choice", a),
+        None => println!("decode step: no candidate beat the defaults in the step; defaults kept"),
     }
     match &r.saved {
         Some(p) => println!("saved to {}", p.display()),

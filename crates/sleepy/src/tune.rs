@@ -4,17 +4,21 @@
 //!    length, fused variant) and the weights of each of its launches.
 //! 2. Each problem is tuned on those weights (backend/cuda/tune: candidates checked against
 //!    the default's output, itself checked against the CPU; timed with CUDA events).
-//! 3. The decode step is timed with default and with tuned configurations, alternating. The
-//!    shapes share L2 and overlap their neighbours at their edges, which back-to-back launches
-//!    of one shape do not show, so per-shape winners can lose as a whole (measured: Qwen3-0.6B,
-//!    BENCHMARKS.md). Tuned configurations are kept only when the step is faster beyond its
-//!    noise; otherwise shapes fall back to their default one by one (smallest gain first),
-//!    and wholly if no subset is clearly faster.
+//! 3. The choice is made in the decode step itself. The shapes share L2 and overlap their
+//!    neighbours at their edges, which back-to-back launches of one shape do not show: per-shape
+//!    winners can lose as a whole (measured: Qwen3-0.6B, BENCHMARKS.md), and a shape whose
+//!    block fits on an SM beside the previous kernel's can start (and queue its weights) before
+//!    that kernel ends, which in back-to-back launches any shape of two blocks an SM does.
+//!    Starting from the defaults, problem by problem (largest share of the step first), each
+//!    candidate of the problem's pool (its fastest, and the fastest of each shared-memory
+//!    class) is timed in the whole step against the choice so far, alternating; the fastest
+//!    that beats it beyond the noise replaces it. The default against every per-shape winner,
+//!    and against the final choice, are timed too, for the report.
 //! 4. The choices are saved under the device's key (backend/cuda/tune/store.rs) and used by
 //!    this backend at once.
 
 use crate::backend::cuda::tune::store::{self, DecodeRecord, TunedEntry, TunedFile, TunedTable};
-use crate::backend::cuda::tune::{GemvCall, GemvOperands, GemvProblem, ShapeResult, TuneEvent, TuneKey, TuneOptions, TunedSet};
+use crate::backend::cuda::tune::{Candidate, GemvCall, GemvOperands, GemvProblem, LaunchConfig, ShapeResult, TuneEvent, TuneKey, TuneOptions, TunedSet};
 use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::error::Result;
@@ -31,13 +35,16 @@ pub struct ModelTuneOptions {
     pub decode_rounds: usize,
     /// Milliseconds of decoding per timed run (tokens are chosen to fill it).
     pub decode_ms_per_run: f64,
+    /// Rounds and milliseconds per run of each candidate's trial in the step (stage 3).
+    pub step_rounds: usize,
+    pub step_ms_per_run: f64,
     /// Write the choices to `$SLEEPY_HOME/tune/gemv.json`.
     pub save: bool,
 }
 
 impl Default for ModelTuneOptions {
     fn default() -> Self {
-        ModelTuneOptions { search: TuneOptions::default(), decode_rounds: 11, decode_ms_per_run: 120.0, save: true }
+        ModelTuneOptions { search: TuneOptions::default(), decode_rounds: 11, decode_ms_per_run: 120.0, step_rounds: 7, step_ms_per_run: 40.0, save: true }
     }
 }
 
@@ -71,23 +78,82 @@ pub struct TuneReport {
     pub failed: Vec<(GemvProblem, String)>,
     /// Default against every per-shape winner.
     pub before: Option<DecodeComparison>,
-    /// Default against the final choice (after any fallback).
+    /// Default against the final choice.
     pub after: Option<DecodeComparison>,
-    /// Problems put back to their default by the decode-step check.
-    pub reverted: Vec<GemvProblem>,
+    /// The candidates timed in the decode step, in order.
+    pub trials: Vec<StepTrial>,
+    /// The choice made in the step (problems not in it keep their default).
+    pub choice: Arc<TunedSet>,
     pub saved: Option<PathBuf>,
     pub seconds: f64,
 }
 
+/// One candidate timed in the decode step against the choice so far.
+#[derive(Clone, Debug)]
+pub struct StepTrial {
+    pub problem: GemvProblem,
+    pub config: LaunchConfig,
+    /// Against the configuration it would replace (`default_ms` is the incumbent's).
+    pub vs: DecodeComparison,
+    pub kept: bool,
+}
+
 impl TuneReport {
-    /// The configuration kept for a problem after the decode-step check.
-    pub fn chosen(&self, r: &ShapeResult) -> crate::backend::cuda::tune::Candidate {
-        if self.reverted.contains(&r.problem) {
-            r.default
-        } else {
-            r.best
+    /// The configuration kept for a problem, with its time per launch from the per-shape
+    /// search (the default's where it was kept).
+    pub fn chosen(&self, r: &ShapeResult) -> Candidate {
+        chosen_of(&self.choice, r)
+    }
+
+    /// Whether the per-shape winner lost in the step to another configuration or the default.
+    pub fn overruled(&self, r: &ShapeResult) -> bool {
+        self.chosen(r).config != r.best.config
+    }
+}
+
+/// The configuration `choice` holds for `r`'s problem, with its time per launch from the
+/// per-shape search (the default where `choice` has none).
+fn chosen_of(choice: &TunedSet, r: &ShapeResult) -> Candidate {
+    match choice.get(&r.problem) {
+        // Choices come from the pool (`choose_in_step`), so the search timed them.
+        Some(c) if c != r.default.config => r.pool.iter().copied().find(|x| x.config == c).unwrap_or(r.default),
+        _ => r.default,
+    }
+}
+
+/// Stage 3: starting from `start`, for each problem in order, time each candidate of its
+/// pool in the step against the choice so far (`compare(incumbent, trial)`) and keep the
+/// fastest that is faster beyond the noise.
+pub fn choose_in_step(
+    pools: &[(GemvProblem, Vec<Candidate>)],
+    start: Arc<TunedSet>,
+    compare: &mut dyn FnMut(&Arc<TunedSet>, &Arc<TunedSet>) -> Result<DecodeComparison>,
+    progress: &mut dyn FnMut(TuneEvent),
+) -> Result<(Arc<TunedSet>, Vec<StepTrial>)> {
+    let mut chosen = start;
+    let mut trials = Vec::new();
+    for (p, pool) in pools {
+        let mut best: Option<(usize, f64)> = None;
+        let incumbent = chosen.clone();
+        for c in pool {
+            if incumbent.get(p) == Some(c.config) {
+                continue;
+            }
+            progress(TuneEvent::Stage(format!("decode step: {} {}", p.label(), c.config.short())));
+            let trial = Arc::new(incumbent.with(*p, c.config));
+            let vs = compare(&incumbent, &trial)?;
+            progress(TuneEvent::Done);
+            if vs.tuned_faster() && best.is_none_or(|b| vs.ratio < b.1) {
+                best = Some((trials.len(), vs.ratio));
+            }
+            trials.push(StepTrial { problem: *p, config: c.config, vs, kept: false });
+        }
+        if let Some((i, _)) = best {
+            trials[i].kept = true;
+            chosen = Arc::new(chosen.with(*p, trials[i].config));
         }
     }
+    Ok((chosen, trials))
 }
 
 /// Distinct problems of `calls` in first-seen order, each with its launches' operands.
@@ -180,14 +246,15 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// Decode-step time under `default` and `tuned`, alternating which goes first per round.
-fn compare(m: &Model<CudaBackend>, seq: &mut Sequence<CudaBackend>, default: &Arc<TunedSet>, tuned: &Arc<TunedSet>, o: &ModelTuneOptions) -> Result<DecodeComparison> {
+/// Decode-step time under `default` and `tuned`, alternating which goes first per round:
+/// `rounds` rounds of about `ms_per_run` of decoding each.
+fn compare(m: &Model<CudaBackend>, seq: &mut Sequence<CudaBackend>, default: &Arc<TunedSet>, tuned: &Arc<TunedSet>, rounds: usize, ms_per_run: f64) -> Result<DecodeComparison> {
     let pos0 = 16;
     m.backend.set_tuned(default.clone())?;
     let est = decode_ms(m, seq, pos0, 8)?;
-    let tokens = ((o.decode_ms_per_run / est.max(1e-3)) as usize).clamp(16, 512).min(seq.max_seq.saturating_sub(pos0 + 4)).max(1);
+    let tokens = ((ms_per_run / est.max(1e-3)) as usize).clamp(16, 512).min(seq.max_seq.saturating_sub(pos0 + 4)).max(1);
     let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..o.decode_rounds.max(1) {
+    for r in 0..rounds.max(1) {
         let mut run = |set: &Arc<TunedSet>| -> Result<f64> {
             m.backend.set_tuned(set.clone())?;
             decode_ms(m, seq, pos0, tokens)
@@ -236,28 +303,21 @@ pub fn tune_model(m: &Model<CudaBackend>, model_name: &str, o: &ModelTuneOptions
     }
 
     let winners = shapes.iter().filter(|r| r.best.config != r.default.config).fold(TunedSet::default(), |s, r| s.with(r.problem, r.best.config));
-    let mut reverted = Vec::new();
     let (mut before, mut after) = (None, None);
-    let mut chosen = Arc::new(winners);
-    if !chosen.is_empty() {
-        progress(TuneEvent::Stage("decode step: default vs tuned".into()));
-        let first = compare(m, &mut seq, &default, &chosen, o)?;
-        progress(TuneEvent::Done);
-        before = Some(first);
-        let mut last = first;
-        // Smallest per-shape gain first: the least to lose by putting it back.
-        let mut order: Vec<&ShapeResult> = shapes.iter().filter(|r| chosen.get(&r.problem).is_some()).collect();
-        order.sort_by(|x, y| x.gain().total_cmp(&y.gain()));
-        for r in order {
-            if last.tuned_faster() {
-                break;
-            }
-            progress(TuneEvent::Stage(format!("decode step without tuned {}", r.problem.label())));
-            chosen = Arc::new(chosen.without(&r.problem));
-            reverted.push(r.problem);
-            last = if chosen.is_empty() { DecodeComparison { tuned_ms: last.default_ms, ratio: 1.0, ..last } } else { compare(m, &mut seq, &default, &chosen, o)? };
-        }
-        after = Some(last);
+    if !winners.is_empty() {
+        progress(TuneEvent::Stage("decode step: default vs per-shape winners".into()));
+        before = Some(compare(m, &mut seq, &default, &Arc::new(winners), o.decode_rounds, o.decode_ms_per_run)?);
+    }
+    progress(TuneEvent::Done);
+    // Largest share of the step first: its choice shapes its neighbours' the most.
+    let mut order: Vec<&ShapeResult> = shapes.iter().collect();
+    order.sort_by(|x, y| (y.default.us * y.launches_per_step as f64).total_cmp(&(x.default.us * x.launches_per_step as f64)));
+    let pools: Vec<(GemvProblem, Vec<Candidate>)> = order.iter().map(|r| (r.problem, r.pool.clone())).collect();
+    progress(TuneEvent::Steps(pools.iter().map(|p| p.1.len() as u64).sum()));
+    let (choice, trials) = choose_in_step(&pools, default.clone(), &mut |a, b| compare(m, &mut seq, a, b, o.step_rounds, o.step_ms_per_run), progress)?;
+    if !choice.is_empty() {
+        progress(TuneEvent::Stage("decode step: default vs final".into()));
+        after = Some(compare(m, &mut seq, &default, &choice, o.decode_rounds, o.decode_ms_per_run)?);
     }
     progress(TuneEvent::Done);
 
@@ -266,7 +326,7 @@ pub fn tune_model(m: &Model<CudaBackend>, model_name: &str, o: &ModelTuneOptions
         entries: shapes
             .iter()
             .map(|r| {
-                let c = if reverted.contains(&r.problem) { r.default } else { r.best };
+                let c = chosen_of(&choice, r);
                 TunedEntry { problem: r.problem, config: c.config, default: r.default.config, default_us: r.default.us, tuned_us: c.us }
             })
             .collect(),
@@ -288,5 +348,77 @@ pub fn tune_model(m: &Model<CudaBackend>, model_name: &str, o: &ModelTuneOptions
         None
     };
     b.set_tuned(Arc::new(in_use))?;
-    Ok(TuneReport { key, model: model_name.to_string(), shapes, skipped, failed, before, after, reverted, saved, seconds: t0.elapsed().as_secs_f64() })
+    Ok(TuneReport { key, model: model_name.to_string(), shapes, skipped, failed, before, after, trials, choice, saved, seconds: t0.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::quant::QuantShape;
+    use crate::quant::DType;
+
+    fn shape(rpb: u32) -> LaunchConfig {
+        LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: 16, unroll: 4, blocks_per_sm: 1, streamed: true })
+    }
+
+    fn rpb(c: LaunchConfig) -> u32 {
+        match c {
+            LaunchConfig::Quant(s) => s.rows_per_block,
+            LaunchConfig::Dense(s) => s.rows_per_block,
+        }
+    }
+
+    /// A step of two problems, `down` then `qkv`, where a `qkv` block of 32 rows does not fit
+    /// beside down's block of 32 rows and waits for it (+3 us), while 16 rows fit; down's
+    /// 8-row shape gains 0.1% (inside the noise).
+    fn step_us(set: &TunedSet, down: &GemvProblem, qkv: &GemvProblem) -> f64 {
+        let d = set.get(down).map_or(32, rpb);
+        let q = set.get(qkv).map_or(32, rpb);
+        let down_us = if d == 8 { 99.9 } else { 100.0 };
+        let qkv_alone = match q {
+            32 => 50.0,
+            16 => 51.0,
+            _ => 49.0,
+        };
+        let waits = d != 16 && q != 16;
+        down_us + qkv_alone + if waits { 3.0 } else { 0.0 }
+    }
+
+    /// `step_us` as the tuner's comparison would measure it.
+    fn modelled(a: &TunedSet, b: &TunedSet, down: &GemvProblem, qkv: &GemvProblem) -> DecodeComparison {
+        let (ta, tb) = (step_us(a, down, qkv), step_us(b, down, qkv));
+        DecodeComparison { default_ms: ta, tuned_ms: tb, ratio: tb / ta, noise: 0.005, tokens_per_run: 1 }
+    }
+
+    #[test]
+    fn the_step_chooses_what_is_fastest_in_the_step() {
+        let qkv = GemvProblem { format: DType::Q4K, units: 6144, k: 2560, norm: true, mode: 0 };
+        let down = GemvProblem { format: DType::Q4K, units: 2560, k: 9728, norm: false, mode: 1 };
+        let c = |rpb: u32, us: f64| Candidate { config: shape(rpb), us };
+        // qkv: 8 rows is the fastest alone but waits like the default (0.7% faster in the
+        // step); 16 rows is slower alone and fits (1.3% faster). down: 8 rows gains less
+        // than the noise.
+        let pools = vec![(qkv, vec![c(8, 4.8), c(16, 5.1)]), (down, vec![c(8, 8.0)])];
+        let mut calls = 0;
+        let (choice, trials) = choose_in_step(&pools, Arc::new(TunedSet::default()), &mut |a, b| {
+            calls += 1;
+            Ok(modelled(a, b, &down, &qkv))
+        }, &mut |_| {})
+        .unwrap();
+        assert_eq!(calls, 3);
+        assert_eq!(choice.get(&qkv), Some(shape(16)), "the shape that fits beside down");
+        assert_eq!(choice.get(&down), None, "a gain inside the noise keeps the default");
+        let kept: Vec<(u32, bool)> = trials.iter().map(|t| (rpb(t.config), t.kept)).collect();
+        assert_eq!(kept, vec![(8, false), (16, true), (8, false)]);
+        // A pool entry equal to the choice so far is not timed again.
+        let start = Arc::new(TunedSet::default().with(qkv, shape(16)));
+        let mut calls = 0;
+        let (again, trials) = choose_in_step(&pools[..1], start, &mut |a, b| {
+            calls += 1;
+            Ok(modelled(a, b, &down, &qkv))
+        }, &mut |_| {})
+        .unwrap();
+        assert_eq!((calls, trials.len()), (1, 1));
+        assert_eq!(again.get(&qkv), Some(shape(16)), "8 rows waits again: 16 stays");
+    }
 }

@@ -23,7 +23,7 @@ use gpu_common::{GPU_LOCK, gpu};
 
 /// A short search: a handful of candidates, small samples (correctness, not speed).
 fn quick() -> TuneOptions {
-    TuneOptions { bytes_per_sample: 8 << 20, screen_samples: 2, finalists: 3, final_rounds: 3, min_gain: 0.0, max_candidates: Some(24) }
+    TuneOptions { bytes_per_sample: 8 << 20, screen_samples: 2, finalists: 3, final_rounds: 3, min_gain: 0.0, max_candidates: Some(24), step_top: 2, step_slack: 1.5 }
 }
 
 fn uniform(r: &mut impl Rng, n: usize, center: f32, half_width: f32) -> Vec<f32> {
@@ -125,7 +125,13 @@ fn tuned_winner_matches_cpu_reference() {
         assert!(res.tried > 0 && res.rejected == 0, "every candidate of the pruned space launches and agrees");
         assert!(space::launchable(&p, &res.best.config));
         assert!(res.best.us > 0.0 && res.default.us > 0.0);
+        // The decode-step stage's pool: timed candidates other than the default, fastest first.
+        assert!(!res.pool.is_empty() && res.pool.iter().all(|c| c.config != res.default.config && c.us > 0.0));
+        assert!(res.pool.windows(2).all(|w| w[0].us <= w[1].us));
         let d = g.run_gemv(&p, &res.default.config, &ops).unwrap();
+        for c in &res.pool {
+            assert!(max_rel(&g.run_gemv(&p, &c.config, &ops).unwrap(), &d) <= 1e-4, "{}: pool entry {c:?} differs from the default", p.label());
+        }
         let w = g.run_gemv(&p, &res.best.config, &ops).unwrap();
         assert!(max_rel(&w, &d) <= 1e-4, "{}: the winner differs from the default by more than summation order", p.label());
         for (what, c) in [("default", res.default.config), ("winner", res.best.config)] {
@@ -267,7 +273,7 @@ fn tune_and_check(m: &sleepy::model::Model<CudaBackend>, format: DType) {
         out
     };
     let before = greedy(m);
-    let o = ModelTuneOptions { search: quick(), decode_rounds: 3, decode_ms_per_run: 5.0, save: false };
+    let o = ModelTuneOptions { search: quick(), decode_rounds: 3, decode_ms_per_run: 5.0, step_rounds: 3, step_ms_per_run: 5.0, save: false };
     let report = sleepy::tune::tune_model(m, "tiny", &o, &mut |_| {}).unwrap();
     // qkv (norm), o (+residual), gate/up (norm+swiglu), down (+residual), logits (norm).
     let labels: Vec<String> = report.shapes.iter().map(|s| s.problem.label()).collect();
@@ -284,6 +290,13 @@ fn tune_and_check(m: &sleepy::model::Model<CudaBackend>, format: DType) {
     }
     if let (Some(b), Some(a)) = (report.before, report.after) {
         assert!(b.default_ms > 0.0 && a.tuned_ms > 0.0);
+    }
+    // Every pool entry was timed in the step, and the choice is the kept trials.
+    assert_eq!(report.trials.len(), report.shapes.iter().map(|s| s.pool.len()).sum::<usize>());
+    for s in &report.shapes {
+        let kept: Vec<_> = report.trials.iter().filter(|t| t.problem == s.problem && t.kept).map(|t| t.config).collect();
+        assert!(kept.len() <= 1);
+        assert_eq!(kept.first().copied().unwrap_or(s.default.config), report.chosen(s).config, "{}", s.problem.label());
     }
     assert_eq!(greedy(m), before, "tuned launch shapes change no token");
     let used = sleepy::tune::tuned_in_use(m).unwrap();
