@@ -13,9 +13,13 @@
 #   DEPTHS    bench depths (default 0); ROUNDS (default 2)
 #   TESTS     test binaries to run for each build where gpu-run/TEST-NAME is there (default
 #             cuda_ops cuda_model cuda_quant cuda_tune), all at once, beside the models
+#   TUNE      model specs to run `sleepy tune --json` on (main's build) before the benches; its
+#             choices are saved in $SLEEPY_HOME and used by every build whose kernels are
+#             main's, unless its environment has SLEEPY_GEMV_TUNED=0 (VARIANTS="main@SLEEPY_GEMV_TUNED=0
+#             main" compares the defaults with the tuned choices)
 #   MAKE, CONVERT as for gpu.sh; BUDGET (default 540): no bench starts after that many seconds
 # Output under $OUT: ab.jsonl (one bench line a run, with tag, round and spec), tests/*.log,
-# models.log; the medians of the rounds last.
+# models.log, tune-SPEC.json and .err; the medians of the rounds last.
 set -u
 cd "$(dirname "$0")/.."
 export SLEEPY_HOME=${SLEEPY_HOME:-$PWD/gpu-work/home}
@@ -46,6 +50,25 @@ margs() {
     *) echo "-m $M/$1" ;;
     esac
 }
+for c in ${TUNE:-}; do
+    f=$OUT/tune-${c//[:.]/_}
+    timeout 300 gpu-run/sleepy tune $(margs "$c") --device cuda --json > "$f.json" 2> "$f.err"
+    echo "== tune $c rc=$? ($(( $(date +%s) - T0 ))s)"
+    python3 - "$f.json" <<'PY'
+import json, sys
+try: r = json.load(open(sys.argv[1]))
+except Exception as e: sys.exit(f"no report: {e}")
+for s in r["shapes"]:
+    print(f'  {s["shape"]:<30} {s["default_us"]:7.2f} us -> {s["tuned_us"]:7.2f} {"(in step)" if s["overruled_in_step"] else ""}')
+for t in r["step_trials"]:
+    c = t["config"]
+    cfg = f'rpb{c["rows_per_block"]} tpr{c["threads_per_row"]} b{c["blocks_per_sm"]}{" tma" if c.get("streamed") else ""}'
+    print(f'  step: {t["shape"]:<30} {cfg:<20} {t["vs"]["ratio"] - 1:+.2%} (noise {t["vs"]["noise"]:.1%}){" kept" if t["kept"] else ""}')
+for k in ("decode_before", "decode_after"):
+    d = r[k]
+    if d: print(f'  {k}: {d["default_ms_per_token"]:.3f} -> {d["tuned_ms_per_token"]:.3f} ms')
+PY
+done
 for r in $(seq 1 "${ROUNDS:-2}"); do
     for v in ${VARIANTS:-main}; do
         n=${v%%@*} e=
