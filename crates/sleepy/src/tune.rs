@@ -10,8 +10,8 @@
 //!    block fits on an SM beside the previous kernel's can start (and queue its weights) before
 //!    that kernel ends, which in back-to-back launches any shape of two blocks an SM does.
 //!    Starting from the defaults, problem by problem (largest share of the step first), each
-//!    candidate of the problem's pool (its fastest, and the fastest of each shared-memory
-//!    class) is timed in the whole step against the choice so far, alternating; the fastest
+//!    candidate of the problem's pool (its fastest, and the fastest of each footprint: blocks
+//!    an SM) is timed in the whole step against the choice so far, alternating; the fastest
 //!    that beats it beyond the noise replaces it. The default against every per-shape winner,
 //!    and against the final choice, are timed too, for the report.
 //! 4. The choices are saved under the device's key (backend/cuda/tune/store.rs) and used by

@@ -173,12 +173,6 @@ impl CudaBackend {
         self.blocks_per_sm(key, &|| kernel_name(dt, s, ch, norm, mode), s.threads_per_row * s.rows_per_block, 0)
     }
 
-    /// Dynamic shared memory of one block of a one-row dense launch of shape `s` (the
-    /// register kernel uses none).
-    pub(super) fn gemv_smem(&self, k: usize, s: &GemvShape, mode: u32, units: usize) -> u32 {
-        self.stream_plan(0, k, s, 1, mode, units).map_or(0, |p| p.smem)
-    }
-
     /// Decode attention over the cache with Q/K norm and rope folded in (`rope` None: qkv is
     /// already normed and roped).
     #[allow(clippy::too_many_arguments)]

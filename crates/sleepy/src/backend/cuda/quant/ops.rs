@@ -257,15 +257,6 @@ impl CudaBackend {
         self.blocks_per_sm(key, &|| gemvq_name(fmt, s, norm, mode), s.threads_per_row * s.rows_per_block, smem)
     }
 
-    /// Dynamic shared memory of one block of a one-row launch of shape `s` (the streamed
-    /// kernel's tiles, or the register kernel's activations).
-    pub(crate) fn gemvq_smem(&self, fmt: QFmt, units: usize, k: usize, s: &QuantShape, norm: bool, mode: u32) -> u32 {
-        match stream_plan(fmt, &[0; 4], units, k, s, mode, self.gpu.info.sms).filter(|_| self.table.streamed) {
-            Some(p) => p.smem,
-            None => gemvq_key(fmt, k, &super::register_shape(s, mode), norm, mode).1,
-        }
-    }
-
     /// Rows of a quantized segment dequantized into `out` ([n, k], f32 or bf16): rows
     /// ids[0..n] when `ids` is given, else rows row0 .. row0 + n.
     #[allow(clippy::too_many_arguments)]

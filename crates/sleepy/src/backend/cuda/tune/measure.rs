@@ -38,10 +38,9 @@ pub struct TuneOptions {
     /// Candidates to try at most (None: the whole pruned space).
     pub max_candidates: Option<usize>,
     /// Fastest candidates handed to the decode-step stage (tune.rs), beside the fastest of
-    /// each shared-memory class.
+    /// each footprint (blocks an SM; `step_pool`).
     pub step_top: usize,
-    /// The fastest of a shared-memory class joins them when within this factor of the
-    /// default's time.
+    /// The fastest of a footprint joins them when within this factor of the default's time.
     pub step_slack: f64,
 }
 
@@ -123,40 +122,26 @@ pub(crate) fn max_rel_diff(a: &[f32], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs())) / scale
 }
 
-/// Which share of an SM's shared memory one block takes: up to a quarter (0), a third (1),
-/// a half (2), more (3). A block fits beside the previous kernel's block on an SM, and so
-/// starts (and queues its weights) before that kernel ends, only when the two fit together.
-fn smem_class(bytes: u32, sm_bytes: u32) -> u8 {
-    let sm = sm_bytes.max(1) as u64;
-    let b = bytes as u64;
-    if 4 * b <= sm {
-        0
-    } else if 3 * b <= sm {
-        1
-    } else if 2 * b <= sm {
-        2
-    } else {
-        3
-    }
-}
-
 /// The candidates the decode-step stage times in the whole step: the `top` fastest of
-/// `measured` (config, us per launch, shared memory a block; the default excluded), and the
-/// fastest of each shared-memory class within `slack` of the default's time. Back-to-back
-/// launches of one shape (how `measured` was timed) fit beside each other whenever two blocks
-/// fit an SM; in the step each launch follows another shape, so a slower shape that fits
-/// beside its predecessor can win there.
-fn step_pool(measured: &[(LaunchConfig, f64, u32)], default: &LaunchConfig, default_us: f64, top: usize, slack: f64, sm_bytes: u32) -> Vec<Candidate> {
+/// `measured` (config, us per launch, blocks of it that fit an SM; the default excluded), and
+/// the fastest of each footprint within `slack` of the default's time. The footprint is how
+/// many of its blocks fit an SM (1, 2, 3, 4 or more): the share of the SM's shared memory,
+/// registers or threads one block takes. A block starts (and queues its weights) before the
+/// previous kernel ends only where it fits on an SM beside that kernel's block: back-to-back
+/// launches of one shape (how `measured` was timed) show that for any shape of two blocks an
+/// SM, but in the step each launch follows another shape, and a slower shape with a smaller
+/// footprint can win there.
+fn step_pool(measured: &[(LaunchConfig, f64, u32)], default: &LaunchConfig, default_us: f64, top: usize, slack: f64) -> Vec<Candidate> {
     let mut ranked: Vec<&(LaunchConfig, f64, u32)> = measured.iter().filter(|m| m.0 != *default && m.1.is_finite()).collect();
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut pool: Vec<Candidate> = ranked.iter().take(top).map(|m| Candidate { config: m.0, us: m.1 }).collect();
-    let mut classes: Vec<u8> = Vec::new();
+    let mut footprints: Vec<u32> = Vec::new();
     for m in &ranked {
-        let class = smem_class(m.2, sm_bytes);
-        if m.1 > default_us * slack || classes.contains(&class) {
+        let footprint = m.2.min(4);
+        if m.1 > default_us * slack || footprints.contains(&footprint) {
             continue;
         }
-        classes.push(class);
+        footprints.push(footprint);
         if !pool.iter().any(|c| c.config == m.0) {
             pool.push(Candidate { config: m.0, us: m.1 });
         }
@@ -334,14 +319,6 @@ impl CudaBackend {
         }
     }
 
-    /// Dynamic shared memory of one block of `c` running `p`.
-    pub fn shared_bytes(&self, p: &GemvProblem, c: &LaunchConfig) -> u32 {
-        match c {
-            LaunchConfig::Dense(s) => self.gemv_smem(p.k, s, p.mode, p.units),
-            LaunchConfig::Quant(s) => QFmt::of(p.format).map_or(0, |f| self.gemvq_smem(f, p.units, p.k, s, p.norm, p.mode)),
-        }
-    }
-
     /// Tune one problem over the operands of its launches (one per layer): time every
     /// candidate whose output matches the default's, time the fastest again against the
     /// default, and return the winner (the default unless clearly beaten).
@@ -405,14 +382,14 @@ impl CudaBackend {
         let clear = best_us < default_us * (1.0 - opts.min_gain.max(noise));
         let (best, best_us) = if clear { (finals[best_i].0, best_us) } else { (default, default_us) };
         // The decode-step stage's pool: final-pass times where there are, screen times else
-        // (both per launch).
-        let mut measured: Vec<(LaunchConfig, f64, u32)> = finals.iter().map(|f| (f.0, per_launch(&f.2), self.shared_bytes(p, &f.0))).collect();
+        // (both per launch), and each one's blocks per SM.
+        let mut measured: Vec<(LaunchConfig, f64, u32)> = finals.iter().map(|f| (f.0, per_launch(&f.2), self.occupancy(p, &f.0))).collect();
         for (c, ms) in &all_screened {
             if !measured.iter().any(|m| m.0 == *c) {
-                measured.push((*c, ms * 1e3 / launches as f64, self.shared_bytes(p, c)));
+                measured.push((*c, ms * 1e3 / launches as f64, self.occupancy(p, c)));
             }
         }
-        let pool = step_pool(&measured, &default, default_us, opts.step_top, opts.step_slack, self.gpu.info.max_smem_optin);
+        let pool = step_pool(&measured, &default, default_us, opts.step_top, opts.step_slack);
         let best_error = if best == default { 0.0 } else { max_rel_diff(&self.run_into(p, &best, &ops[0], &y)?, &reference.iter().map(|&v| v as f64).collect::<Vec<_>>()) };
         Ok(ShapeResult {
             problem: *p,
@@ -461,39 +438,29 @@ mod tests {
     }
 
     #[test]
-    fn shared_memory_classes() {
-        let sm = 227 * 1024;
-        assert_eq!(smem_class(0, sm), 0);
-        assert_eq!(smem_class(sm / 4, sm), 0);
-        assert_eq!(smem_class(sm / 4 + 1, sm), 1);
-        assert_eq!(smem_class(71 * 1024, sm), 1);
-        assert_eq!(smem_class(94 * 1024, sm), 2);
-        assert_eq!(smem_class(143 * 1024, sm), 3);
-    }
-
-    #[test]
-    fn step_pool_takes_the_fastest_and_each_class_fastest() {
-        let sm = 227 * 1024;
+    fn step_pool_takes_the_fastest_and_each_footprints_fastest() {
         let default = quant(32);
-        // (config, us, shared memory): three large fast ones, a small one 10% slower than
-        // the default, a medium one 30% slower, and the default itself.
+        // (config, us, blocks an SM): three large fast ones, a small one 10% slower than the
+        // default (5 and 8 an SM are one footprint), a medium one 30% slower, the default
+        // itself, and one without a time.
         let measured = vec![
-            (quant(1), 4.8, 150 << 10),
-            (quant(2), 4.9, 150 << 10),
-            (default, 5.0, 94 << 10),
-            (quant(4), 4.95, 140 << 10),
-            (quant(8), 5.5, 40 << 10),
-            (quant(16), 6.5, 71 << 10),
-            (quant(64), f64::INFINITY, 10 << 10),
+            (quant(1), 4.8, 1),
+            (quant(2), 4.9, 1),
+            (default, 5.0, 2),
+            (quant(4), 4.95, 1),
+            (quant(8), 5.5, 5),
+            (quant(128), 5.6, 8),
+            (quant(16), 6.5, 3),
+            (quant(64), f64::INFINITY, 4),
         ];
-        let pool = step_pool(&measured, &default, 5.0, 2, 1.15, sm);
+        let pool = step_pool(&measured, &default, 5.0, 2, 1.15);
         let got: Vec<LaunchConfig> = pool.iter().map(|c| c.config).collect();
-        // The two fastest, then the small one (its class's fastest, within 15%); not the
+        // The two fastest, then the small one (its footprint's fastest, within 15%); not the
         // default, not the medium one (30% slower), not the unmeasured one.
         assert_eq!(got, vec![quant(1), quant(2), quant(8)]);
         assert!(pool.windows(2).all(|w| w[0].us <= w[1].us));
         // Nothing but the default: an empty pool.
-        assert!(step_pool(&[(default, 5.0, 0)], &default, 5.0, 3, 1.15, sm).is_empty());
+        assert!(step_pool(&[(default, 5.0, 2)], &default, 5.0, 3, 1.15).is_empty());
     }
 
     #[test]
