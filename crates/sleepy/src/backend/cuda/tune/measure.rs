@@ -122,26 +122,34 @@ pub(crate) fn max_rel_diff(a: &[f32], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs())) / scale
 }
 
+/// How much of an SM a launch of `c` takes, as the number of such launches that would fit it
+/// (1, 2, 3, 4 or more): `fit` of its blocks fit an SM (shared memory, registers, threads),
+/// and the launch puts its blocks per SM there (fewer where fewer fit).
+fn footprint(c: &LaunchConfig, fit: u32) -> u32 {
+    let placed = match c {
+        LaunchConfig::Dense(s) => s.blocks_per_sm,
+        LaunchConfig::Quant(s) => s.blocks_per_sm,
+    };
+    (fit / placed.clamp(1, fit.max(1))).min(4)
+}
+
 /// The candidates the decode-step stage times in the whole step: the `top` fastest of
-/// `measured` (config, us per launch, blocks of it that fit an SM; the default excluded), and
-/// the fastest of each footprint within `slack` of the default's time. The footprint is how
-/// many of its blocks fit an SM (1, 2, 3, 4 or more): the share of the SM's shared memory,
-/// registers or threads one block takes. A block starts (and queues its weights) before the
-/// previous kernel ends only where it fits on an SM beside that kernel's block: back-to-back
-/// launches of one shape (how `measured` was timed) show that for any shape of two blocks an
-/// SM, but in the step each launch follows another shape, and a slower shape with a smaller
-/// footprint can win there.
+/// `measured` (config, us per launch, footprint; the default excluded), and the fastest of
+/// each footprint within `slack` of the default's time. A block starts (and queues its
+/// weights) before the previous kernel ends only where it fits on an SM beside that kernel's
+/// blocks: back-to-back launches of one shape (how `measured` was timed) show that for any
+/// shape of footprint 2 or more, but in the step each launch follows another shape, and a
+/// slower shape with a smaller footprint can win there.
 fn step_pool(measured: &[(LaunchConfig, f64, u32)], default: &LaunchConfig, default_us: f64, top: usize, slack: f64) -> Vec<Candidate> {
     let mut ranked: Vec<&(LaunchConfig, f64, u32)> = measured.iter().filter(|m| m.0 != *default && m.1.is_finite()).collect();
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut pool: Vec<Candidate> = ranked.iter().take(top).map(|m| Candidate { config: m.0, us: m.1 }).collect();
     let mut footprints: Vec<u32> = Vec::new();
     for m in &ranked {
-        let footprint = m.2.min(4);
-        if m.1 > default_us * slack || footprints.contains(&footprint) {
+        if m.1 > default_us * slack || footprints.contains(&m.2) {
             continue;
         }
-        footprints.push(footprint);
+        footprints.push(m.2);
         if !pool.iter().any(|c| c.config == m.0) {
             pool.push(Candidate { config: m.0, us: m.1 });
         }
@@ -382,11 +390,11 @@ impl CudaBackend {
         let clear = best_us < default_us * (1.0 - opts.min_gain.max(noise));
         let (best, best_us) = if clear { (finals[best_i].0, best_us) } else { (default, default_us) };
         // The decode-step stage's pool: final-pass times where there are, screen times else
-        // (both per launch), and each one's blocks per SM.
-        let mut measured: Vec<(LaunchConfig, f64, u32)> = finals.iter().map(|f| (f.0, per_launch(&f.2), self.occupancy(p, &f.0))).collect();
+        // (both per launch), and footprints.
+        let mut measured: Vec<(LaunchConfig, f64, u32)> = finals.iter().map(|f| (f.0, per_launch(&f.2), footprint(&f.0, self.occupancy(p, &f.0)))).collect();
         for (c, ms) in &all_screened {
             if !measured.iter().any(|m| m.0 == *c) {
-                measured.push((*c, ms * 1e3 / launches as f64, self.occupancy(p, c)));
+                measured.push((*c, ms * 1e3 / launches as f64, footprint(c, self.occupancy(p, c))));
             }
         }
         let pool = step_pool(&measured, &default, default_us, opts.step_top, opts.step_slack);
@@ -434,22 +442,41 @@ mod tests {
     }
 
     fn quant(rpb: u32) -> LaunchConfig {
-        LaunchConfig::Quant(crate::backend::cuda::quant::QuantShape { rows_per_block: rpb, threads_per_row: 8, unroll: 4, blocks_per_sm: 1, streamed: true })
+        quant_b(rpb, 1)
+    }
+
+    fn quant_b(rpb: u32, blocks_per_sm: u32) -> LaunchConfig {
+        LaunchConfig::Quant(crate::backend::cuda::quant::QuantShape { rows_per_block: rpb, threads_per_row: 8, unroll: 4, blocks_per_sm, streamed: true })
+    }
+
+    #[test]
+    fn footprints_count_the_blocks_a_launch_places() {
+        // One block a launch: as many launches fit as blocks do (capped at 4).
+        assert_eq!(footprint(&quant(16), 1), 1);
+        assert_eq!(footprint(&quant(16), 3), 3);
+        assert_eq!(footprint(&quant(16), 9), 4);
+        // Two blocks a launch where two fit: the SM is full.
+        assert_eq!(footprint(&quant_b(16, 2), 2), 1);
+        assert_eq!(footprint(&quant_b(16, 2), 4), 2);
+        // More blocks asked for than fit: those that fit.
+        assert_eq!(footprint(&quant_b(16, 8), 3), 1);
+        // None fits (not a candidate anyway).
+        assert_eq!(footprint(&quant(16), 0), 0);
     }
 
     #[test]
     fn step_pool_takes_the_fastest_and_each_footprints_fastest() {
         let default = quant(32);
-        // (config, us, blocks an SM): three large fast ones, a small one 10% slower than the
-        // default (5 and 8 an SM are one footprint), a medium one 30% slower, the default
-        // itself, and one without a time.
+        // (config, us, footprint): three large fast ones, a small one 10% slower than the
+        // default and another of its footprint, a medium one 30% slower, the default itself,
+        // and one without a time.
         let measured = vec![
             (quant(1), 4.8, 1),
             (quant(2), 4.9, 1),
             (default, 5.0, 2),
             (quant(4), 4.95, 1),
-            (quant(8), 5.5, 5),
-            (quant(128), 5.6, 8),
+            (quant(8), 5.5, 4),
+            (quant(128), 5.6, 4),
             (quant(16), 6.5, 3),
             (quant(64), f64::INFINITY, 4),
         ];
