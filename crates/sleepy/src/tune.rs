@@ -358,7 +358,7 @@ mod tests {
     use crate::quant::DType;
 
     fn shape(rpb: u32) -> LaunchConfig {
-        LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: 16, unroll: 4, blocks_per_sm: 1, streamed: true })
+        LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: 16, unroll: 4, blocks_per_sm: 1, streamed: true, stages: 0 })
     }
 
     fn rpb(c: LaunchConfig) -> u32 {

@@ -218,11 +218,12 @@ fn streamed_quant_gemv_matches_cpu_reference() {
     for (format, units, k, norm, mode) in cases {
         let p = GemvProblem { format, units, k, norm, mode };
         let (want, ops, _keep) = operands(&cpu, &g, &p, &mut r);
-        let register = QuantShape { rows_per_block: 8, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false };
+        let register = QuantShape { rows_per_block: 8, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false, stages: 0 };
         let reference = g.run_gemv(&p, &LaunchConfig::Quant(register), &ops).unwrap();
         let mut ran = 0;
-        for (tpr, rpb, bps) in [(32, 8, 2), (16, 16, 1), (128, 2, 2), (64, 4, 1), (8, 32, 2), (4, 8, 1), (256, 1, 1), (32, 1, 2)] {
-            let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true });
+        // Stage caps (the last field, 0: none) make blocks refill their few stages many times.
+        for (tpr, rpb, bps, stages) in [(32, 8, 2, 0), (16, 16, 1, 0), (128, 2, 2, 0), (64, 4, 1, 0), (8, 32, 2, 0), (4, 8, 1, 0), (256, 1, 1, 0), (32, 1, 2, 0), (16, 8, 1, 2), (8, 4, 1, 3), (32, 1, 1, 2)] {
+            let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true, stages });
             // Shapes whose copies would not be aligned, or that do not fit, run the register
             // kernel: not what this test is for.
             if !space::launchable(&p, &c) || g.occupancy(&p, &c) == 0 {

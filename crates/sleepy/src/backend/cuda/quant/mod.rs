@@ -17,7 +17,7 @@ mod emul;
 pub mod layout;
 mod ops;
 
-pub(crate) use ops::wants_segments;
+pub(crate) use ops::{stream_stages, wants_segments};
 
 pub use layout::QFmt;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,11 @@ pub struct QuantShape {
     /// does not apply to it.
     #[serde(default)]
     pub streamed: bool,
+    /// The streamed kernel's most pipeline stages (2 to 16), 0 for as many as its budget
+    /// holds: fewer leave room on the SM for the next kernel's block, which then starts (and
+    /// queues its own tiles) before this one ends. Not for the register kernel.
+    #[serde(default)]
+    pub stages: u32,
 }
 
 /// Threads per block are capped so that any kernel variant can launch: the largest use
@@ -110,7 +115,7 @@ pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Op
     let rows_per_block = MAX_THREADS / threads_per_row;
     let bytes = rows * if mode == 2 { 2 } else { 1 } * fmt.dtype().row_bytes(k).unwrap_or(0);
     if let Some(sms) = stream_sms.filter(|_| bytes >= STREAM_MIN_BYTES) {
-        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 2, streamed: true };
+        let mut s = QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 2, streamed: true, stages: 0 };
         while s.rows_per_block > 1 && s.threads_per_row * s.rows_per_block >= 64 && ops::stream_plan(fmt, &[0; 4], rows, k, &s, mode, sms).is_none() {
             s.rows_per_block /= 2;
         }
@@ -118,7 +123,7 @@ pub fn default_shape(fmt: QFmt, rows: usize, k: usize, mode: u32, stream_sms: Op
             return s;
         }
     }
-    QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 4, streamed: false }
+    QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 4, streamed: false, stages: 0 }
 }
 
 /// The shape the register kernel runs for `s`: itself, or for a streamed shape (which that
@@ -147,6 +152,7 @@ pub(crate) fn sanitize(mut s: QuantShape, mode: u32) -> QuantShape {
         s.rows_per_block *= 2;
     }
     s.blocks_per_sm = s.blocks_per_sm.clamp(1, 32);
+    s.stages = if s.streamed && s.stages != 0 { s.stages.clamp(2, 16) } else { 0 };
     s
 }
 
@@ -156,8 +162,8 @@ mod tests {
 
     #[test]
     fn quant_shapes_are_launchable() {
-        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0, streamed: false };
-        let wide = QuantShape { rows_per_block: 4, threads_per_row: 128, unroll: 4, blocks_per_sm: 2, streamed: true };
+        let odd = QuantShape { rows_per_block: 100, threads_per_row: 3, unroll: 9, blocks_per_sm: 0, streamed: false, stages: 5 };
+        let wide = QuantShape { rows_per_block: 4, threads_per_row: 128, unroll: 4, blocks_per_sm: 2, streamed: true, stages: 1 };
         for fmt in layout::ALL_FORMATS {
             for k in [32, 256, 896, 2560, 4864, 9728] {
                 for n in [1, 7, 128, 1024, 6144, 151936] {
@@ -169,8 +175,9 @@ mod tests {
                             assert_eq!((s.threads_per_row * s.rows_per_block) % 32, 0, "{s:?}");
                             assert!([2, 4, 8].contains(&s.unroll) && (mode != 2 || s.unroll <= 4));
                             assert!(s.blocks_per_sm >= 1);
+                            assert!(if s.streamed { s.stages == 0 || (2..=16).contains(&s.stages) } else { s.stages == 0 }, "{s:?}");
                             let r = register_shape(&s, mode);
-                            assert!(!r.streamed && r.threads_per_row * r.rows_per_block <= MAX_THREADS, "{s:?} -> {r:?}");
+                            assert!(!r.streamed && r.threads_per_row * r.rows_per_block <= MAX_THREADS && r.stages == 0, "{s:?} -> {r:?}");
                         }
                     }
                 }

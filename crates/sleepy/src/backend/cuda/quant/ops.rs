@@ -105,9 +105,19 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     // through two stages of a 64 KB budget (BENCHMARKS.md).
     let budget = (STREAM_SMEM_SM / s.blocks_per_sm.max(1)) as usize;
     let per_block = rows.div_ceil(rpb);
-    let stages = (budget.saturating_sub(fixed) / stage).min(16).min(per_block.max(2));
+    let mut stages = (budget.saturating_sub(fixed) / stage).min(16).min(per_block.max(2));
+    if s.stages >= 2 {
+        stages = stages.min(s.stages as usize);
+    }
     let threads = (tpr * rpb + 32) as u32;
     (stages >= 2 && tpr * rpb <= MAX_STREAM_THREADS as usize).then_some(StreamPlan { blocks, threads, stages: stages as u32, smem: (fixed + stages * stage) as u32 })
+}
+
+/// Pipeline stages of the streamed kernel's one-row launch of `s` (aligned regions), or None
+/// where it would not stream (the tuner's candidates: a stage cap at or above this changes
+/// nothing).
+pub(crate) fn stream_stages(fmt: QFmt, units: usize, k: usize, s: &QuantShape, mode: u32, sms: u32) -> Option<u32> {
+    stream_plan(fmt, &[0; 4], units, k, s, mode, sms).map(|p| p.stages)
 }
 
 impl CudaBackend {
@@ -308,7 +318,7 @@ mod tests {
     use super::*;
 
     fn shape(tpr: u32, rpb: u32, bps: u32) -> QuantShape {
-        QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true }
+        QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true, stages: 0 }
     }
 
     #[test]
@@ -355,5 +365,18 @@ mod tests {
         assert_eq!((p.blocks, p.stages), (3, 2));
         let p = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &shape(32, 4, 1), 1, 132).unwrap();
         assert_eq!(p.stages, 6, "{p:?}");
+        // A shape's stage cap: fewer stages, less shared memory, the same grid; a cap above
+        // what the budget holds changes nothing.
+        let capped = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &QuantShape { stages: 2, ..shape(32, 4, 1) }, 1, 132).unwrap();
+        assert_eq!((capped.stages, capped.blocks, capped.threads), (2, p.blocks, p.threads));
+        assert!(capped.smem < p.smem);
+        assert_eq!(stream_plan(QFmt::Q8_0, &at, 2560, 4096, &QuantShape { stages: 8, ..shape(32, 4, 1) }, 1, 132).unwrap(), p);
+        // Qwen3-4B Q4_K: gate+up queues about 184 KB however its tiles are cut, down 143 KB;
+        // two stages of 8 rows take gate+up to 50 KB, which fits an SM beside down.
+        let (gu, down) = (shape(16, 8, 1), shape(64, 8, 1));
+        assert!(stream_plan(QFmt::Q4K, &at, 9728, 2560, &gu, 2, 132).unwrap().smem > 180 << 10);
+        let down_smem = stream_plan(QFmt::Q4K, &at, 2560, 9728, &down, 1, 132).unwrap().smem;
+        let small = stream_plan(QFmt::Q4K, &at, 9728, 2560, &QuantShape { stages: 2, ..gu }, 2, 132).unwrap();
+        assert!(small.stages == 2 && small.smem + down_smem <= 227 << 10, "{small:?} beside {down_smem}");
     }
 }

@@ -446,7 +446,7 @@ mod tests {
     }
 
     fn quant_b(rpb: u32, blocks_per_sm: u32) -> LaunchConfig {
-        LaunchConfig::Quant(crate::backend::cuda::quant::QuantShape { rows_per_block: rpb, threads_per_row: 8, unroll: 4, blocks_per_sm, streamed: true })
+        LaunchConfig::Quant(crate::backend::cuda::quant::QuantShape { rows_per_block: rpb, threads_per_row: 8, unroll: 4, blocks_per_sm, streamed: true, stages: 0 })
     }
 
     #[test]

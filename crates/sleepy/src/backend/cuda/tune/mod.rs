@@ -104,11 +104,15 @@ pub enum LaunchConfig {
 }
 
 impl LaunchConfig {
-    /// Short form for tables: "rpb8 tpr64 v8 b4" (dense), "rpb8 tpr64 u4 b4" (quantized).
+    /// Short form for tables: "rpb8 tpr64 v8 b4" (dense), "rpb8 tpr64 u4 b4" (quantized),
+    /// "rpb8 tpr64 b1 tma s2" (streamed, at most 2 stages).
     pub fn short(&self) -> String {
         match self {
             LaunchConfig::Dense(s) => format!("rpb{} tpr{} v{} b{}{}", s.rows_per_block, s.threads_per_row, s.vec, s.blocks_per_sm, if s.streamed { " tma" } else { "" }),
-            LaunchConfig::Quant(s) if s.streamed => format!("rpb{} tpr{} b{} tma", s.rows_per_block, s.threads_per_row, s.blocks_per_sm),
+            LaunchConfig::Quant(s) if s.streamed => {
+                let cap = if s.stages != 0 { format!(" s{}", s.stages) } else { String::new() };
+                format!("rpb{} tpr{} b{} tma{cap}", s.rows_per_block, s.threads_per_row, s.blocks_per_sm)
+            }
             LaunchConfig::Quant(s) => format!("rpb{} tpr{} u{} b{}", s.rows_per_block, s.threads_per_row, s.unroll, s.blocks_per_sm),
         }
     }

@@ -67,7 +67,7 @@ pub fn launchable(p: &GemvProblem, c: &LaunchConfig) -> bool {
 pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) -> u32) -> Vec<LaunchConfig> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut push = |c: LaunchConfig, tpr: u32, rpb: u32, unroll: u32, blocks_per_sm: u32, out: &mut Vec<LaunchConfig>| {
+    let mut push = |c: LaunchConfig, tpr: u32, rpb: u32, unroll: u32, blocks_per_sm: u32, stages: u32, out: &mut Vec<LaunchConfig>| {
         if !launchable(p, &c) {
             return;
         }
@@ -76,7 +76,7 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
             return;
         }
         let cap = (sms * blocks_per_sm.min(fits)) as usize;
-        if seen.insert((tpr, rpb, unroll, grid_blocks(p.units, rpb, cap))) {
+        if seen.insert((tpr, rpb, unroll, stages, grid_blocks(p.units, rpb, cap))) {
             out.push(c);
         }
     };
@@ -105,7 +105,7 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
                     // elsewhere); `unroll` 1 marks the streamed one for the duplicate check.
                     for streamed in [false, true] {
                         let c = LaunchConfig::Dense(GemvShape { rows_per_block: rpb, threads_per_row: tpr, vec, blocks_per_sm, streamed });
-                        push(c, tpr, rpb, streamed as u32, blocks_per_sm, &mut out);
+                        push(c, tpr, rpb, streamed as u32, blocks_per_sm, 0, &mut out);
                     }
                 }
             }
@@ -120,13 +120,19 @@ pub fn candidates(p: &GemvProblem, sms: u32, fit: &mut dyn FnMut(&LaunchConfig) 
             for rpb in block_rows(tpr, quant::MAX_STREAM_THREADS) {
                 for blocks_per_sm in [1u32, 2, 4, 8, 16] {
                     for unroll in in_flight(units, tpr, allowed).into_iter().filter(|_| tpr * rpb <= quant::MAX_THREADS) {
-                        let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll, blocks_per_sm, streamed: false });
-                        push(c, tpr, rpb, unroll, blocks_per_sm, &mut out);
+                        let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll, blocks_per_sm, streamed: false, stages: 0 });
+                        push(c, tpr, rpb, unroll, blocks_per_sm, 0, &mut out);
                     }
                     // The streamed kernel where the device runs it (`fit` is 0 elsewhere);
-                    // `unroll` 0 marks it for the duplicate check.
-                    let c = LaunchConfig::Quant(QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm, streamed: true });
-                    push(c, tpr, rpb, 0, blocks_per_sm, &mut out);
+                    // `unroll` 0 marks it for the duplicate check. With as many stages as its
+                    // budget holds, and at one or two blocks an SM also capped at 2 and 3
+                    // where that is fewer (less of the SM, for a block beside it; more blocks
+                    // an SM split the budget already).
+                    let s = QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm, streamed: true, stages: 0 };
+                    let most = if blocks_per_sm <= 2 { quant::stream_stages(f, p.units, p.k, &s, p.mode, sms).unwrap_or(0) } else { 0 };
+                    for stages in [0, 2, 3].into_iter().filter(|&c| c == 0 || c < most) {
+                        push(LaunchConfig::Quant(QuantShape { stages, ..s }), tpr, rpb, 0, blocks_per_sm, stages, &mut out);
+                    }
                 }
             }
         }
@@ -217,8 +223,8 @@ mod tests {
 
     #[test]
     fn candidate_space_is_pruned() {
-        // The tall and long shapes of a 4B model: a few hundred at most, so a model's
-        // handful of problems tunes in seconds.
+        // The tall and long shapes of a 4B model: a few hundred at most (Q8_0's logits 436
+        // with the stage caps, 360 without), so a model's handful of problems tunes in seconds.
         for format in [DType::BF16, DType::Q4K, DType::Q8_0] {
             for (units, k) in [(6144, 2560), (2560, 9728), (151936, 2560)] {
                 let p = GemvProblem { format, units, k, norm: false, mode: 0 };
@@ -226,7 +232,7 @@ mod tests {
                 // bf16 rows of 9728 (1216 chunks) run only with 256 or 512 threads a row: the
                 // kernel keeps at most 8 chunks a thread in registers, the space at most 5.
                 let least = if format == DType::BF16 && k == 9728 { 5 } else { 20 };
-                assert!((least..=400).contains(&n), "{} {units}x{k}: {n} candidates", format.name());
+                assert!((least..=450).contains(&n), "{} {units}x{k}: {n} candidates", format.name());
             }
         }
     }
@@ -251,7 +257,7 @@ mod tests {
         assert!(!launchable(&odd, &LaunchConfig::Dense(good)), "16-byte loads need k % 8 == 0");
         let q = GemvProblem { format: DType::Q4K, ..p };
         assert!(!launchable(&q, &LaunchConfig::Dense(good)), "a dense shape does not run Q4_K");
-        let qs = QuantShape { rows_per_block: 4, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false };
+        let qs = QuantShape { rows_per_block: 4, threads_per_row: 32, unroll: 4, blocks_per_sm: 4, streamed: false, stages: 0 };
         assert!(launchable(&q, &LaunchConfig::Quant(qs)));
         assert!(!launchable(&p, &LaunchConfig::Quant(qs)), "a quantized shape does not run bf16");
         for bad in [QuantShape { rows_per_block: 16, ..qs }, QuantShape { unroll: 3, ..qs }, QuantShape { threads_per_row: 48, ..qs }] {
