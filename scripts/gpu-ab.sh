@@ -63,7 +63,8 @@ for s in r["shapes"]:
 for t in r["step_trials"]:
     c = t["config"]
     cfg = f'rpb{c["rows_per_block"]} tpr{c["threads_per_row"]} b{c["blocks_per_sm"]}{" tma" if c.get("streamed") else ""}'
-    print(f'  step: {t["shape"]:<30} {cfg:<20} {t["vs"]["ratio"] - 1:+.2%} (noise {t["vs"]["noise"]:.1%}){" kept" if t["kept"] else ""}')
+    cfg += " (default)" if t.get("is_default") else ""
+    print(f'  step: {t["shape"]:<30} {cfg:<30} {t["vs"]["ratio"] - 1:+.2%} (noise {t["vs"]["noise"]:.1%}){" kept" if t["kept"] else ""}')
 for k in ("decode_before", "decode_after"):
     d = r[k]
     if d: print(f'  {k}: {d["default_ms_per_token"]:.3f} -> {d["tuned_ms_per_token"]:.3f} ms')

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sleepy::backend::cuda::tune::TuneEvent;
 use sleepy::engine::Device;
-use sleepy::tune::{DecodeComparison, ModelTuneOptions, TuneReport};
+use sleepy::tune::{DecodeComparison, ModelTuneOptions, StepTrial, TuneReport};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -75,9 +75,14 @@ fn json(r: &TuneReport, load_s: f64) -> serde_json::Value {
         "shapes": shapes, "skipped": r.skipped.iter().map(|p| p.label()).collect::<Vec<_>>(),
         "failed": r.failed.iter().map(|(p, e)| serde_json::json!({"shape": p.label(), "error": e})).collect::<Vec<_>>(),
         "decode_before": comparison(&r.before), "decode_after": comparison(&r.after),
-        "step_trials": r.trials.iter().map(|t| serde_json::json!({"shape": t.problem.label(), "config": t.config, "kept": t.kept,
-            "vs": comparison(&Some(t.vs))})).collect::<Vec<_>>(),
+        "step_trials": r.trials.iter().map(|t| serde_json::json!({"shape": t.problem.label(), "config": t.config, "is_default": is_default(r, t),
+            "kept": t.kept, "vs": comparison(&Some(t.vs))})).collect::<Vec<_>>(),
         "saved": r.saved.as_ref().map(|p| p.display().to_string()), "tune_seconds": r.seconds, "load_seconds": load_s})
+}
+
+/// Whether a decode-step trial put its problem back to the default configuration.
+fn is_default(r: &TuneReport, t: &StepTrial) -> bool {
+    r.shapes.iter().any(|s| s.problem == t.problem && s.default.config == t.config)
 }
 
 fn print_table(r: &TuneReport, load_s: f64) {
@@ -123,7 +128,8 @@ fn print_table(r: &TuneReport, load_s: f64) {
     if !r.trials.is_empty() {
         println!("in the decode step, each candidate against the choice before it (kept: the fastest beyond the noise):");
         for t in &r.trials {
-            println!("  {:<30} {:<22} {:>+6.1}% (noise {:.1}%){}", t.problem.label(), t.config.short(), 100.0 * (t.vs.ratio - 1.0), 100.0 * t.vs.noise, if t.kept { "  kept" } else { "" });
+            let name = if is_default(r, t) { format!("{} (default)", t.config.short()) } else { t.config.short() };
+            println!("  {:<30} {:<32} {:>+6.1}% (noise {:.1}%){}", t.problem.label(), name, 100.0 * (t.vs.ratio - 1.0), 100.0 * t.vs.noise, if t.kept { "  kept" } else { "" });
         }
     }
     if let Some(b) = &r.before {
