@@ -179,7 +179,7 @@ fn prefill_gemm_every_format_matches_cpu() {
             check_all_ops(&p, dtype.name(), k, &parts, 5, &mut r);
         }
     }
-    // Taller than one bf16 tile (32 MiB): 6600 rows x 2560 cover two tiles.
+    // Taller than one bf16 tile (32 MiB, 6528 rows of 2560): 6600 rows cover two tiles.
     let parts = [part(DType::Q4K, 6600, rows_of(&mut r, DType::Q4K, 6600, 2560))];
     check_all_ops(&p, "q4_k two tiles", 2560, &parts, 3, &mut r);
 }

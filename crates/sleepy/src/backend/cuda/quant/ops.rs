@@ -15,6 +15,14 @@ const KEY: u64 = 0x51 << 48;
 /// Bytes of the bf16 weight tile a prefill GEMM dequantizes into at a time.
 const TILE_BYTES: usize = 32 << 20;
 
+/// Rows of a prefill tile of rows of `k`: as many as `TILE_BYTES` holds, in whole multiples of
+/// 128, so that every tile's output columns start 512 bytes apart (16-byte aligned: cuBLAS
+/// takes slower kernels for unaligned matrices) and the GEMM's rows fill whole tiles of its own;
+/// at least 128.
+fn tile_rows(k: usize) -> usize {
+    (TILE_BYTES / (2 * k.max(1)) / 128 * 128).max(128)
+}
+
 /// Whether `upload_weight` hands these parts here: anything but all bf16 or all f16.
 pub(crate) fn wants_segments(parts: &[WeightPart]) -> bool {
     match parts.first() {
@@ -297,8 +305,8 @@ impl CudaBackend {
             match s.kind {
                 SegKind::Bf16 => self.gemm_ex(s.regions[0], 0, s.rows, k, xh, rows, ys, w.n, accumulate)?,
                 SegKind::Quant(f) => {
-                    let chunk = (TILE_BYTES / (2 * k)).max(1);
-                    let tile = self.buffer(TILE_BYTES.max(2 * k))?;
+                    let chunk = tile_rows(k);
+                    let tile = self.buffer(2 * k * chunk)?;
                     let tp = tile.buf.as_ref().map_or(0, |b| b.ptr);
                     for c0 in (0..s.rows).step_by(chunk) {
                         let n = chunk.min(s.rows - c0);
@@ -319,6 +327,19 @@ mod tests {
 
     fn shape(tpr: u32, rpb: u32, bps: u32) -> QuantShape {
         QuantShape { rows_per_block: rpb, threads_per_row: tpr, unroll: 4, blocks_per_sm: bps, streamed: true, stages: 0 }
+    }
+
+    #[test]
+    fn prefill_tiles_are_whole_multiples_of_128_rows() {
+        // Qwen3-4B's gate+up (19456 x 2560) took tiles of 6553 rows, whose second one's
+        // output started 26212 bytes in.
+        assert_eq!(tile_rows(2560), 6528);
+        assert_eq!(tile_rows(9728), 1664);
+        assert_eq!(tile_rows(1 << 20), 128);
+        for k in [32, 96, 768, 896, 2560, 4864, 9728, 151936] {
+            let r = tile_rows(k);
+            assert!(r % 128 == 0 && (2 * k * r <= TILE_BYTES || r == 128), "{k}: {r}");
+        }
     }
 
     #[test]
