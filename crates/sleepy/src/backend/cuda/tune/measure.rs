@@ -90,13 +90,6 @@ pub struct ShapeResult {
     pub pool: Vec<Candidate>,
 }
 
-impl ShapeResult {
-    /// Fraction of the default's time saved (0 when the default was kept).
-    pub fn gain(&self) -> f64 {
-        1.0 - self.best.us / self.default.us
-    }
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);

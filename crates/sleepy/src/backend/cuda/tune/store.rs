@@ -215,11 +215,6 @@ impl TunedSet {
         TunedSet { entries }
     }
 
-    /// This set without an entry for `p`.
-    pub fn without(&self, p: &GemvProblem) -> TunedSet {
-        TunedSet { entries: self.entries.iter().filter(|(q, _)| q != p).copied().collect() }
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
