@@ -16,9 +16,9 @@ const KEY: u64 = 0x51 << 48;
 const TILE_BYTES: usize = 32 << 20;
 
 /// Rows of a prefill tile of rows of `k`: as many as `TILE_BYTES` holds, in whole multiples of
-/// 128, so that every tile's output columns start 512 bytes apart (16-byte aligned: cuBLAS
-/// takes slower kernels for unaligned matrices) and the GEMM's rows fill whole tiles of its own;
-/// at least 128.
+/// 128, so that every tile's output starts at a multiple of 512 bytes (cuBLAS chooses its
+/// kernels by the matrices' alignment, the fastest needing 16 bytes) and the GEMM's rows fill
+/// whole tiles of its own; at least 128.
 fn tile_rows(k: usize) -> usize {
     (TILE_BYTES / (2 * k.max(1)) / 128 * 128).max(128)
 }
