@@ -10,7 +10,8 @@
 # binaries TEST-NAME (cuda_quant-new, from target/release/deps); gpu-tools/ as for gpu.sh.
 #   VARIANTS  NAME[@VAR=v,VAR=v ...]: a build, and the environment it runs with
 #   CONFIGS   model specs as in gpu.sh (NAME bf16, NAME:q8_0 in-situ, NAME.q4_k GGUF)
-#   DEPTHS    bench depths (default 0); ROUNDS (default 2)
+#   DEPTHS    bench depths (default 0); ROUNDS (default 2); ARGS the bench's other arguments
+#             (default "-p 0 -n 128 -r 3"; "-p 512 -n 0 -r 3" for prompt processing alone)
 #   TESTS     test binaries to run for each build where gpu-run/TEST-NAME is there (default
 #             cuda_ops cuda_model cuda_quant cuda_tune), all at once, beside the models
 #   TUNE      model specs to run `sleepy tune --json` on (main's build) before the benches; its
@@ -79,7 +80,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
         for c in ${CONFIGS:-qwen3-4b.q4_k}; do
             for d in ${DEPTHS:-0}; do
                 [ $(( $(date +%s) - T0 )) -lt "${BUDGET:-540}" ] || continue
-                timeout 150 env ${e//,/ } "$b" bench $(margs "$c") --device cuda --json -p 0 -n 128 -r 3 --depth "$d" 2>> "$OUT/bench.err" |
+                timeout 150 env ${e//,/ } "$b" bench $(margs "$c") --device cuda --json ${ARGS:--p 0 -n 128 -r 3} --depth "$d" 2>> "$OUT/bench.err" |
                     sed "s/^{/{\"tag\":\"$v\",\"round\":$r,\"spec\":\"$c\",/" >> "$OUT/ab.jsonl"
             done
         done
@@ -92,9 +93,13 @@ runs = {}
 for line in open(sys.argv[1]):
     try: o = json.loads(line)
     except Exception: continue
-    runs.setdefault((o["spec"], o["depth"], o["tag"]), []).append(o)
-for (spec, depth, tag), os in runs.items():
+    runs.setdefault((o["spec"], o["depth"], o.get("test", ""), o["tag"]), []).append(o)
+for (spec, depth, test, tag), os in runs.items():
+    if test.startswith("pp"):
+        tps = [o["tok_per_s"] for o in os]
+        print(f'{spec:<17} {test:<6} {tag:<30} median {statistics.median(tps):9.0f} tok/s ({", ".join(f"{t:.0f}" for t in tps)})')
+        continue
     ms = [o["ms_per_token"] for o in os]
     fr = statistics.median(o["fraction_of_bandwidth"] for o in os)
-    print(f'{spec:<17} d={depth:<5} {tag:<30} median {statistics.median(ms):7.3f} ms ({", ".join(f"{m:.3f}" for m in ms)}) {100 * fr:5.1f}% of floor')
+    print(f'{spec:<17} {test:<6} d={depth:<5} {tag:<30} median {statistics.median(ms):7.3f} ms ({", ".join(f"{m:.3f}" for m in ms)}) {100 * fr:5.1f}% of floor')
 PY
