@@ -131,6 +131,9 @@ pub struct StepPool {
     pub pool: Vec<Candidate>,
 }
 
+/// Times the decode step under the choice so far (first) and under a trial (second).
+pub type StepCompare<'a> = dyn FnMut(&Arc<TunedSet>, &Arc<TunedSet>) -> Result<DecodeComparison> + 'a;
+
 /// Stage 3: starting from `start`, problem by problem in order, time each configuration of
 /// the problem's pool (and its default, once it has another) in the step against the choice
 /// so far (`compare(incumbent, trial)`), and keep the fastest that is faster beyond the noise.
@@ -140,7 +143,7 @@ pub fn choose_in_step(
     pools: &[StepPool],
     start: Arc<TunedSet>,
     passes: usize,
-    compare: &mut dyn FnMut(&Arc<TunedSet>, &Arc<TunedSet>) -> Result<DecodeComparison>,
+    compare: &mut StepCompare,
     progress: &mut dyn FnMut(TuneEvent),
 ) -> Result<(Arc<TunedSet>, Vec<StepTrial>)> {
     let mut chosen = start;

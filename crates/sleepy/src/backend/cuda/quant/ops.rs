@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(tile_rows(1 << 20), 128);
         for k in [32, 96, 768, 896, 2560, 4864, 9728, 151936] {
             let r = tile_rows(k);
-            assert!(r % 128 == 0 && (2 * k * r <= TILE_BYTES || r == 128), "{k}: {r}");
+            assert!(r.is_multiple_of(128) && (2 * k * r <= TILE_BYTES || r == 128), "{k}: {r}");
         }
     }
 
