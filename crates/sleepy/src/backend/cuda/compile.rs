@@ -14,11 +14,12 @@ use std::ffi::{c_char, CStr, CString};
 const SOURCES: [(&str, &str); 8] = [
     ("prelude.cuh", include_str!("kernels/prelude.cuh")),
     ("rope.cu", include_str!("kernels/rope.cu")),
+    // Before the GEMVs: their QKV launches fold decode attention in.
+    ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("quant_units.cu", include_str!("kernels/quant_units.cu")),
     ("gemv_quant.cu", include_str!("kernels/gemv_quant.cu")),
     ("prefill_attention.cu", include_str!("kernels/prefill_attention.cu")),
-    ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("misc.cu", include_str!("kernels/misc.cu")),
 ];
 

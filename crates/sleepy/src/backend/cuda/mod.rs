@@ -19,7 +19,7 @@ use driver::{DevBuf, DeviceInfo, Graph, Launch};
 pub use driver::DeviceInfo as CudaDeviceInfo;
 use gemv::GemvTable;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 /// What is shared by every CUDA backend of the process: the device and the kernels.
@@ -116,6 +116,24 @@ pub struct CudaKv {
     short_ctx: usize,
     /// The fewest positions a chunk holds.
     min_chunk: usize,
+    /// Decode attention runs folded into the QKV projection's launch before this position
+    /// (ops.rs, FOLD_CTX), with a counter a query head and each layer's AttnArgs
+    /// (kernels/decode_attention.cu) here, as last written.
+    fold_ctx: usize,
+    fold_counters: DevBuf,
+    fold_args: DevBuf,
+    fold_written: Vec<Option<[u64; FOLD_ARGS]>>,
+}
+
+/// 64-bit words of a folded launch's AttnArgs (kernels/decode_attention.cu).
+const FOLD_ARGS: usize = 12;
+
+impl CudaKv {
+    /// Fold decode attention into the QKV projection before position `n` (0: never), as
+    /// SLEEPY_ATTN_FOLD does; tests use it to run both paths.
+    pub fn set_fold_ctx(&mut self, n: usize) {
+        self.fold_ctx = n;
+    }
 }
 
 /// Query heads per decode-attention block, and chunks per head group.
@@ -168,6 +186,8 @@ pub struct CudaBackend {
     /// Measured launch configurations (`sleepy tune`), consulted before `table`.
     tuned: RwLock<Arc<tune::TunedSet>>,
     gemv_logging: AtomicBool,
+    /// QKV launches that ran decode attention folded in (ops.rs, fold_qkv_attention).
+    folds: AtomicUsize,
     pdl: bool,
     /// SLEEPY_ABLATE's roles (see `ablated`).
     ablate: Vec<&'static str>,
@@ -236,9 +256,15 @@ impl CudaBackend {
             table,
             tuned: RwLock::new(tune::store::load_for_device(&gpu.info)),
             gemv_logging: AtomicBool::new(false),
+            folds: AtomicUsize::new(0),
             pdl,
             ablate,
         })
+    }
+
+    /// How many QKV launches so far ran decode attention folded in (tests check it happened).
+    pub fn folded_launches(&self) -> usize {
+        self.folds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn device_info(&self) -> &DeviceInfo {
@@ -488,7 +514,8 @@ impl CudaBackend {
 
 /// What SLEEPY_ABLATE may drop from a decode step: the GEMVs by their place in a layer (the
 /// decoder's order: QKV, output, gate+up, down; the last GEMV of the step is the logits) and
-/// the decode attention.
+/// the decode attention. Where attention is folded into the QKV launch (ops.rs, FOLD_CTX),
+/// "qkv" drops both and "attn" nothing: SLEEPY_ATTN_FOLD=0 times them apart.
 const ABLATE_ROLES: [&str; 6] = ["qkv", "o", "gate_up", "down", "logits", "attn"];
 
 /// Which of a step's `n` launches to leave out of its graph for SLEEPY_ABLATE=role+role...:

@@ -3,7 +3,8 @@
 
 use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
-use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
+use super::quant::SegKind;
+use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT, FOLD_ARGS};
 use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
@@ -66,6 +67,39 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
     }
 }
 
+/// Below this position decode attention runs inside the QKV projection's launch
+/// (kernels/decode_attention.cu, qkv_attention_tail): the block that completes a query head's
+/// rows runs its attention, with no kernel boundary between them. One block then walks all
+/// the head's positions, 32 a round trip to memory, where the kernel of its own splits them
+/// over chunks: past a few round trips that costs more than the boundary it saves (about 5 us
+/// a layer, BENCHMARKS.md session 9). 128 is a prediction, not yet measured;
+/// SLEEPY_ATTN_FOLD moves it (0: never).
+const FOLD_CTX: usize = 128;
+
+/// A QKV launch with decode attention folded in: its AttnArgs' device address, and the head
+/// size (the shared memory it needs).
+pub(super) struct Fold {
+    pub(super) args: u64,
+    head_dim: usize,
+}
+
+impl Fold {
+    /// Dynamic shared memory a block of `threads` threads needs for the attention: a place
+    /// of fold_place_floats (kernels/decode_attention.cu) for each 128 of them; None under 128.
+    pub(super) fn smem(&self, threads: u32) -> Option<u32> {
+        let d = self.head_dim;
+        let slots = 2048 / d;
+        let place = ((7 * d + 3 * slots + 5 + slots * d).next_multiple_of(32) * 4) as u32;
+        (threads >= 128).then_some(threads / 128 * place)
+    }
+}
+
+/// Kernel arguments with one more at the end (a folded launch's AttnArgs).
+pub(super) fn with_arg((mut a, n): ([u64; 16], usize), v: u64) -> ([u64; 16], usize) {
+    a[n] = v;
+    (a, n + 1)
+}
+
 /// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
 /// rows are too long for any compiled chunk count).
 fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(u64, u32)> {
@@ -101,34 +135,137 @@ impl CudaBackend {
             let units = if mode == 2 { w.n / 2 } else { w.n };
             let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
             let norm = norm.map(|(n, e)| (n.ptr(), e));
-            self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)?;
+            self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy, None)?;
         }
         self.note_gemv(first)
     }
 
-    /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
+    /// The GEMV launch itself, with an explicit shape (the tuner calls this too). With `fold`
+    /// (a QKV projection: one row, the norm, mode 0) decode attention runs in the same launch,
+    /// where the kernel can take it: at least 128 threads a block, and as many blocks an SM as
+    /// without it; false where it cannot (nothing launched).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+    pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize, fold: Option<&Fold>) -> Result<bool> {
+        if fold.is_some() && (rows != 1 || norm.is_none() || mode != 0) {
+            return Ok(false);
+        }
         self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
-        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), mode)?;
+        let kmode = if fold.is_some() { 3 } else { mode };
+        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), kmode)?;
         if let Some(p) = self.stream_plan(w, k, s, rows, mode, units) {
-            let name = || format!("gemv_stream_{dt}_{ch}_{}_{mode}", norm.is_some() as u32);
-            self.blocks_per_sm(key | 1 << 36, &name, p.threads, p.smem)?;
-            let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-            return self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
+            let name = || format!("gemv_stream_{dt}_{ch}_{}_{kmode}", norm.is_some() as u32);
+            let mut args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+            let mut smem = p.smem;
+            if let Some(f) = fold {
+                let Some(need) = f.smem(p.threads - 32) else { return Ok(false) };
+                smem = smem.max(need);
+                args = with_arg(args, f.args);
+            }
+            if self.blocks_per_sm(key | 1 << 36, &name, p.threads, smem)? < s.blocks_per_sm && fold.is_some() {
+                return Ok(false);
+            }
+            self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
+            return Ok(true);
         }
         let threads = s.threads_per_row * s.rows_per_block;
-        let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
+        let name = || kernel_name(dt, s, ch, norm.is_some(), kmode);
+        let mut args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
+        let mut smem = 0;
+        if let Some(f) = fold {
+            let Some(need) = f.smem(threads) else { return Ok(false) };
+            smem = need;
+            args = with_arg(args, f.args);
+        }
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
-        let fit = self.blocks_per_sm(key, &name, threads, 0)?;
+        let fit = self.blocks_per_sm(key, &name, threads, smem)?;
+        if fold.is_some() {
+            let (plain, _) = gemv_key(dt, k, s, true, 0)?;
+            if fit < s.blocks_per_sm.min(self.blocks_per_sm(plain, &|| kernel_name(dt, s, ch, true, 0), threads, 0)?) {
+                return Ok(false);
+            }
+        }
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
-        let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], 0, args)
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
+        Ok(true)
+    }
+
+    /// The decoder's steps 2-3 (Backend::norm_qkv_attention) as one launch, where they can
+    /// be: one token, heads of 64 or 128, at most 64 query heads, a weight of one format, and
+    /// a launch gemv_shaped / gemvq_shaped can fold into. False: nothing launched.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_qkv_attention(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, bias: Option<&CudaAct>, qkv: &CudaAct, kv: &mut CudaKv, layer: usize, pos: usize, s: AttnShape, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope, out: &CudaAct) -> Result<bool> {
+        let d = s.head_dim;
+        if x.rows != 1 || !matches!(d, 64 | 128) || s.n_heads > 64 || layer >= kv.fold_written.len() {
+            return Ok(false);
+        }
+        attn_dims(&s)?;
+        let q_dim = s.n_heads * d;
+        check(x.cols == w.k && norm.cols == w.k && qkv.rows == 1 && qkv.cols == w.n && w.n == q_dim + 2 * kv.kv_dim, "norm_qkv_attention")?;
+        check(out.rows == 1 && out.cols == q_dim && kv.kv_dim == s.n_kv_heads * d, "attention")?;
+        check(rope.dims <= d && rope.inv_freqs.len() * 2 >= rope.dims, "rope")?;
+        self.check_fits(kv, pos, 1)?;
+        let seg = match w.quant.as_deref() {
+            None => None,
+            Some(q) => match q.segs.as_slice() {
+                [one] => Some(one),
+                _ => return Ok(false),
+            },
+        };
+        let step = self.set_pos(pos)?;
+        let freqs = self.rope_freqs(&rope.inv_freqs)?;
+        let (qn, kn, qk_eps) = qk_norm.map_or((0, 0, 0.0), |(q, k, e)| (q.ptr(), k.ptr(), e));
+        let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
+        let style = if rope.style == RopeStyle::Interleaved { 0u64 } else { 1 };
+        let pair = |a: usize, b: u64| a as u64 | b << 32;
+        let args: [u64; FOLD_ARGS] = [
+            kv.k.ptr + layer_off,
+            kv.v.ptr + layer_off,
+            step,
+            qn,
+            kn,
+            freqs,
+            qkv.ptr(),
+            out.ptr(),
+            kv.fold_counters.ptr,
+            pair(s.n_heads, s.n_kv_heads as u64),
+            pair(d, rope.dims as u64),
+            style | (qk_eps.to_bits() as u64) << 32,
+        ];
+        // Written in stream order before the launches that read it; rewritten only when this
+        // layer's differ (another scratch, say), so a step replayed as a graph finds its own.
+        let at = kv.fold_args.ptr + (layer * FOLD_ARGS * 8) as u64;
+        if kv.fold_written[layer] != Some(args) {
+            driver::upload(at, &args, self.stream.0)?;
+            kv.fold_written[layer] = Some(args);
+        }
+        let fold = Fold { args: at, head_dim: d };
+        let normed = Some((norm.ptr(), eps));
+        let bias = bias.map_or(0, |b| b.ptr());
+        let first = self.recorded()?;
+        let folded = match seg.map(|g| (g.kind, g.regions)) {
+            None => {
+                let sh = self.dense_shape(w.dt, w.n, w.k, true, 0);
+                self.gemv_shaped(w.buf.ptr, w.dt, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
+            }
+            Some((SegKind::Bf16, r)) => {
+                let sh = self.dense_shape(0, w.n, w.k, true, 0);
+                self.gemv_shaped(r[0], 0, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
+            }
+            Some((SegKind::Quant(f), r)) => {
+                let sh = self.quant_shape(f, w.n, w.k, true, 0);
+                self.gemvq_shaped(f, &r, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
+            }
+        };
+        if folded {
+            self.folds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.note_gemv(first)?;
+        }
+        Ok(folded)
     }
 
     /// Launch the argmax of the last row of x; the device address of its result.
@@ -272,6 +409,7 @@ impl CudaBackend {
         let short_ctx = if fixed || hb == 1 { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
         let short = if short_ctx > 0 { split(1, chunks) } else { long };
         let most_chunks = long.chunks.max(short.chunks);
+        let fold_ctx = env_count("SLEEPY_ATTN_FOLD")?.unwrap_or(FOLD_CTX);
         Ok(CudaKv {
             max_seq,
             kv_dim,
@@ -284,6 +422,10 @@ impl CudaBackend {
             long,
             short_ctx,
             min_chunk,
+            fold_ctx,
+            fold_counters: DevBuf::zeroed(cfg.n_heads * 4, self.stream.0)?,
+            fold_args: DevBuf::alloc(cfg.n_layers.max(1) * FOLD_ARGS * 8)?,
+            fold_written: vec![None; cfg.n_layers],
         })
     }
 
@@ -452,6 +594,15 @@ impl Backend for CudaBackend {
         }
         self.rope_qk(qkv, s, pos0, qk_norm, rope)?;
         self.attention(qkv, kv, layer, pos0, s, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn norm_qkv_attention(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, bias: Option<&CudaAct>, xn: &mut CudaAct, qkv: &mut CudaAct, kv: &mut CudaKv, layer: usize, pos0: usize, s: AttnShape, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope, out: &mut CudaAct) -> Result<()> {
+        if pos0 < kv.fold_ctx && !self.use_gemm(x.rows) && self.fold_qkv_attention(x, norm, eps, w, bias, qkv, kv, layer, pos0, s, qk_norm, rope, out)? {
+            return Ok(());
+        }
+        self.rmsnorm_matmul(x, norm, eps, w, bias, xn, qkv)?;
+        self.rope_attention(qkv, kv, layer, pos0, s, qk_norm, rope, out)
     }
 
     #[allow(clippy::too_many_arguments)]

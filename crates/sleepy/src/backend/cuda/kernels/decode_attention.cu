@@ -59,8 +59,20 @@ __device__ __forceinline__ void warp_norm_rope(float* h, const float* w, float e
     __syncwarp();
 }
 
-template <int D, int HB, int UNR>
-__device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, u16* kc, u16* vc,
+// Where one decode-attention block runs: query heads h0 .. h0 + HB - 1, chunk c of nc, its
+// thread tid (0 .. 127), the named barrier its 128 threads share, and its shared memory. A
+// kernel of its own (attn_decode_*) is one such block with barrier 0; the QKV launches with
+// attention folded in (qkv_attention_tail) run several in one block, one a 128 threads.
+struct AttnPlace {
+    int h0, c, nc, tid, bar;
+    float* sm;
+};
+
+__device__ __forceinline__ void sync128(int bar) { asm volatile("bar.sync %0, 128;" ::"r"(bar) : "memory"); }
+
+// OWN: a kernel of its own (the PDL hooks are its); else the launch's own kernel waited.
+template <int D, int HB, int UNR, bool OWN>
+__device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, const float* __restrict__ qkv, u16* kc, u16* vc,
                                                   const int* __restrict__ step, int H, int KVH,
                                                   const float* qn, const float* kn, float eps,
                                                   const float* __restrict__ inv_freq, int rope_dims,
@@ -69,7 +81,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     constexpr int LPP = D / 16;
     constexpr int PPW = 32 / LPP;
     constexpr int NSLOT = 4 * PPW;
-    extern __shared__ float dec_sm[];
+    float* dec_sm = pl.sm;
     float* qs = dec_sm;
     float* kcur = qs + HB * D;
     float* vcur = kcur + D;
@@ -85,10 +97,17 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     float* wts = sm_acc + NSLOT * HB * D;
     __shared__ int is_last;
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = pl.tid, warp = tid >> 5, lane = tid & 31;
+    // A kernel of its own syncs its block; a place, its 128 threads.
+    const auto bsync = [&] {
+        if (OWN) __syncthreads();
+        else sync128(pl.bar);
+    };
+    // In a folded launch other blocks of the same kernel wrote qkv: read it through L2.
+    const auto ld_qkv = [](const float* p) { return OWN ? *p : __ldcg(p); };
     // The position was written before this step's first kernel, so it is safe to read here.
     const int pos = step[0];
-    const int NC = gridDim.y, c = blockIdx.y;
+    const int NC = pl.nc, c = pl.c;
     const int len = pos + 1;
     int chunk = (len + NC - 1) / NC;
     chunk = max(min_chunk, (chunk + 31) & ~31);
@@ -104,7 +123,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     const bool has_cur = c1 == len;
     const int n = c1 - c0;
     const int ncache = has_cur ? n - 1 : n;
-    const int h0 = blockIdx.x * HB, G = H / KVH, kvh = h0 / G;
+    const int h0 = pl.h0, G = H / KVH, kvh = h0 / G;
     const int kvd = KVH * D;
 
     const int sub = lane % LPP, slot = warp * PPW + lane / LPP;
@@ -141,19 +160,21 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         if (kn) knw[d] = kn[d];
     }
 
-    pdl_wait();
-    pdl_launch_next();
+    if (OWN) {
+        pdl_wait();
+        pdl_launch_next();
+    }
 
-    for (int i = tid; i < HB * D; i += 128) qs[i] = qkv[(size_t)h0 * D + i];
+    for (int i = tid; i < HB * D; i += 128) qs[i] = ld_qkv(qkv + (size_t)h0 * D + i);
     if (has_cur) {
         const float* kraw = qkv + (size_t)H * D + (size_t)kvh * D;
         const float* vraw = qkv + (size_t)(H + KVH) * D + (size_t)kvh * D;
         for (int i = tid; i < D; i += 128) {
-            kcur[i] = kraw[i];
-            vcur[i] = vraw[i];
+            kcur[i] = ld_qkv(kraw + i);
+            vcur[i] = ld_qkv(vraw + i);
         }
     }
-    __syncthreads();
+    bsync();
     if (warp < HB) warp_norm_rope<D>(qs + warp * D, qn ? qnw : nullptr, eps, cs, sn, rope_dims, style, rsqrtf((float)D), lane);
     if (has_cur && warp == (HB & 3)) {
         warp_norm_rope<D>(kcur, kn ? knw : nullptr, eps, cs, sn, rope_dims, style, 1.f, lane);
@@ -168,7 +189,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
             }
         }
     }
-    __syncthreads();
+    bsync();
 
     float qr[HB][16], acc[HB][16], m[HB], l[HB];
 #pragma unroll
@@ -282,7 +303,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
 #pragma unroll
         for (int j = 0; j < 16; ++j) sm_acc[(slot * HB + g) * D + sub * 16 + j] = acc[g][j];
     }
-    __syncthreads();
+    bsync();
     // Each slot's weight exp(m_s - M) per head, once (empty slots weigh 0).
     if (tid < NSLOT * HB) {
         const int g = tid % HB;
@@ -291,7 +312,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         sm_w[tid] = sm_l[tid] == 0.f ? 0.f : __expf(sm_m[tid] - M);
         if (tid < HB) sm_M[tid] = M;
     }
-    __syncthreads();
+    bsync();
     float* pbase = part + ((size_t)h0 * NC + c) * (D + 2);
     for (int i = tid; i < HB * D; i += 128) {
         const int g = i / D, d = i % D;
@@ -316,9 +337,9 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
     if (nact == 1) return;
     // The last active block of this head group merges the chunks.
     __threadfence();
-    __syncthreads();
-    if (tid == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == (u32)(nact - 1);
-    __syncthreads();
+    bsync();
+    if (tid == 0) is_last = atomicAdd(&counters[h0 / HB], 1u) == (u32)(nact - 1);
+    bsync();
     if (!is_last) return;
     __threadfence();
     const float* gbase = part + (size_t)h0 * NC * (D + 2);
@@ -326,7 +347,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         const int g = i / nact, k = i % nact;
         wts[g * nact + k] = __ldcg(gbase + ((size_t)g * NC + k) * (D + 2) + D);
     }
-    __syncthreads();
+    bsync();
     if (tid < HB) {
         float M = NEG_INF, L = 0.f;
         for (int k = 0; k < nact; ++k) M = fmaxf(M, wts[tid * nact + k]);
@@ -337,7 +358,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         }
         for (int k = 0; k < nact; ++k) wts[tid * nact + k] /= L;
     }
-    __syncthreads();
+    bsync();
     for (int i = tid; i < HB * D / 4; i += 128) {
         const int g = i / (D / 4), d = (i % (D / 4)) * 4;
         float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -359,7 +380,7 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         o[2] = a.z;
         o[3] = a.w;
     }
-    if (tid == 0) counters[blockIdx.x] = 0u;
+    if (tid == 0) counters[h0 / HB] = 0u;
 }
 
 // Blocks an SM each variant is compiled to fit (the registers it may use): the host's
@@ -370,9 +391,102 @@ __device__ __forceinline__ void attn_decode_body(const float* __restrict__ qkv, 
         const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
         const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
         u32* counters, float* out, int min_chunk) {                                               \
-        attn_decode_body<D, HB, UNR>(qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq, rope_dims,  \
-                                      style, part, counters, out, min_chunk);                     \
+        extern __shared__ float dec_sm[];                                                         \
+        const AttnPlace pl = {(int)blockIdx.x * HB, (int)blockIdx.y, (int)gridDim.y, (int)threadIdx.x, 0, dec_sm}; \
+        attn_decode_body<D, HB, UNR, true>(pl, qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq,   \
+                                            rope_dims, style, part, counters, out, min_chunk);     \
     }
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
 ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
+
+// ---- Decode attention folded into the QKV projection (GEMV launches of MODE 3).
+//
+// Why: at short contexts the attention kernel reads almost nothing, yet costs a launch's
+// dependency wait and its own latency between the QKV projection and the output projection
+// (BENCHMARKS.md: 4.7-6.9 us a layer). Here each block of the QKV GEMV (which in this mode
+// owns one contiguous run of rows), once its rows of qkv are written, adds to each query
+// head's counter how many of them that head needs (its own query rows, and the K and V rows
+// of its KV head). The block that completes a head runs that head's attention itself, on 128
+// of its threads (a "place", named barrier 2 + place; a block of P x 128 threads runs P heads
+// at once): attention starts as soon as its inputs exist, and the output projection waits for
+// one kernel, not two. No block ever waits for another, so nothing depends on which blocks
+// are resident together. One chunk (no split of the positions): the host folds only short
+// contexts.
+//
+// The arguments attn_decode_* takes that the GEMV's own do not, in device memory (one copy a
+// layer, in the KV cache's buffers; the host's fold_args). qkv: the projection's output, as y.
+// counters [H]: zero at rest; the completing block resets its head's.
+struct AttnArgs {
+    u16* kc;
+    u16* vc;
+    const int* step;
+    const float* qn;
+    const float* kn;
+    const float* inv_freq;
+    const float* qkv;
+    float* out;
+    u32* counters;
+    int H, KVH, D, rope_dims, style;
+    float eps;
+};
+
+// Floats of shared memory one place uses (attn_decode_body's layout at one head and one
+// chunk), rounded up to 128 bytes; the host's fold_place_bytes mirrors it.
+__device__ __forceinline__ constexpr int fold_place_floats(int D) {
+    return ((D + 6 * D + 3 * (2048 / D) + 4 + (2048 / D) * D + 1) + 31) / 32 * 32;
+}
+
+// Rows of qkv in [lo, hi) that query head h needs: its own, and its KV head's K and V row.
+__device__ __forceinline__ int head_rows(const AttnArgs& a, int lo, int hi, int h) {
+    const int D = a.D, g = h / (a.H / a.KVH);
+    const auto overlap = [&](int s) { return max(0, min(hi, s + D) - max(lo, s)); };
+    return overlap(h * D) + overlap((a.H + g) * D) + overlap((a.H + a.KVH + g) * D);
+}
+
+template <int D>
+__device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
+    const int place = tid >> 7;
+    // The place's shared memory is free again (its previous head is written out).
+    sync128(2 + place);
+    const AttnPlace pl = {h, 0, 1, tid & 127, 2 + place, (float*)smem + place * fold_place_floats(D)};
+    attn_decode_body<D, 1, 2, false>(pl, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps, a.inv_freq,
+                                     a.rope_dims, a.style, nullptr, nullptr, a.out, 1 << 20);
+}
+
+// Called by each of the launch's `nthreads` threads still running (tid 0 ..) after it wrote
+// its rows of qkv; the block's rows are [lo, hi). `sync`: a barrier of exactly those threads. smem: dynamic shared memory free for
+// nthreads / 128 places (the host makes nthreads at least 128 and the memory enough).
+// Not inlined: the GEMV's registers are allocated as without it, and it compiles once.
+template <class Sync>
+__device__ __noinline__ void qkv_attention_tail(const AttnArgs* __restrict__ ap, int lo, int hi, int tid, int nthreads,
+                                                Sync sync, unsigned char* smem) {
+    __shared__ u32 fold_mask[2];
+    const AttnArgs a = *ap;
+    // Every thread's qkv stores are visible device-wide before its block counts them.
+    __threadfence();
+    sync();
+    if (tid < 64) {
+        bool done = false;
+        if (tid < a.H) {
+            const u32 n = (u32)head_rows(a, lo, hi, tid);
+            done = n > 0 && atomicAdd(&a.counters[tid], n) + n == (u32)(3 * a.D);
+            if (done) a.counters[tid] = 0u;
+        }
+        const u32 m = __ballot_sync(0xffffffffu, done);
+        if ((tid & 31) == 0) fold_mask[tid >> 5] = m;
+    }
+    sync();
+    u64 m = (u64)fold_mask[1] << 32 | fold_mask[0];
+    if (m == 0) return;
+    // The other blocks' rows of the heads this one completed: read after this fence.
+    __threadfence();
+    const int places = nthreads / 128, place = tid >> 7;
+    if (place >= places) return;
+    for (int k = 0; m; m &= m - 1, ++k) {
+        if (k % places != place) continue;
+        const int h = __ffsll(m) - 1;
+        if (a.D == 64) fold_head<64>(a, h, tid, smem);
+        else fold_head<128>(a, h, tid, smem);
+    }
+}
