@@ -117,8 +117,8 @@ pub struct CudaKv {
     /// The fewest positions a chunk holds.
     min_chunk: usize,
     /// Decode attention runs folded into the QKV projection's launch before this position
-    /// (ops.rs, FOLD_CTX), with a counter a query head and each layer's AttnArgs
-    /// (kernels/decode_attention.cu) here, as last written.
+    /// (ops.rs, FOLD_CTX), with the tallies of kernels/decode_attention.cu's AttnArgs and
+    /// each layer's AttnArgs here, as last written.
     fold_ctx: usize,
     fold_counters: DevBuf,
     fold_args: DevBuf,

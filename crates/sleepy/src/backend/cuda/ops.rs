@@ -68,12 +68,12 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
 }
 
 /// Below this position decode attention runs inside the QKV projection's launch
-/// (kernels/decode_attention.cu, qkv_attention_tail): the block that completes a query head's
-/// rows runs its attention, with no kernel boundary between them. One block then walks all
-/// the head's positions, 32 a round trip to memory, where the kernel of its own splits them
-/// over chunks: past a few round trips that costs more than the boundary it saves (about 5 us
-/// a layer, BENCHMARKS.md session 9). 128 is a prediction, not yet measured;
-/// SLEEPY_ATTN_FOLD moves it (0: never).
+/// (kernels/decode_attention.cu, qkv_attention_tail): once a query head's rows are written,
+/// 128 threads of one of the launch's blocks run its attention, with no kernel boundary
+/// between them. They walk all the head's positions, 32 a round trip to memory, where the
+/// kernel of its own splits them over chunks: past a few round trips that costs more than the
+/// boundary it saves (about 5 us a layer, BENCHMARKS.md session 9). 128 is a prediction, not
+/// yet measured; SLEEPY_ATTN_FOLD moves it (0: never).
 const FOLD_CTX: usize = 128;
 
 /// A QKV launch with decode attention folded in: its AttnArgs' device address, and the head
@@ -149,7 +149,6 @@ impl CudaBackend {
         if fold.is_some() && (rows != 1 || norm.is_none() || mode != 0) {
             return Ok(false);
         }
-        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let kmode = if fold.is_some() { 3 } else { mode };
         let (key, ch) = gemv_key(dt, k, s, norm.is_some(), kmode)?;
@@ -165,6 +164,8 @@ impl CudaBackend {
             if self.blocks_per_sm(key | 1 << 36, &name, p.threads, smem)? < s.blocks_per_sm && fold.is_some() {
                 return Ok(false);
             }
+            // Noted only when it launches (a fold refused runs again unfolded).
+            self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
             self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
             return Ok(true);
         }
@@ -190,6 +191,7 @@ impl CudaBackend {
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
+        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
         Ok(true)
     }
@@ -423,7 +425,8 @@ impl CudaBackend {
             short_ctx,
             min_chunk,
             fold_ctx,
-            fold_counters: DevBuf::zeroed(cfg.n_heads * 4, self.stream.0)?,
+            // Rows written and claims a query head, blocks started and finished.
+            fold_counters: DevBuf::zeroed((2 * cfg.n_heads + 2) * 4, self.stream.0)?,
             fold_args: DevBuf::alloc(cfg.n_layers.max(1) * FOLD_ARGS * 8)?,
             fold_written: vec![None; cfg.n_layers],
         })

@@ -407,16 +407,24 @@ ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
 // (BENCHMARKS.md: 4.7-6.9 us a layer). Here each block of the QKV GEMV (which in this mode
 // owns one contiguous run of rows), once its rows of qkv are written, adds to each query
 // head's counter how many of them that head needs (its own query rows, and the K and V rows
-// of its KV head). The block that completes a head runs that head's attention itself, on 128
-// of its threads (a "place", named barrier 2 + place; a block of P x 128 threads runs P heads
-// at once): attention starts as soon as its inputs exist, and the output projection waits for
-// one kernel, not two. No block ever waits for another, so nothing depends on which blocks
-// are resident together. One chunk (no split of the positions): the host folds only short
-// contexts.
+// of its KV head), and heads whose rows are all written run their attention in this launch,
+// on 128 threads of a block each (a "place", named barrier 2 + place; a block of P x 128
+// threads runs P heads at once), so the output projection waits for one kernel, not two.
+//
+// Who runs head h: its runner, the block holding its first query row, so that heads spread
+// over blocks (the block completing the count may complete a whole KV head's worth at once).
+// The runner waits for the count, which is safe only once every block of the launch has
+// started (each counts itself in at its start): the rows it waits for are then being written
+// by running blocks that never wait before counting them. A runner that finds blocks not yet
+// started does not claim its heads; the block completing a head's count claims it instead
+// and runs it without waiting. A claim (compare-and-swap) decides between the two; the
+// launch's last block to finish resets counts, claims and its tallies for the next launch.
+// One chunk (no split of the positions): the host folds only short contexts.
 //
 // The arguments attn_decode_* takes that the GEMV's own do not, in device memory (one copy a
 // layer, in the KV cache's buffers; the host's fold_args). qkv: the projection's output, as y.
-// counters [H]: zero at rest; the completing block resets its head's.
+// counters: [H] rows written of each head, [H] claims, blocks started, blocks finished; zero
+// at rest.
 struct AttnArgs {
     u16* kc;
     u16* vc;
@@ -431,8 +439,19 @@ struct AttnArgs {
     float eps;
 };
 
+// A folded launch's block, first thing: count itself in (see above).
+__device__ __forceinline__ void fold_start(const AttnArgs* a) {
+    if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(a->counters + 2 * a->H, 1u);
+}
+
+__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
 // Floats of shared memory one place uses (attn_decode_body's layout at one head and one
-// chunk), rounded up to 128 bytes; the host's fold_place_bytes mirrors it.
+// chunk), rounded up to 128 bytes; the host's Fold::smem mirrors it.
 __device__ __forceinline__ constexpr int fold_place_floats(int D) {
     return ((D + 6 * D + 3 * (2048 / D) + 4 + (2048 / D) * D + 1) + 31) / 32 * 32;
 }
@@ -447,7 +466,13 @@ __device__ __forceinline__ int head_rows(const AttnArgs& a, int lo, int hi, int 
 template <int D>
 __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
     const int place = tid >> 7;
-    // The place's shared memory is free again (its previous head is written out).
+    // A runner waits for the head's last rows (its completer found them all written).
+    if ((tid & 127) == 0) {
+        while (ld_relaxed(a.counters + h) != (u32)(3 * D)) {
+        }
+        __threadfence();
+    }
+    // Also: the place's shared memory is free again (its previous head is written out).
     sync128(2 + place);
     const AttnPlace pl = {h, 0, 1, tid & 127, 2 + place, (float*)smem + place * fold_place_floats(D)};
     attn_decode_body<D, 1, 2, false>(pl, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps, a.inv_freq,
@@ -455,38 +480,55 @@ __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, uns
 }
 
 // Called by each of the launch's `nthreads` threads still running (tid 0 ..) after it wrote
-// its rows of qkv; the block's rows are [lo, hi). `sync`: a barrier of exactly those threads. smem: dynamic shared memory free for
-// nthreads / 128 places (the host makes nthreads at least 128 and the memory enough).
-// Not inlined: the GEMV's registers are allocated as without it, and it compiles once.
+// its rows of qkv, the block's rows being [lo, hi). `sync`: a barrier of exactly those
+// threads. smem: dynamic shared memory free for nthreads / 128 places (the host makes
+// nthreads at least 128 and the memory enough). Not inlined: the GEMV's registers are
+// allocated as without it, and it compiles once.
 template <class Sync>
 __device__ __noinline__ void qkv_attention_tail(const AttnArgs* __restrict__ ap, int lo, int hi, int tid, int nthreads,
                                                 Sync sync, unsigned char* smem) {
     __shared__ u32 fold_mask[2];
     const AttnArgs a = *ap;
+    u32* const counts = a.counters;
+    u32* const claims = counts + a.H;
+    u32* const started = counts + 2 * a.H;
+    u32* const finished = started + 1;
     // Every thread's qkv stores are visible device-wide before its block counts them.
     __threadfence();
     sync();
     if (tid < 64) {
-        bool done = false;
+        bool mine = false;
         if (tid < a.H) {
             const u32 n = (u32)head_rows(a, lo, hi, tid);
-            done = n > 0 && atomicAdd(&a.counters[tid], n) + n == (u32)(3 * a.D);
-            if (done) a.counters[tid] = 0u;
+            if (n > 0 && atomicAdd(&counts[tid], n) + n == (u32)(3 * a.D)) mine = atomicCAS(&claims[tid], 0u, 2u) == 0u;
+            const int first = tid * a.D;
+            if (!mine && lo <= first && first < hi && ld_relaxed(started) == gridDim.x)
+                mine = atomicCAS(&claims[tid], 0u, 1u) == 0u;
         }
-        const u32 m = __ballot_sync(0xffffffffu, done);
+        const u32 m = __ballot_sync(0xffffffffu, mine);
         if ((tid & 31) == 0) fold_mask[tid >> 5] = m;
     }
     sync();
     u64 m = (u64)fold_mask[1] << 32 | fold_mask[0];
-    if (m == 0) return;
-    // The other blocks' rows of the heads this one completed: read after this fence.
-    __threadfence();
     const int places = nthreads / 128, place = tid >> 7;
-    if (place >= places) return;
-    for (int k = 0; m; m &= m - 1, ++k) {
-        if (k % places != place) continue;
-        const int h = __ffsll(m) - 1;
-        if (a.D == 64) fold_head<64>(a, h, tid, smem);
-        else fold_head<128>(a, h, tid, smem);
+    if (m != 0 && place < places) {
+        // The other blocks' rows of the heads this one completed: read after this fence.
+        __threadfence();
+        for (int k = 0; m; m &= m - 1, ++k) {
+            if (k % places != place) continue;
+            const int h = __ffsll(m) - 1;
+            if (a.D == 64) fold_head<64>(a, h, tid, smem);
+            else fold_head<128>(a, h, tid, smem);
+        }
+    }
+    // The last block to finish: nobody reads the tallies any more in this launch.
+    sync();
+    if (tid == 0) {
+        __threadfence();
+        if (atomicAdd(finished, 1u) == gridDim.x - 1) {
+            for (int i = 0; i < 2 * a.H; ++i) counts[i] = 0u;
+            *started = 0u;
+            *finished = 0u;
+        }
     }
 }

@@ -103,6 +103,7 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
                                           int K, int ldy, const AttnArgs* attn) {
     constexpr bool FOLD = MODE_ == 3;
     constexpr int MODE = FOLD ? 0 : MODE_;
+    if (FOLD) fold_start(attn);
     __shared__ float red[3][64];
     const int rpb = blockDim.y;
     const int t = blockIdx.y;
@@ -259,6 +260,7 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
 #if __CUDA_ARCH__ >= 900
     constexpr bool FOLD = MODE_ == 3;
     constexpr int MODE = FOLD ? 0 : MODE_;
+    if (FOLD) fold_start(attn);
     extern __shared__ __align__(128) unsigned char tiles[];
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
     __shared__ float red[32];

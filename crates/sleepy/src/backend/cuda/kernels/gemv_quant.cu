@@ -40,6 +40,7 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
                                            int ldy, const AttnArgs* attn) {
     constexpr bool FOLD = MODE_ == 3;
     constexpr int MODE = FOLD ? 0 : MODE_;
+    if (FOLD) fold_start(attn);
     extern __shared__ uint4 qsmem[];
     u8* sm = (u8*)qsmem;
     Acts a;
@@ -206,6 +207,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
 #if __CUDA_ARCH__ >= 900
     constexpr bool FOLD = MODE_ == 3;
     constexpr int MODE = FOLD ? 0 : MODE_;
+    if (FOLD) fold_start(attn);
     extern __shared__ __align__(128) unsigned char qtiles[];
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
     __shared__ __align__(8) float red[32];  // quantize_acts: a double a consumer warp (16)

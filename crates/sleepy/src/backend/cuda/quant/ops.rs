@@ -241,7 +241,6 @@ impl CudaBackend {
         if fold.is_some() && (rows != 1 || norm.is_none() || mode != 0) {
             return Ok(false);
         }
-        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
         let kmode = if fold.is_some() { 3 } else { mode };
         if rows == 1 && self.table.streamed {
@@ -257,6 +256,8 @@ impl CudaBackend {
                 if self.blocks_per_sm(key, &name, p.threads, smem)? < s.blocks_per_sm && fold.is_some() {
                     return Ok(false);
                 }
+                // Noted only when it launches (a fold refused runs again unfolded).
+                self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
                 self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
                 return Ok(true);
             }
@@ -286,6 +287,7 @@ impl CudaBackend {
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
+        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
         Ok(true)
     }
