@@ -466,9 +466,11 @@ __device__ __forceinline__ int head_rows(const AttnArgs& a, int lo, int hi, int 
 template <int D>
 __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
     const int place = tid >> 7;
-    // A runner waits for the head's last rows (its completer found them all written).
-    if ((tid & 127) == 0) {
-        while (ld_relaxed(a.counters + h) != (u32)(3 * D)) {
+    // A runner waits for the head's last rows (its completer found them all written): the
+    // place's first warp, in step (lane 0 reads, every lane gets it).
+    if ((tid & 127) < 32) {
+        const bool lead = (tid & 31) == 0;
+        while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) != (u32)(3 * D)) {
         }
         __threadfence();
     }
