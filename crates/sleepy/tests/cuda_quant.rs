@@ -8,8 +8,12 @@
 
 use rand::{Rng, SeedableRng};
 use sleepy::backend::cpu::{CpuAct, CpuBackend};
+use sleepy::backend::cuda::gemv::GemvShape;
+use sleepy::backend::cuda::quant::QuantShape;
+use sleepy::backend::cuda::tune::{GemvProblem, LaunchConfig, TunedSet};
 use sleepy::backend::cuda::{CudaAct, CudaBackend};
-use sleepy::backend::{Backend, WeightPart};
+use sleepy::backend::{AttnShape, Backend, Rope, WeightPart};
+use std::sync::Arc;
 use sleepy::config::{Arch, ModelConfig, RopeStyle};
 use sleepy::loader::{Bytes, TensorRef};
 use sleepy::model::{LoadOptions, Logits, Model};
@@ -323,8 +327,14 @@ fn source(c: &ModelConfig, seed: u64, fmt: &dyn Fn(&str) -> DType) -> MemSource 
 /// Prefill logits, then 32 greedy tokens decoded freely on both backends: the GPU must pick
 /// the CPU's token at every step, unless the CPU's own top two are a near tie there (then the
 /// sequences may part, and the test stops comparing).
-fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions, tag: &str) {
+/// `fold`: a launch shape for the QKV projection (of weights in that format) under which its
+/// decode launches fold attention in; the run then checks that they did.
+fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions, tag: &str, fold: Option<(DType, LaunchConfig)>) {
     let Some(g) = gpu(test) else { return };
+    if let Some((format, shape)) = fold {
+        let qkv = GemvProblem { format, units: (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, k: c.hidden, norm: true, mode: 0 };
+        g.set_tuned(Arc::new(TunedSet::default().with(qkv, shape))).unwrap();
+    }
     let cpu = Model::load(CpuBackend::new_exact(threads()).unwrap(), src, c.clone(), opts).unwrap();
     let gpu = Model::load(g, src, c.clone(), opts).unwrap();
     assert_eq!(cpu.weights.matrix_bytes_per_token, gpu.weights.matrix_bytes_per_token);
@@ -341,6 +351,9 @@ fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions
     assert!(e < 5e-2, "{tag}: prefill logits relative error {e:.3e}");
     // Decode from a 2-token prompt so every step runs the GEMV path.
     let (mut sc, mut sg) = (cpu.new_sequence(64).unwrap(), gpu.new_sequence(64).unwrap());
+    if fold.is_some() {
+        sg.kv.set_fold_ctx(usize::MAX);
+    }
     let (mut tc, mut tg) = (prompt[..2].to_vec(), prompt[..2].to_vec());
     let mut same = 0;
     for step in 0..32 {
@@ -362,7 +375,11 @@ fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions
         same += 1;
         (tc, tg) = (vec![want], vec![got]);
     }
-    eprintln!("{tag}: {same}/32 greedy tokens equal");
+    eprintln!("{tag}: {same}/32 greedy tokens equal, {} QKV launches folded attention in", gpu.backend.folded_launches());
+    if fold.is_some() {
+        // Every one-token step of every layer (the first step takes two tokens).
+        assert!(gpu.backend.folded_launches() >= c.n_layers * same.min(31), "{tag}: the decode steps did not fold attention in");
+    }
 }
 
 #[test]
@@ -373,7 +390,7 @@ fn in_situ_quantized_models_give_cpu_greedy_tokens() {
         let c = cfg(qwen3, tied);
         let src = source(&c, 10 + i as u64, &|_| DType::BF16);
         let opts = LoadOptions { quant: Some(q) };
-        greedy_parity("in_situ_quantized_models_give_cpu_greedy_tokens", &c, &src, opts, &format!("--quant {} qwen3={qwen3} tied={tied}", q.name()));
+        greedy_parity("in_situ_quantized_models_give_cpu_greedy_tokens", &c, &src, opts, &format!("--quant {} qwen3={qwen3} tied={tied}", q.name()), None);
     }
 }
 
@@ -393,7 +410,29 @@ fn q4_k_m_like_mixed_model_gives_cpu_greedy_tokens() {
         }
     };
     let src = source(&c, 21, &fmt);
-    greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix");
+    greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix", None);
+}
+
+/// Whole tiny models whose QKV launches fold decode attention in (shapes of 128 and 256
+/// threads a block, register and streamed), through the decoder's recorded and replayed
+/// steps: the CPU's greedy tokens.
+#[test]
+fn folded_attention_models_give_cpu_greedy_tokens() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dense = |rows_per_block, threads_per_row, streamed| LaunchConfig::Dense(GemvShape { rows_per_block, threads_per_row, vec: 8, blocks_per_sm: 2, streamed });
+    let quant = |rows_per_block, threads_per_row, streamed| LaunchConfig::Quant(QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 1, streamed, stages: 0 });
+    let cases = [
+        (None, DType::BF16, dense(4, 32, false)),
+        (None, DType::BF16, dense(8, 32, true)),
+        (Some(DType::Q8_0), DType::Q8_0, quant(8, 32, false)),
+        (Some(DType::Q4K), DType::Q4K, quant(16, 16, true)),
+    ];
+    for (i, (quant, format, shape)) in cases.into_iter().enumerate() {
+        let c = cfg(i % 2 == 0, false);
+        let src = source(&c, 30 + i as u64, &|_| DType::BF16);
+        let tag = format!("folded attention, {} qkv {shape:?}", format.name());
+        greedy_parity("folded_attention_models_give_cpu_greedy_tokens", &c, &src, LoadOptions { quant }, &tag, Some((format, shape)));
+    }
 }
 
 /// Decode attention folded into the QKV projection's launch (Backend::norm_qkv_attention)
@@ -404,11 +443,6 @@ fn q4_k_m_like_mixed_model_gives_cpu_greedy_tokens() {
 /// its own). Each case checks that its launches did fold.
 #[test]
 fn folded_qkv_attention_matches_cpu() {
-    use sleepy::backend::cuda::gemv::GemvShape;
-    use sleepy::backend::cuda::quant::QuantShape;
-    use sleepy::backend::cuda::tune::{GemvProblem, LaunchConfig, TunedSet};
-    use sleepy::backend::{AttnShape, Rope};
-    use std::sync::Arc;
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(p) = Pair::new("folded_qkv_attention_matches_cpu") else { return };
     let mut r = rng(17);
@@ -424,6 +458,8 @@ fn folded_qkv_attention_matches_cpu() {
         (DType::Q8_0, 12, 4, 64, 512, false, quant(8, 16, 4, true), 40),
         (DType::Q4K, 32, 8, 128, 2560, true, quant(32, 8, 4, true), usize::MAX),
         (DType::Q4K, 8, 2, 64, 768, true, quant(16, 16, 4, false), usize::MAX),
+        // More than 32 query heads (the second warp of the tally).
+        (DType::BF16, 40, 8, 64, 640, true, dense(4, 32, 4, false), usize::MAX),
     ];
     let steps = 70;
     for (dtype, h, kvh, d, hidden, qwen3, shape, fold_ctx) in cases {

@@ -55,10 +55,23 @@ pub(crate) fn source_hash() -> String {
     Sha256::digest(program_source().as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The compiled module image (CUBIN) for `arch`, from the disk cache or NVRTC.
-pub(crate) fn cubin(arch: (i32, i32)) -> Result<Vec<u8>> {
+/// Whether the kernel `name` is in the second program, compiled on its first use: the QKV
+/// GEMVs with decode attention folded in (MODE 3, named ..._1_3: the norm, mode 3; no other
+/// kernel's name ends so). They would double the first program's compile time for a path
+/// that is off by default (ops.rs, FOLD_CTX).
+pub(crate) fn in_fold_program(name: &str) -> bool {
+    name.ends_with("_1_3")
+}
+
+/// The compiled module image (CUBIN) for `arch`, from the disk cache or NVRTC: the first
+/// program, or (`fold`) the second (the same sources with SLEEPY_FOLD defined, which
+/// instantiates the folded kernels in place of the others).
+pub(crate) fn cubin(arch: (i32, i32), fold: bool) -> Result<Vec<u8>> {
     let src = program_source();
-    let opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
+    let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
+    if fold {
+        opts.push("-DSLEEPY_FOLD".to_string());
+    }
     let ver = nvrtc_version();
     let mut h = Sha256::new();
     h.update(src.as_bytes());
@@ -135,8 +148,9 @@ impl Module {
     }
 
     /// The kernel `name` (looked up once), with its dynamic shared memory limit raised to
-    /// `smem` bytes when that is over the default 48 KiB.
-    pub(crate) fn func(&mut self, name: &str, smem: u32) -> Result<usize> {
+    /// `smem` bytes when that is over the default (48 KiB less its static shared memory); the
+    /// limit it has now.
+    pub(crate) fn func(&mut self, name: &str, smem: u32) -> Result<(usize, u32)> {
         let (f, limit) = match self.funcs.get(name) {
             Some(&e) => e,
             None => {
@@ -144,8 +158,12 @@ impl Module {
                 let mut f = std::ptr::null_mut();
                 // SAFETY: looks a name up in a loaded module.
                 check(unsafe { sys::cuModuleGetFunction(&mut f, self._module, cname.as_ptr()) }, &format!("kernel {name}"))?;
-                self.funcs.insert(name.to_string(), (f as usize, 48 * 1024));
-                (f as usize, 48 * 1024)
+                let mut fixed = 0i32;
+                // SAFETY: reads an attribute of a function just looked up.
+                check(unsafe { sys::cuFuncGetAttribute(&mut fixed, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f) }, &format!("static shared memory of {name}"))?;
+                let limit = (48 * 1024u32).saturating_sub(fixed.max(0) as u32);
+                self.funcs.insert(name.to_string(), (f as usize, limit));
+                (f as usize, limit)
             }
         };
         if smem > limit {
@@ -157,8 +175,9 @@ impl Module {
                 &format!("shared memory of {name}"),
             )?;
             self.funcs.insert(name.to_string(), (f, smem));
+            return Ok((f, smem));
         }
-        Ok(f)
+        Ok((f, limit))
     }
 }
 

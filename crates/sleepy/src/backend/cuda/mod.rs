@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 struct Gpu {
     info: DeviceInfo,
     module: Mutex<Module>,
+    /// The second program (compile::in_fold_program), loaded on first use.
+    fold_module: Mutex<Option<Module>>,
 }
 
 static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
@@ -36,9 +38,9 @@ fn gpu() -> Result<&'static Gpu> {
         // into an error like any other reason the GPU cannot be used.
         let r = std::panic::catch_unwind(|| -> Result<Gpu> {
             let (_ctx, _dev, info) = driver::init_device()?;
-            let image = compile::cubin(info.arch)?;
+            let image = compile::cubin(info.arch, false)?;
             let module = Module::load(&image)?;
-            Ok(Gpu { info, module: Mutex::new(module) })
+            Ok(Gpu { info, module: Mutex::new(module), fold_module: Mutex::new(None) })
         });
         match r {
             Ok(Ok(g)) => Ok(g),
@@ -275,11 +277,19 @@ impl CudaBackend {
         self.st.lock().map_err(|_| Error::Cuda("backend state poisoned by an earlier panic".into()))
     }
 
-    fn func(&self, name: &str, smem: u32) -> Result<usize> {
+    fn func(&self, name: &str, smem: u32) -> Result<(usize, u32)> {
         if smem > self.gpu.info.max_smem_optin {
             return Err(Error::Cuda(format!("kernel {name} needs {smem} bytes of shared memory; the device allows {}", self.gpu.info.max_smem_optin)));
         }
-        self.gpu.module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?.func(name, smem)
+        let poisoned = || Error::Cuda("kernel table poisoned".into());
+        if compile::in_fold_program(name) {
+            let mut m = self.gpu.fold_module.lock().map_err(|_| poisoned())?;
+            if m.is_none() {
+                *m = Some(Module::load(&compile::cubin(self.gpu.info.arch, true)?)?);
+            }
+            return m.as_mut().map_or_else(|| Err(Error::Cuda("no folded kernels".into())), |m| m.func(name, smem));
+        }
+        self.gpu.module.lock().map_err(|_| poisoned())?.func(name, smem)
     }
 
     /// Launch the kernel `name` now, or record it when a decode step is being recorded.
@@ -294,8 +304,8 @@ impl CudaBackend {
         match st.funcs.get(&key) {
             Some(&(f, limit)) if smem <= limit => Ok(f),
             _ => {
-                let f = self.func(&name(), smem)?;
-                st.funcs.insert(key, (f, smem.max(48 * 1024)));
+                let (f, limit) = self.func(&name(), smem)?;
+                st.funcs.insert(key, (f, limit));
                 Ok(f)
             }
         }

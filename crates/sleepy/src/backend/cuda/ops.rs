@@ -72,9 +72,10 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
 /// 128 threads of one of the launch's blocks run its attention, with no kernel boundary
 /// between them. They walk all the head's positions, 32 a round trip to memory, where the
 /// kernel of its own splits them over chunks: past a few round trips that costs more than the
-/// boundary it saves (about 5 us a layer, BENCHMARKS.md session 9). 128 is a prediction, not
-/// yet measured; SLEEPY_ATTN_FOLD moves it (0: never).
-const FOLD_CTX: usize = 128;
+/// boundary it saves (about 5 us a layer, BENCHMARKS.md session 9). Written without a GPU to
+/// run it: off until measured. SLEEPY_ATTN_FOLD=N folds below position N (128 predicted to
+/// pay); the GPU tests fold explicitly (CudaKv::set_fold_ctx).
+const FOLD_CTX: usize = 0;
 
 /// A QKV launch with decode attention folded in: its AttnArgs' device address, and the head
 /// size (the shared memory it needs).
@@ -154,16 +155,18 @@ impl CudaBackend {
         let (key, ch) = gemv_key(dt, k, s, norm.is_some(), kmode)?;
         if let Some(p) = self.stream_plan(w, k, s, rows, mode, units) {
             let name = || format!("gemv_stream_{dt}_{ch}_{}_{kmode}", norm.is_some() as u32);
-            let mut args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-            let mut smem = p.smem;
-            if let Some(f) = fold {
-                let Some(need) = f.smem(p.threads - 32) else { return Ok(false) };
-                smem = smem.max(need);
-                args = with_arg(args, f.args);
-            }
-            if self.blocks_per_sm(key | 1 << 36, &name, p.threads, smem)? < s.blocks_per_sm && fold.is_some() {
-                return Ok(false);
-            }
+            let (p, smem) = match fold {
+                None => {
+                    let smem = p.smem;
+                    (p, smem)
+                }
+                Some(f) => match self.fold_stream_plan(key | 1 << 36, &name, f, s.blocks_per_sm, &|b| self.stream_plan(w, k, &GemvShape { blocks_per_sm: b, ..*s }, rows, mode, units)) {
+                    Some(ps) => ps,
+                    None => return Ok(false),
+                },
+            };
+            let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+            let args = fold.map_or(args, |f| with_arg(args, f.args));
             // Noted only when it launches (a fold refused runs again unfolded).
             self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
             self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
@@ -174,19 +177,14 @@ impl CudaBackend {
         let mut args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         let mut smem = 0;
         if let Some(f) = fold {
-            let Some(need) = f.smem(threads) else { return Ok(false) };
+            let (plain, _) = gemv_key(dt, k, s, true, 0)?;
+            let Some(need) = self.fold_register_smem(f, (key, &name), (plain, &|| kernel_name(dt, s, ch, true, 0)), threads, 0, s.blocks_per_sm) else { return Ok(false) };
             smem = need;
             args = with_arg(args, f.args);
         }
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
         let fit = self.blocks_per_sm(key, &name, threads, smem)?;
-        if fold.is_some() {
-            let (plain, _) = gemv_key(dt, k, s, true, 0)?;
-            if fit < s.blocks_per_sm.min(self.blocks_per_sm(plain, &|| kernel_name(dt, s, ch, true, 0), threads, 0)?) {
-                return Ok(false);
-            }
-        }
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
@@ -194,6 +192,36 @@ impl CudaBackend {
         self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
         self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
         Ok(true)
+    }
+
+    /// A folded streamed launch's plan and shared memory (None: the folded kernel does not
+    /// run it). `plan(b)`: the launch's plan at b blocks an SM, asked at `bps` first. The
+    /// folded kernel also holds the attention's registers: where fewer of its blocks fit an SM,
+    /// it takes the plan of that many (fewer, larger blocks).
+    pub(super) fn fold_stream_plan(&self, key: u64, name: &dyn Fn() -> String, f: &Fold, bps: u32, plan: &dyn Fn(u32) -> Option<StreamPlan>) -> Option<(StreamPlan, u32)> {
+        let mut b = bps;
+        loop {
+            let p = plan(b)?;
+            let smem = p.smem.max(f.smem(p.threads - 32)?);
+            let fit = self.blocks_per_sm(key, name, p.threads, smem).unwrap_or(0);
+            if fit >= b {
+                return Some((p, smem));
+            }
+            if fit == 0 {
+                return None;
+            }
+            b = fit;
+        }
+    }
+
+    /// A folded register-kernel launch's dynamic shared memory (`base`, or what the attention
+    /// needs if more), where the folded kernel (`fold`) fits as many blocks an SM as the plain
+    /// one (`plain`, with `base`) up to the shape's `bps`; None where it does not.
+    pub(super) fn fold_register_smem(&self, f: &Fold, fold: (u64, &dyn Fn() -> String), plain: (u64, &dyn Fn() -> String), threads: u32, base: u32, bps: u32) -> Option<u32> {
+        let smem = base.max(f.smem(threads)?);
+        let fit = self.blocks_per_sm(fold.0, fold.1, threads, smem).unwrap_or(0);
+        let want = bps.min(self.blocks_per_sm(plain.0, plain.1, threads, base).ok()?);
+        (fit >= want.max(1)).then_some(smem)
     }
 
     /// The decoder's steps 2-3 (Backend::norm_qkv_attention) as one launch, where they can

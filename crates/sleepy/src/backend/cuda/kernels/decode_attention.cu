@@ -68,7 +68,17 @@ struct AttnPlace {
     float* sm;
 };
 
-__device__ __forceinline__ void sync128(int bar) { asm volatile("bar.sync %0, 128;" ::"r"(bar) : "memory"); }
+// Barrier `bar` (0 to 5) of 128 threads. Constant ids: with a run-time id ptxas reserves all 16.
+__device__ __forceinline__ void sync128(int bar) {
+    switch (bar) {
+    case 0: asm volatile("bar.sync 0, 128;" ::: "memory"); break;
+    case 1: asm volatile("bar.sync 1, 128;" ::: "memory"); break;
+    case 2: asm volatile("bar.sync 2, 128;" ::: "memory"); break;
+    case 3: asm volatile("bar.sync 3, 128;" ::: "memory"); break;
+    case 4: asm volatile("bar.sync 4, 128;" ::: "memory"); break;
+    default: asm volatile("bar.sync 5, 128;" ::: "memory"); break;
+    }
+}
 
 // OWN: a kernel of its own (the PDL hooks are its); else the launch's own kernel waited.
 template <int D, int HB, int UNR, bool OWN>
@@ -396,9 +406,11 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, const floa
         attn_decode_body<D, HB, UNR, true>(pl, qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq,   \
                                             rope_dims, style, part, counters, out, min_chunk);     \
     }
+#ifndef SLEEPY_FOLD
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
 ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
+#endif
 
 // ---- Decode attention folded into the QKV projection (GEMV launches of MODE 3).
 //
@@ -467,11 +479,11 @@ template <int D>
 __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
     const int place = tid >> 7;
     // A runner waits for the head's last rows (its completer found them all written): the
-    // place's first warp, in step (lane 0 reads, every lane gets it).
+    // place's first warp, in step (lane 0 reads, every lane gets it). `<`, not `!=`: a count
+    // left over would give wrong results, not a hang.
     if ((tid & 127) < 32) {
         const bool lead = (tid & 31) == 0;
-        while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) != (u32)(3 * D)) {
-        }
+        while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) < (u32)(3 * D)) __nanosleep(32);
         __threadfence();
     }
     // Also: the place's shared memory is free again (its previous head is written out).
@@ -483,9 +495,10 @@ __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, uns
 
 // Called by each of the launch's `nthreads` threads still running (tid 0 ..) after it wrote
 // its rows of qkv, the block's rows being [lo, hi). `sync`: a barrier of exactly those
-// threads. smem: dynamic shared memory free for nthreads / 128 places (the host makes
-// nthreads at least 128 and the memory enough). Not inlined: the GEMV's registers are
-// allocated as without it, and it compiles once.
+// threads. smem: dynamic shared memory free for nthreads / 128 places. The host guarantees
+// nthreads >= 128, H <= 64 and D of 64 or 128 (other D run as 128), and the memory. Not
+// inlined: the GEMV's own code is as without it (the kernel's registers are the larger of
+// the two parts', so folded kernels hold more than plain ones; the host checks they fit).
 template <class Sync>
 __device__ __noinline__ void qkv_attention_tail(const AttnArgs* __restrict__ ap, int lo, int hi, int tid, int nthreads,
                                                 Sync sync, unsigned char* smem) {
@@ -502,6 +515,8 @@ __device__ __noinline__ void qkv_attention_tail(const AttnArgs* __restrict__ ap,
         bool mine = false;
         if (tid < a.H) {
             const u32 n = (u32)head_rows(a, lo, hi, tid);
+            // Release by the counting thread itself, after the barrier (the PTX model's form).
+            __threadfence();
             if (n > 0 && atomicAdd(&counts[tid], n) + n == (u32)(3 * a.D)) mine = atomicCAS(&claims[tid], 0u, 2u) == 0u;
             const int first = tid * a.D;
             if (!mine && lo <= first && first < hi && ld_relaxed(started) == gridDim.x)

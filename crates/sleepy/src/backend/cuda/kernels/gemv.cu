@@ -210,8 +210,12 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
         const AttnArgs* attn) {                                                                    \
         gemv_body<DT, VEC, CH, true, 3>(W, x, g, eps, bias, y, n_units, K, ldy, attn);              \
     }
-#define GEMV_MODES(DT, VEC, CH) \
-    GEMV(DT, VEC, CH, 0, 0) GEMV(DT, VEC, CH, 1, 0) GEMV(DT, VEC, CH, 0, 1) GEMV(DT, VEC, CH, 1, 2) GEMV_FOLD(DT, VEC, CH)
+// The folded kernels are a program of their own (SLEEPY_FOLD; compile.rs, in_fold_program).
+#ifdef SLEEPY_FOLD
+#define GEMV_MODES(DT, VEC, CH) GEMV_FOLD(DT, VEC, CH)
+#else
+#define GEMV_MODES(DT, VEC, CH) GEMV(DT, VEC, CH, 0, 0) GEMV(DT, VEC, CH, 1, 0) GEMV(DT, VEC, CH, 0, 1) GEMV(DT, VEC, CH, 1, 2)
+#endif
 #define GEMV_DT(DT)                                                                                                  \
     GEMV_MODES(DT, 8, 1) GEMV_MODES(DT, 8, 2) GEMV_MODES(DT, 8, 3) GEMV_MODES(DT, 8, 4) GEMV_MODES(DT, 8, 5)         \
     GEMV_MODES(DT, 8, 6) GEMV_MODES(DT, 8, 8) GEMV_MODES(DT, 1, 8)
@@ -401,9 +405,12 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
         const AttnArgs* attn) {                                                                                  \
         gemv_stream_body<DT, CH, true, 3>(W, x, g, eps, bias, y, n_units, K, tpr, stages, attn);                \
     }
-#define GEMV_STREAM_MODES(DT, CH)                                                                          \
-    GEMV_STREAM(DT, CH, 0, 0) GEMV_STREAM(DT, CH, 1, 0) GEMV_STREAM(DT, CH, 0, 1) GEMV_STREAM(DT, CH, 1, 2) \
-    GEMV_STREAM_FOLD(DT, CH)
+#ifdef SLEEPY_FOLD
+#define GEMV_STREAM_MODES(DT, CH) GEMV_STREAM_FOLD(DT, CH)
+#else
+#define GEMV_STREAM_MODES(DT, CH) \
+    GEMV_STREAM(DT, CH, 0, 0) GEMV_STREAM(DT, CH, 1, 0) GEMV_STREAM(DT, CH, 0, 1) GEMV_STREAM(DT, CH, 1, 2)
+#endif
 #define GEMV_STREAM_DT(DT)                                                                                 \
     GEMV_STREAM_MODES(DT, 1) GEMV_STREAM_MODES(DT, 2) GEMV_STREAM_MODES(DT, 3) GEMV_STREAM_MODES(DT, 4)   \
     GEMV_STREAM_MODES(DT, 5) GEMV_STREAM_MODES(DT, 6) GEMV_STREAM_MODES(DT, 8)

@@ -164,11 +164,14 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
         const QPtr w = {r0, r1, r2, r3};                                                           \
         gemvq_body<FMT, U, true, 3>(w, x, g, eps, bias, y, n_units, K, ldy, attn);                 \
     }
-#define GEMVQ_MODES(FMT, U) \
-    GEMVQ(FMT, U, 0, 0) GEMVQ(FMT, U, 1, 0) GEMVQ(FMT, U, 0, 1) GEMVQ(FMT, U, 1, 2) GEMVQ_FOLD(FMT, U)
+// The folded kernels are a program of their own (SLEEPY_FOLD; compile.rs, in_fold_program).
+#ifdef SLEEPY_FOLD
+#define GEMVQ_FMT(FMT) GEMVQ_FOLD(FMT, 2) GEMVQ_FOLD(FMT, 4) GEMVQ_FOLD(FMT, 8)
+#else
+#define GEMVQ_MODES(FMT, U) GEMVQ(FMT, U, 0, 0) GEMVQ(FMT, U, 1, 0) GEMVQ(FMT, U, 0, 1) GEMVQ(FMT, U, 1, 2)
 // Eight units in flight only without SwiGLU (two rows of eight would spill registers).
-#define GEMVQ_FMT(FMT) \
-    GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4) GEMVQ(FMT, 8, 0, 0) GEMVQ(FMT, 8, 1, 0) GEMVQ(FMT, 8, 0, 1) GEMVQ_FOLD(FMT, 8)
+#define GEMVQ_FMT(FMT) GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4) GEMVQ(FMT, 8, 0, 0) GEMVQ(FMT, 8, 1, 0) GEMVQ(FMT, 8, 0, 1)
+#endif
 GEMVQ_FMT(0)
 GEMVQ_FMT(1)
 GEMVQ_FMT(2)
@@ -366,9 +369,12 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         const QPtr w = {r0, r1, r2, r3};                                                                \
         gemvq_stream_body<FMT, true, 3>(w, x, g, eps, bias, y, n_units, K, tpr, stages, attn);         \
     }
-#define GEMVQ_STREAM_FMT(FMT)                                                                          \
-    GEMVQ_STREAM(FMT, 0, 0) GEMVQ_STREAM(FMT, 1, 0) GEMVQ_STREAM(FMT, 0, 1) GEMVQ_STREAM(FMT, 1, 2) \
-    GEMVQ_STREAM_FOLD(FMT)
+#ifdef SLEEPY_FOLD
+#define GEMVQ_STREAM_FMT(FMT) GEMVQ_STREAM_FOLD(FMT)
+#else
+#define GEMVQ_STREAM_FMT(FMT) \
+    GEMVQ_STREAM(FMT, 0, 0) GEMVQ_STREAM(FMT, 1, 0) GEMVQ_STREAM(FMT, 0, 1) GEMVQ_STREAM(FMT, 1, 2)
+#endif
 GEMVQ_STREAM_FMT(0)
 GEMVQ_STREAM_FMT(1)
 GEMVQ_STREAM_FMT(2)
@@ -429,7 +435,11 @@ __device__ __forceinline__ void dequant_body(const QPtr& w, const u32* ids, int 
         const QPtr w = {r0, r1, r2, r3};                                                            \
         dequant_body<FMT, OUT>(w, ids, row0, K, out);                                               \
     }
+#ifdef SLEEPY_FOLD
+#define DEQUANT_FMT(FMT)
+#else
 #define DEQUANT_FMT(FMT) DEQUANT(FMT, 0) DEQUANT(FMT, 1)
+#endif
 DEQUANT_FMT(0)
 DEQUANT_FMT(1)
 DEQUANT_FMT(2)

@@ -246,16 +246,19 @@ impl CudaBackend {
         if rows == 1 && self.table.streamed {
             if let Some(p) = stream_plan(fmt, r, units, k, s, mode, self.gpu.info.sms) {
                 let (key, name) = gemvq_stream_key(fmt, norm.is_some(), kmode);
-                let mut args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-                let mut smem = p.smem;
-                if let Some(f) = fold {
-                    let Some(need) = f.smem(p.threads - 32) else { return Ok(false) };
-                    smem = smem.max(need);
-                    args = with_arg(args, f.args);
-                }
-                if self.blocks_per_sm(key, &name, p.threads, smem)? < s.blocks_per_sm && fold.is_some() {
-                    return Ok(false);
-                }
+                let sms = self.gpu.info.sms;
+                let (p, smem) = match fold {
+                    None => {
+                        let smem = p.smem;
+                        (p, smem)
+                    }
+                    Some(f) => match self.fold_stream_plan(key, &name, f, s.blocks_per_sm, &|b| stream_plan(fmt, r, units, k, &QuantShape { blocks_per_sm: b, ..*s }, mode, sms)) {
+                        Some(ps) => ps,
+                        None => return Ok(false),
+                    },
+                };
+                let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+                let args = fold.map_or(args, |f| with_arg(args, f.args));
                 // Noted only when it launches (a fold refused runs again unfolded).
                 self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
                 self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
@@ -270,19 +273,14 @@ impl CudaBackend {
         let name = || gemvq_name(fmt, s, norm.is_some(), kmode);
         let mut args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
         if let Some(f) = fold {
-            let Some(need) = f.smem(threads) else { return Ok(false) };
-            smem = smem.max(need);
+            let (plain, _) = gemvq_key(fmt, k, s, true, 0);
+            let Some(need) = self.fold_register_smem(f, (key, &name), (plain, &|| gemvq_name(fmt, s, true, 0)), threads, smem, s.blocks_per_sm) else { return Ok(false) };
+            smem = need;
             args = with_arg(args, f.args);
         }
         // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
         let fit = self.blocks_per_sm(key, &name, threads, smem)?;
-        if fold.is_some() {
-            let (plain, plain_smem) = gemvq_key(fmt, k, s, true, 0);
-            if fit < s.blocks_per_sm.min(self.blocks_per_sm(plain, &|| gemvq_name(fmt, s, true, 0), threads, plain_smem)?) {
-                return Ok(false);
-            }
-        }
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
