@@ -6,6 +6,7 @@
 
 pub(crate) mod driver;
 mod compile;
+mod fold;
 pub mod gemv;
 mod ops;
 mod prefill;

@@ -4,7 +4,8 @@
 use super::layout::{repack, QFmt, REGION_ALIGN};
 use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_STREAM_THREADS};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
-use crate::backend::cuda::ops::{with_arg, Fold, StreamPlan};
+use crate::backend::cuda::fold::{with_arg, Fold};
+use crate::backend::cuda::ops::StreamPlan;
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
 use crate::error::{Error, Result};
