@@ -128,6 +128,20 @@ fn compile(src: &str, opts: &[String]) -> Result<Vec<u8>> {
     }
 }
 
+/// SLEEPY_CARVEOUT=P (0-100): every kernel prefers P% of the SM's L1/shared memory as shared
+/// memory, to measure whether the driver's own choice keeps consecutive kernels off each
+/// other's SMs (an SM changes its split only when idle, so the next kernel's blocks could not
+/// start beside the previous kernel's; BENCHMARKS.md, session 12). Unset: the driver's choice.
+fn carveout() -> Result<Option<i32>> {
+    match std::env::var("SLEEPY_CARVEOUT") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<i32>() {
+            Ok(p) if (0..=100).contains(&p) => Ok(Some(p)),
+            _ => Err(Error::Cuda(format!("SLEEPY_CARVEOUT={v}: must be a percentage, 0 to 100"))),
+        },
+    }
+}
+
 /// The loaded module and its kernels by name.
 pub(crate) struct Module {
     _module: sys::CUmodule,
@@ -158,6 +172,10 @@ impl Module {
                 let mut f = std::ptr::null_mut();
                 // SAFETY: looks a name up in a loaded module.
                 check(unsafe { sys::cuModuleGetFunction(&mut f, self._module, cname.as_ptr()) }, &format!("kernel {name}"))?;
+                if let Some(c) = carveout()? {
+                    // SAFETY: sets a hint on a function just looked up.
+                    check(unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, c) }, &format!("shared memory carveout of {name}"))?;
+                }
                 let mut fixed = 0i32;
                 // SAFETY: reads an attribute of a function just looked up.
                 check(unsafe { sys::cuFuncGetAttribute(&mut fixed, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f) }, &format!("static shared memory of {name}"))?;
