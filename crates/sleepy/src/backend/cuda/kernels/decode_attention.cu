@@ -80,9 +80,10 @@ __device__ __forceinline__ void sync128(int bar) {
     }
 }
 
-// OWN: a kernel of its own (the PDL hooks are its); else the launch's own kernel waited.
-template <int D, int HB, int UNR, bool OWN>
-__device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, const float* __restrict__ qkv, u16* kc, u16* vc,
+// OWN: a kernel of its own, whose PDL wait stands between what does not depend on the
+// previous kernel and what does; else `wait()` stands there (called by every thread).
+template <int D, int HB, int UNR, bool OWN, class Wait>
+__device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait, const float* __restrict__ qkv, u16* kc, u16* vc,
                                                   const int* __restrict__ step, int H, int KVH,
                                                   const float* qn, const float* kn, float eps,
                                                   const float* __restrict__ inv_freq, int rope_dims,
@@ -173,6 +174,8 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, const floa
     if (OWN) {
         pdl_wait();
         pdl_launch_next();
+    } else {
+        wait();
     }
 
     for (int i = tid; i < HB * D; i += 128) qs[i] = ld_qkv(qkv + (size_t)h0 * D + i);
@@ -403,8 +406,8 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, const floa
         u32* counters, float* out, int min_chunk) {                                               \
         extern __shared__ float dec_sm[];                                                         \
         const AttnPlace pl = {(int)blockIdx.x * HB, (int)blockIdx.y, (int)gridDim.y, (int)threadIdx.x, 0, dec_sm}; \
-        attn_decode_body<D, HB, UNR, true>(pl, qkv, kc, vc, step, H, KVH, qn, kn, eps, inv_freq,   \
-                                            rope_dims, style, part, counters, out, min_chunk);     \
+        attn_decode_body<D, HB, UNR, true>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps,       \
+                                            inv_freq, rope_dims, style, part, counters, out, min_chunk); \
     }
 #ifndef SLEEPY_FOLD
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
@@ -478,19 +481,24 @@ __device__ __forceinline__ int head_rows(const AttnArgs& a, int lo, int hi, int 
 template <int D>
 __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
     const int place = tid >> 7;
-    // A runner waits for the head's last rows (its completer found them all written): the
-    // place's first warp, in step (lane 0 reads, every lane gets it). `<`, not `!=`: a count
-    // left over would give wrong results, not a hang.
-    if ((tid & 127) < 32) {
-        const bool lead = (tid & 31) == 0;
-        while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) < (u32)(3 * D)) __nanosleep(32);
-        __threadfence();
-    }
-    // Also: the place's shared memory is free again (its previous head is written out).
+    // The place's shared memory is free again (its previous head is written out).
     sync128(2 + place);
+    // Where the kernel of its own waits for the previous kernel (after queuing the first
+    // cached K/V and making the rope tables), a runner waits for the head's last rows (its
+    // completer found them all written): the place's first warp, in step (lane 0 reads, every
+    // lane gets it), then the others. `<`, not `!=`: a count left over would give wrong
+    // results, not a hang.
+    const auto wait = [&] {
+        if ((tid & 127) < 32) {
+            const bool lead = (tid & 31) == 0;
+            while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) < (u32)(3 * D)) __nanosleep(32);
+            __threadfence();
+        }
+        sync128(2 + place);
+    };
     const AttnPlace pl = {h, 0, 1, tid & 127, 2 + place, (float*)smem + place * fold_place_floats(D)};
-    attn_decode_body<D, 1, 2, false>(pl, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps, a.inv_freq,
-                                     a.rope_dims, a.style, nullptr, nullptr, a.out, 1 << 20);
+    attn_decode_body<D, 1, 2, false>(pl, wait, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps,
+                                     a.inv_freq, a.rope_dims, a.style, nullptr, nullptr, a.out, 1 << 20);
 }
 
 // Called by each of the launch's `nthreads` threads still running (tid 0 ..) after it wrote
