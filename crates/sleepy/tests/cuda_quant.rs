@@ -413,7 +413,7 @@ fn q4_k_m_like_mixed_model_gives_cpu_greedy_tokens() {
     greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix", None);
 }
 
-/// Whole tiny models whose QKV launches fold decode attention in (shapes of 128 and 256
+/// Whole tiny models whose QKV launches fold decode attention in (shapes of 32 to 256
 /// threads a block, register and streamed), through the decoder's recorded and replayed
 /// steps: the CPU's greedy tokens.
 #[test]
@@ -424,6 +424,8 @@ fn folded_attention_models_give_cpu_greedy_tokens() {
     let cases = [
         (None, DType::BF16, dense(4, 32, false)),
         (None, DType::BF16, dense(8, 32, true)),
+        // Blocks of 32 threads: folding runs them as blocks of 128 (fold.rs, fold_block).
+        (None, DType::BF16, dense(1, 32, false)),
         (Some(DType::Q8_0), DType::Q8_0, quant(8, 32, false)),
         (Some(DType::Q4K), DType::Q4K, quant(16, 16, true)),
     ];

@@ -3,6 +3,8 @@
 //! The GEMV launches themselves (gemv_shaped, gemvq_shaped) take a `Fold`.
 
 use super::driver;
+use super::gemv::GemvShape;
+use super::quant::QuantShape;
 use super::ops::{attn_dims, check, StreamPlan};
 use super::quant::SegKind;
 use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, FOLD_ARGS};
@@ -36,6 +38,22 @@ impl Fold {
         let place = ((7 * d + 3 * slots + 5 + slots * d).next_multiple_of(32) * 4) as u32;
         (threads >= 128).then_some(threads / 128 * place)
     }
+}
+
+/// A register-kernel shape of fewer than 128 threads a block (which cannot run a head) as
+/// blocks of 128, with the same threads an SM: rows a block and blocks an SM. Qwen3-0.6B's
+/// bf16 QKV runs 1 row of 32 threads, 16 blocks an SM; folding, 4 rows, 4 blocks.
+fn fold_block(streamed: bool, threads_per_row: u32, rows_per_block: u32, blocks_per_sm: u32) -> (u32, u32) {
+    if streamed || threads_per_row * rows_per_block >= 128 || 128 % threads_per_row != 0 {
+        return (rows_per_block, blocks_per_sm);
+    }
+    let rows = 128 / threads_per_row;
+    (rows, (blocks_per_sm * rows_per_block / rows).max(1))
+}
+
+fn fold_rows(s: GemvShape) -> GemvShape {
+    let (rows_per_block, blocks_per_sm) = fold_block(s.streamed, s.threads_per_row, s.rows_per_block, s.blocks_per_sm);
+    GemvShape { rows_per_block, blocks_per_sm, ..s }
 }
 
 /// Kernel arguments with one more at the end (a folded launch's AttnArgs).
@@ -130,15 +148,17 @@ impl CudaBackend {
         let first = self.recorded()?;
         let folded = match seg.map(|g| (g.kind, g.regions)) {
             None => {
-                let sh = self.dense_shape(w.dt, w.n, w.k, true, 0);
+                let sh = fold_rows(self.dense_shape(w.dt, w.n, w.k, true, 0));
                 self.gemv_shaped(w.buf.ptr, w.dt, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
             }
             Some((SegKind::Bf16, r)) => {
-                let sh = self.dense_shape(0, w.n, w.k, true, 0);
+                let sh = fold_rows(self.dense_shape(0, w.n, w.k, true, 0));
                 self.gemv_shaped(r[0], 0, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
             }
             Some((SegKind::Quant(f), r)) => {
                 let sh = self.quant_shape(f, w.n, w.k, true, 0);
+                let (rows_per_block, blocks_per_sm) = fold_block(sh.streamed, sh.threads_per_row, sh.rows_per_block, sh.blocks_per_sm);
+                let sh = QuantShape { rows_per_block, blocks_per_sm, ..sh };
                 self.gemvq_shaped(f, &r, w.n, w.k, &sh, x.ptr(), 1, normed, bias, 0, qkv.ptr(), w.n, Some(&fold))?
             }
         };
@@ -149,4 +169,22 @@ impl CudaBackend {
         Ok(folded)
     }
 
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_block;
+
+    #[test]
+    fn small_blocks_fold_as_blocks_of_128_with_the_same_threads_an_sm() {
+        // Qwen3-0.6B's bf16 QKV (1 row x 32 threads, 16 blocks an SM).
+        assert_eq!(fold_block(false, 32, 1, 16), (4, 4));
+        // 2 rows x 16 threads, 4 an SM: 8 rows, one block.
+        assert_eq!(fold_block(false, 16, 2, 4), (8, 1));
+        // Blocks of 128 or more, streamed shapes and rows of threads that do not divide 128
+        // keep their shape.
+        assert_eq!(fold_block(false, 64, 2, 4), (2, 4));
+        assert_eq!(fold_block(true, 8, 8, 2), (8, 2));
+        assert_eq!(fold_block(false, 96, 1, 4), (1, 4));
+    }
 }
