@@ -437,7 +437,8 @@ ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
 // One chunk (no split of the positions): the host folds only short contexts.
 //
 // The arguments attn_decode_* takes that the GEMV's own do not, in device memory (one copy a
-// layer, in the KV cache's buffers; the host's fold_args). qkv: the projection's output, as y.
+// layer in the KV cache's fold_args buffer, written by fold.rs). qkv: the projection's
+// output, as y.
 // counters: [H] rows written of each head, [H] claims, blocks started, blocks finished; zero
 // at rest.
 struct AttnArgs {
