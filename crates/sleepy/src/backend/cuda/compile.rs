@@ -201,15 +201,19 @@ impl Module {
 
 #[cfg(test)]
 mod tests {
-    /// The kernels compile for Hopper and Ampere wherever NVRTC can be loaded (no GPU needed).
+    /// The kernels (both programs) compile for Hopper and Ampere wherever NVRTC can be loaded
+    /// (no GPU needed).
     #[test]
     fn kernels_compile_with_nvrtc() {
         if super::super::driver::ensure_nvrtc().is_err() {
             eprintln!("SKIP kernels_compile_with_nvrtc: NVRTC not found");
             return;
         }
-        for arch in [(9, 0), (8, 0)] {
+        for (arch, fold) in [((9, 0), false), ((8, 0), false), ((9, 0), true)] {
             let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
+            if fold {
+                opts.push("-DSLEEPY_FOLD".to_string());
+            }
             if std::env::var_os("SLEEPY_NVRTC_LOG").is_some() {
                 opts.push("--ptxas-options=-v".to_string());
             }

@@ -99,7 +99,9 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fold_qkv_attention(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, bias: Option<&CudaAct>, qkv: &CudaAct, kv: &mut CudaKv, layer: usize, pos: usize, s: AttnShape, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope, out: &CudaAct) -> Result<bool> {
         let d = s.head_dim;
-        if x.rows != 1 || !matches!(d, 64 | 128) || s.n_heads > 64 || layer >= kv.fold_written.len() {
+        // Positions below 2^20: the attention runs one chunk for any context shorter than twice
+        // the smallest chunk it is given (kernels/decode_attention.cu, fold_head).
+        if x.rows != 1 || !matches!(d, 64 | 128) || s.n_heads > 64 || layer >= kv.fold_written.len() || pos >= 1 << 20 {
             return Ok(false);
         }
         attn_dims(&s)?;

@@ -27,8 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 struct Gpu {
     info: DeviceInfo,
     module: Mutex<Module>,
-    /// The second program (compile::in_fold_program), loaded on first use.
-    fold_module: Mutex<Option<Module>>,
+    /// The second program (compile::in_fold_program), loaded on first use; its failure is
+    /// kept (every later folded launch is then refused at once, not compiled again).
+    fold_module: Mutex<Option<std::result::Result<Module, String>>>,
 }
 
 static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
@@ -285,10 +286,11 @@ impl CudaBackend {
         let poisoned = || Error::Cuda("kernel table poisoned".into());
         if compile::in_fold_program(name) {
             let mut m = self.gpu.fold_module.lock().map_err(|_| poisoned())?;
-            if m.is_none() {
-                *m = Some(Module::load(&compile::cubin(self.gpu.info.arch, true)?)?);
-            }
-            return m.as_mut().map_or_else(|| Err(Error::Cuda("no folded kernels".into())), |m| m.func(name, smem));
+            let loaded = m.get_or_insert_with(|| compile::cubin(self.gpu.info.arch, true).and_then(|image| Module::load(&image)).map_err(|e| e.to_string()));
+            return match loaded {
+                Ok(module) => module.func(name, smem),
+                Err(e) => Err(Error::Cuda(format!("the folded kernels: {e}"))),
+            };
         }
         self.gpu.module.lock().map_err(|_| poisoned())?.func(name, smem)
     }

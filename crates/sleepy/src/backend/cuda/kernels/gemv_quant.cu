@@ -156,8 +156,10 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
         const QPtr w = {r0, r1, r2, r3};                                                           \
         gemvq_body<FMT, U, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, ldy, nullptr);           \
     }
+// Folded: at most 512 threads a block caps registers at 128 (unbounded, ptxas took 139-219,
+// which would fit fewer blocks an SM than the plain kernel's 72-128 and refuse the fold).
 #define GEMVQ_FOLD(FMT, U)                                                                          \
-    extern "C" __global__ void gemvq_##FMT##_##U##_1_3(                                            \
+    extern "C" __global__ void __launch_bounds__(512) gemvq_##FMT##_##U##_1_3(                     \
         const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,        \
         const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y,          \
         int n_units, int K, int ldy, const AttnArgs* attn) {                                       \
