@@ -283,16 +283,26 @@ impl CudaBackend {
         if smem > self.gpu.info.max_smem_optin {
             return Err(Error::Cuda(format!("kernel {name} needs {smem} bytes of shared memory; the device allows {}", self.gpu.info.max_smem_optin)));
         }
-        let poisoned = || Error::Cuda("kernel table poisoned".into());
         if compile::in_fold_program(name) {
-            let mut m = self.gpu.fold_module.lock().map_err(|_| poisoned())?;
-            let loaded = m.get_or_insert_with(|| compile::cubin(self.gpu.info.arch, true).and_then(|image| Module::load(&image)).map_err(|e| e.to_string()));
-            return match loaded {
-                Ok(module) => module.func(name, smem),
-                Err(e) => Err(Error::Cuda(format!("the folded kernels: {e}"))),
-            };
+            return self.with_fold_program(|m| m.func(name, smem));
         }
-        self.gpu.module.lock().map_err(|_| poisoned())?.func(name, smem)
+        self.gpu.module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?.func(name, smem)
+    }
+
+    /// `f` on the folded kernels' program, compiled and loaded on first use (a failure is kept).
+    fn with_fold_program<T>(&self, f: impl FnOnce(&mut Module) -> Result<T>) -> Result<T> {
+        let mut m = self.gpu.fold_module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?;
+        let loaded = m.get_or_insert_with(|| compile::cubin(self.gpu.info.arch, true).and_then(|image| Module::load(&image)).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(module) => f(module),
+            Err(e) => Err(Error::Cuda(format!("the folded kernels: {e}"))),
+        }
+    }
+
+    /// Compile the folded kernels now (a KV cache that folds is being made), not in the
+    /// middle of the first decode step; a failure shows when a launch asks for them.
+    fn prepare_fold_program(&self) {
+        let _ = self.with_fold_program(|_| Ok(()));
     }
 
     /// Launch the kernel `name` now, or record it when a decode step is being recorded.

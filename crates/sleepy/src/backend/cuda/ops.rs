@@ -302,6 +302,9 @@ impl CudaBackend {
         let short = if short_ctx > 0 { split(1, chunks) } else { long };
         let most_chunks = long.chunks.max(short.chunks);
         let fold_ctx = env_count("SLEEPY_ATTN_FOLD")?.unwrap_or(FOLD_CTX);
+        if fold_ctx > 0 {
+            self.prepare_fold_program();
+        }
         Ok(CudaKv {
             max_seq,
             kv_dim,
