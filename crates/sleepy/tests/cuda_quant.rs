@@ -413,21 +413,29 @@ fn q4_k_m_like_mixed_model_gives_cpu_greedy_tokens() {
     greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix", None);
 }
 
+/// A forced dense launch shape (16-byte loads).
+fn dense(rows_per_block: u32, threads_per_row: u32, blocks_per_sm: u32, streamed: bool) -> LaunchConfig {
+    LaunchConfig::Dense(GemvShape { rows_per_block, threads_per_row, vec: 8, blocks_per_sm, streamed })
+}
+
+/// A forced quantized launch shape (one block an SM, as many stages as fit).
+fn quant(rows_per_block: u32, threads_per_row: u32, unroll: u32, streamed: bool) -> LaunchConfig {
+    LaunchConfig::Quant(QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 1, streamed, stages: 0 })
+}
+
 /// Whole tiny models whose QKV launches fold decode attention in (shapes of 32 to 256
 /// threads a block, register and streamed), through the decoder's recorded and replayed
 /// steps: the CPU's greedy tokens.
 #[test]
 fn folded_attention_models_give_cpu_greedy_tokens() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dense = |rows_per_block, threads_per_row, streamed| LaunchConfig::Dense(GemvShape { rows_per_block, threads_per_row, vec: 8, blocks_per_sm: 2, streamed });
-    let quant = |rows_per_block, threads_per_row, streamed| LaunchConfig::Quant(QuantShape { rows_per_block, threads_per_row, unroll: 4, blocks_per_sm: 1, streamed, stages: 0 });
     let cases = [
-        (None, DType::BF16, dense(4, 32, false)),
-        (None, DType::BF16, dense(8, 32, true)),
+        (None, DType::BF16, dense(4, 32, 2, false)),
+        (None, DType::BF16, dense(8, 32, 2, true)),
         // Blocks of 32 threads: folding runs them as blocks of 128 (fold.rs, fold_block).
-        (None, DType::BF16, dense(1, 32, false)),
-        (Some(DType::Q8_0), DType::Q8_0, quant(8, 32, false)),
-        (Some(DType::Q4K), DType::Q4K, quant(16, 16, true)),
+        (None, DType::BF16, dense(1, 32, 2, false)),
+        (Some(DType::Q8_0), DType::Q8_0, quant(8, 32, 4, false)),
+        (Some(DType::Q4K), DType::Q4K, quant(16, 16, 4, true)),
     ];
     for (i, (quant, format, shape)) in cases.into_iter().enumerate() {
         let c = cfg(i % 2 == 0, false);
@@ -448,8 +456,6 @@ fn folded_qkv_attention_matches_cpu() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(p) = Pair::new("folded_qkv_attention_matches_cpu") else { return };
     let mut r = rng(17);
-    let dense = |rows_per_block, threads_per_row, blocks_per_sm, streamed| LaunchConfig::Dense(GemvShape { rows_per_block, threads_per_row, vec: 8, blocks_per_sm, streamed });
-    let quant = |rows_per_block, threads_per_row, unroll, streamed| LaunchConfig::Quant(QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 1, streamed, stages: 0 });
     // (format, heads, KV heads, head size, hidden, Qwen3-like (Q/K norm, no bias), launch
     // shape, fold before this position).
     let cases = [

@@ -58,7 +58,7 @@ pub(crate) fn source_hash() -> String {
 /// Whether the kernel `name` is in the second program, compiled on its first use: the QKV
 /// GEMVs with decode attention folded in (MODE 3, named ..._1_3: the norm, mode 3; no other
 /// kernel's name ends so). They would double the first program's compile time for a path
-/// that is off by default (ops.rs, FOLD_CTX).
+/// that is off by default (fold.rs, FOLD_CTX).
 pub(crate) fn in_fold_program(name: &str) -> bool {
     name.ends_with("_1_3")
 }
@@ -68,10 +68,7 @@ pub(crate) fn in_fold_program(name: &str) -> bool {
 /// instantiates the folded kernels in place of the others).
 pub(crate) fn cubin(arch: (i32, i32), fold: bool) -> Result<Vec<u8>> {
     let src = program_source();
-    let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
-    if fold {
-        opts.push("-DSLEEPY_FOLD".to_string());
-    }
+    let opts = options(arch, fold);
     let ver = nvrtc_version();
     let mut h = Sha256::new();
     h.update(src.as_bytes());
@@ -126,6 +123,15 @@ fn compile(src: &str, opts: &[String]) -> Result<Vec<u8>> {
         }
         Ok(image)
     }
+}
+
+/// NVRTC options of the first program, or (`fold`) the second, for `arch`.
+fn options(arch: (i32, i32), fold: bool) -> Vec<String> {
+    let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
+    if fold {
+        opts.push("-DSLEEPY_FOLD".to_string());
+    }
+    opts
 }
 
 /// SLEEPY_CARVEOUT=P (0-100): every kernel prefers P% of the SM's L1/shared memory as shared
@@ -210,10 +216,7 @@ mod tests {
             return;
         }
         for (arch, fold) in [((9, 0), false), ((8, 0), false), ((9, 0), true)] {
-            let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
-            if fold {
-                opts.push("-DSLEEPY_FOLD".to_string());
-            }
+            let mut opts = super::options(arch, fold);
             if std::env::var_os("SLEEPY_NVRTC_LOG").is_some() {
                 opts.push("--ptxas-options=-v".to_string());
             }

@@ -121,7 +121,7 @@ pub struct CudaKv {
     /// The fewest positions a chunk holds.
     min_chunk: usize,
     /// Decode attention runs folded into the QKV projection's launch before this position
-    /// (ops.rs, FOLD_CTX), with the tallies of kernels/decode_attention.cu's AttnArgs and
+    /// (fold.rs, FOLD_CTX), with the tallies of kernels/decode_attention.cu's AttnArgs and
     /// each layer's AttnArgs here, as last written.
     fold_ctx: usize,
     fold_counters: DevBuf,
@@ -190,7 +190,7 @@ pub struct CudaBackend {
     /// Measured launch configurations (`sleepy tune`), consulted before `table`.
     tuned: RwLock<Arc<tune::TunedSet>>,
     gemv_logging: AtomicBool,
-    /// QKV launches that ran decode attention folded in (ops.rs, fold_qkv_attention).
+    /// QKV launches that ran decode attention folded in (fold.rs, fold_qkv_attention).
     folds: AtomicUsize,
     pdl: bool,
     /// SLEEPY_ABLATE's roles (see `ablated`).
@@ -537,7 +537,7 @@ impl CudaBackend {
 
 /// What SLEEPY_ABLATE may drop from a decode step: the GEMVs by their place in a layer (the
 /// decoder's order: QKV, output, gate+up, down; the last GEMV of the step is the logits) and
-/// the decode attention. Where attention is folded into the QKV launch (ops.rs, FOLD_CTX),
+/// the decode attention. Where attention is folded into the QKV launch (fold.rs, FOLD_CTX),
 /// "qkv" drops both and "attn" nothing: SLEEPY_ATTN_FOLD=0 times them apart.
 const ABLATE_ROLES: [&str; 6] = ["qkv", "o", "gate_up", "down", "logits", "attn"];
 
