@@ -149,6 +149,11 @@ impl<B: Backend> Drop for Drain<'_, B> {
 
 fn pick<B: Backend>(model: &Model<B>, sampler: &mut Sampler, logits: &B::Act) -> Result<u32> {
     if sampler.params.needs_logits() {
+        if let Some(k) = sampler.device_top_k() {
+            if let Some(top) = model.backend.top_k_last(logits, k)? {
+                return Ok(sampler.sample_top_k(top));
+            }
+        }
         Ok(sampler.sample(&model.backend.read(logits)?))
     } else {
         model.backend.argmax_last(logits)

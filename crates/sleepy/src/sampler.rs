@@ -76,10 +76,29 @@ impl Sampler {
             return crate::backend::cpu::argmax(logits);
         }
         let cand = candidates(logits, p);
+        self.draw(&cand)
+    }
+
+    /// The top-k for a backend to select on its device (`Backend::top_k_last`), where the chain
+    /// needs no more of the logits than those: sampling (not greedy), top-k on, no penalty.
+    pub fn device_top_k(&self) -> Option<usize> {
+        let p = &self.params;
+        (!p.is_greedy() && p.top_k > 0 && p.repeat_penalty == 1.0).then_some(p.top_k)
+    }
+
+    /// `sample` from the `device_top_k()` most likely tokens alone (as `Backend::top_k_last`
+    /// gives them): the same token, for the same logits and seed.
+    pub fn sample_top_k(&mut self, top: Vec<(u32, f32)>) -> u32 {
+        let cand = after_top_k(top, &self.params);
+        self.draw(&cand)
+    }
+
+    fn draw(&mut self, cand: &[(u32, f32)]) -> u32 {
+        let p = &self.params;
         if cand.is_empty() {
             return 0;
         }
-        let probs = softmax(&cand, p.temperature);
+        let probs = softmax(cand, p.temperature);
         let r: f32 = self.rng.random();
         let mut cum = 0.0;
         for (c, pr) in cand.iter().zip(&probs) {
@@ -125,16 +144,7 @@ fn candidates(logits: &[f32], p: &SamplerParams) -> Vec<(u32, f32)> {
 fn candidates_with_margin(logits: &[f32], p: &SamplerParams, margin: usize) -> Vec<(u32, f32)> {
     let top_p = p.top_p < 1.0;
     if p.top_k > 0 {
-        let mut cand = top_k(logits, p.top_k);
-        let sum = if top_p {
-            cand.sort_unstable_by_key(|c| c.0);
-            let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-            cand.iter().map(|c| (c.1 - max).exp()).sum()
-        } else {
-            0.0
-        };
-        cand.sort_unstable_by(by_logit);
-        return cut(cand, sum, p, true).unwrap_or_default();
+        return after_top_k(top_k(logits, p.top_k), p);
     }
     let Some(max) = logits.iter().copied().filter(|l| l.is_finite()).reduce(f32::max) else { return Vec::new() };
     // min-p keeps the tokens at or above this.
@@ -172,6 +182,19 @@ fn candidates_with_margin(logits: &[f32], p: &SamplerParams, margin: usize) -> V
     };
     // Where top-p's mass reaches below what was sorted, sort down to min-p's floor.
     cut(above(from), sum, p, from <= floor).or_else(|| cut(above(floor), sum, p, true)).unwrap_or_default()
+}
+
+/// `candidates` from the top-k tokens (in any order).
+fn after_top_k(mut cand: Vec<(u32, f32)>, p: &SamplerParams) -> Vec<(u32, f32)> {
+    let sum = if p.top_p < 1.0 {
+        cand.sort_unstable_by_key(|c| c.0);
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        cand.iter().map(|c| (c.1 - max).exp()).sum()
+    } else {
+        0.0
+    };
+    cand.sort_unstable_by(by_logit);
+    cut(cand, sum, p, true).unwrap_or_default()
 }
 
 /// The `k` most likely finite logits, in no order, in one pass: a token enters a buffer when it
@@ -311,6 +334,26 @@ mod tests {
             }
         }
         assert!(cases > 2000);
+    }
+
+    #[test]
+    fn sampling_from_the_top_k_alone_draws_the_same_tokens() {
+        let mut rng = StdRng::seed_from_u64(rand::rng().random());
+        for round in 0..50 {
+            let logits: Vec<f32> = (0..1 + rng.random_range(0..3000)).map(|_| rng.random_range(-8.0f32..8.0)).collect();
+            let p = SamplerParams { top_k: [1, 5, 40, 5000][round % 4], seed: round as u64, ..Default::default() };
+            let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p.clone()));
+            let k = b.device_top_k().unwrap();
+            for _ in 0..20 {
+                // Given in reverse order, as a device may: the sampler orders them itself.
+                let mut top = top_k(&logits, k);
+                top.sort_by(|x, y| by_logit(y, x));
+                assert_eq!(a.sample(&logits), b.sample_top_k(top));
+            }
+        }
+        for p in [SamplerParams::greedy(), SamplerParams { top_k: 0, ..Default::default() }, SamplerParams { repeat_penalty: 1.1, ..Default::default() }] {
+            assert_eq!(Sampler::new(p).device_top_k(), None);
+        }
     }
 
     #[test]

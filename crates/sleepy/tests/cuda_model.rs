@@ -167,7 +167,8 @@ fn model_logits_and_greedy_tokens_match_cpu() {
 }
 
 /// Generation through the one loop, greedy: GPU tokens equal the CPU's on this model (the
-/// margins are checked above), and sampling with temperature/top-k/top-p/min-p runs.
+/// margins are checked above), and sampling with temperature/top-k/top-p/min-p runs, drawing
+/// the same tokens whether the GPU selects the top-k or the host does from the row.
 #[test]
 fn generate_runs_on_gpu_greedy_and_sampled() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,7 +206,7 @@ fn generate_runs_on_gpu_greedy_and_sampled() {
     let params = SamplerParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: 3 };
     let mut seq = gpu.new_sequence(64).unwrap();
     let mut n = 0;
-    let stats = generate(&gpu, &mut seq, &ids, 12, &mut Sampler::new(params), &|_| false, &mut |t| {
+    let stats = generate(&gpu, &mut seq, &ids, 12, &mut Sampler::new(params.clone()), &|_| false, &mut |t| {
         assert!((t as usize) < c.vocab_size);
         n += 1;
         std::ops::ControlFlow::Continue(())
@@ -213,6 +214,24 @@ fn generate_runs_on_gpu_greedy_and_sampled() {
     .unwrap();
     assert_eq!(n, 12);
     assert_eq!(stats.generated_tokens, 12);
+    // Without the penalty the sampler needs only the top 40, which the GPU can select: the
+    // same seed then draws the same tokens as from the whole row read back.
+    let params = SamplerParams { repeat_penalty: 1.0, ..params };
+    let sampled = |on: bool| {
+        gpu.backend.set_top_k_on_device(on);
+        let mut seq = gpu.new_sequence(64).unwrap();
+        let mut out = Vec::new();
+        generate(&gpu, &mut seq, &ids, 24, &mut Sampler::new(params.clone()), &|_| false, &mut |t| {
+            out.push(t);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        out
+    };
+    let (read, selected) = (sampled(false), sampled(true));
+    gpu.backend.set_top_k_on_device(false);
+    eprintln!("sampled, row read {read:?}\nsampled, top-k on the GPU {selected:?}");
+    assert_eq!(read, selected);
 }
 
 /// Greedy generation on the GPU launches each step before the host reads the token it

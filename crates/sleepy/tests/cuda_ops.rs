@@ -195,6 +195,43 @@ fn logits_shape_and_argmax_match_cpu() {
     assert_eq!(p.gpu.argmax_last(&g).unwrap(), 1234);
 }
 
+/// Sampling's top-k on the GPU (SLEEPY_TOP_K_GPU) against sorting the row on the host: the
+/// same (id, value) pairs, ties to the lower id, non-finite values left out.
+#[test]
+fn top_k_of_the_last_row_matches_sorting() {
+    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(p) = pair("top_k_of_the_last_row_matches_sorting") else { return };
+    let mut r = rng(rand::random());
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    p.gpu.set_top_k_on_device(true);
+    for (rows, n) in [(1, 151936), (1, 151936), (2, 151936), (1, 4096), (1, 4097), (3, 70000), (1, 300), (1, 1), (1, 5000)] {
+        let kind = r.random_range(0..3);
+        let v: Vec<f32> = (0..rows * n)
+            .map(|_| match kind {
+                0 => r.random_range(-20.0f32..20.0),
+                // Ties and both zeros.
+                1 => [-0.0f32, 0.0, 1.0, -1.0, 3.0][r.random_range(0..5)],
+                _ => [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, r.random_range(-3.0f32..3.0)][r.random_range(0..4)],
+            })
+            .collect();
+        let (_, g) = p.act(rows, n, &v);
+        let last = &v[(rows - 1) * n..];
+        let mut all: Vec<(u32, f32)> = last.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(i, &x)| (i as u32, x)).collect();
+        all.sort_by(order);
+        for k in [1, 40, 256] {
+            let mut got = p.gpu.top_k_last(&g, k).unwrap().expect("selected on the GPU");
+            got.sort_by(order);
+            let want = &all[..k.min(all.len())];
+            let same = got.len() == want.len() && got.iter().zip(want).all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits());
+            assert!(same, "rows {rows} n {n} kind {kind} k {k}: {:?} against {:?}", &got[..got.len().min(5)], &want[..want.len().min(5)]);
+        }
+        assert!(p.gpu.top_k_last(&g, 257).unwrap().is_none(), "k over the device's limit reads the row");
+    }
+    p.gpu.set_top_k_on_device(false);
+    let (_, g) = p.act(1, 10, &[1.0; 10]);
+    assert!(p.gpu.top_k_last(&g, 5).unwrap().is_none(), "off: the row is read");
+}
+
 #[test]
 fn elementwise_ops_match_cpu() {
     let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());

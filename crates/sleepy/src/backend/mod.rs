@@ -87,6 +87,13 @@ pub trait Backend {
     fn take_queued(&self) -> Result<u32> {
         Err(crate::error::Error::Other("no argmax is queued on this backend".into()))
     }
+    /// The `k` largest finite values of the last row with their indices, in any order (ties
+    /// to the lower index; fewer where fewer are finite), selected where the row lives so that
+    /// sampling with top-k copies k values back, not the row. None where the backend does not
+    /// (the caller then reads the row).
+    fn top_k_last(&self, _x: &Self::Act, _k: usize) -> Result<Option<Vec<(u32, f32)>>> {
+        Ok(None)
+    }
 
     // Fused ops. Each default is the plain composition of the ops above (the reference);
     // a backend overrides them to save passes over memory and launches. Scratch arguments

@@ -10,6 +10,7 @@ mod fold;
 pub mod gemv;
 mod ops;
 mod prefill;
+mod topk;
 pub mod quant;
 pub mod tune;
 
@@ -193,6 +194,8 @@ pub struct CudaBackend {
     /// QKV launches that ran decode attention folded in (fold.rs, fold_qkv_attention).
     folds: AtomicUsize,
     pdl: bool,
+    /// Sampling selects its top-k on the device (topk.rs).
+    top_k_on_device: AtomicBool,
     /// SLEEPY_ABLATE's roles (see `ablated`).
     ablate: Vec<&'static str>,
 }
@@ -262,6 +265,7 @@ impl CudaBackend {
             gemv_logging: AtomicBool::new(false),
             folds: AtomicUsize::new(0),
             pdl,
+            top_k_on_device: AtomicBool::new(std::env::var("SLEEPY_TOP_K_GPU").is_ok_and(|v| v == "1")),
             ablate,
         })
     }

@@ -552,6 +552,10 @@ impl Backend for CudaBackend {
         Ok(id[0].max(0) as u32)
     }
 
+    fn top_k_last(&self, x: &CudaAct, k: usize) -> Result<Option<Vec<(u32, f32)>>> {
+        self.top_k_last_row(x, k)
+    }
+
     fn queue_argmax(&self, x: &CudaAct) -> Result<bool> {
         check(x.rows > 0, "argmax")?;
         self.flush()?;

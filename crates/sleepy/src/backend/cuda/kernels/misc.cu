@@ -123,3 +123,47 @@ extern "C" __global__ void argmax(const float* x, int n, float* part_v, int* par
         *counter = 0u;
     }
 }
+
+// Top-k for sampling (Backend::top_k_last). A token's key orders tokens as the sampler does:
+// the larger value first, then the lower index; a non-finite value keys 0, below every finite
+// one (whose ordered bits are at least 0x00800000), and the host drops those.
+__device__ __forceinline__ u64 topk_key(float v, u32 i) {
+    u32 b = __float_as_uint(v);
+    if ((b & 0x7f800000u) == 0x7f800000u) return 0ull;
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((u64)b << 32) | (0xffffffffu - i);
+}
+
+#define TOPK_SPAN 4096
+// Each block sorts the keys of a span of TOPK_SPAN (bitonic, in shared memory) and writes its
+// k best (k <= TOPK_SPAN) to out[blockIdx.x * k ...]: keys of x[0..n) where x is given, else
+// keys[0..n) as an earlier launch wrote them. Grid ceil(n / TOPK_SPAN), block 1024; the host
+// launches again on the output until one block is left.
+extern "C" __global__ void __launch_bounds__(1024) topk(const float* x, const u64* keys, int n, int k, u64* out) {
+    __shared__ u64 s[TOPK_SPAN];
+    pdl_wait();
+    pdl_launch_next();
+    const int base = blockIdx.x * TOPK_SPAN;
+    for (int i = threadIdx.x; i < TOPK_SPAN; i += blockDim.x) {
+        const int g = base + i;
+        s[i] = g >= n ? 0ull : x ? topk_key(x[g], (u32)g) : keys[g];
+    }
+    __syncthreads();
+    for (int size = 2; size <= TOPK_SPAN; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int t = threadIdx.x; t < TOPK_SPAN / 2; t += blockDim.x) {
+                // Pair t of this pass: i in a run of 2 * stride, j = i + stride.
+                const int i = 2 * t - (t & (stride - 1)), j = i + stride;
+                const u64 a = s[i], b = s[j];
+                // Runs of `size` alternate descending / ascending, so each two merge as one
+                // bitonic run next pass; the last pass's single run is descending.
+                if ((a < b) == ((i & size) == 0)) {
+                    s[i] = b;
+                    s[j] = a;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.x * k + i] = s[i];
+}
