@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Repetitions of each test; the median is reported
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repeats: usize,
+    /// Generate by sampling at this temperature (with run's other sampling defaults: top-k
+    /// 40, top-p 0.95, min-p 0.05; fixed seed) instead of greedily
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f64,
     /// Print one JSON object per test
     #[arg(long)]
     pub json: bool,
@@ -46,6 +50,7 @@ fn tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    anyhow::ensure!(args.temp.is_finite() && args.temp >= 0.0, "--temp must be 0 or more");
     let files = args.model.open()?;
     let model = files.load(args.model.device()?, args.model.threads(), args.model.load_options()?)?;
     let name = files.path.file_name().map_or_else(|| files.path.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -124,11 +129,11 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
     }
     if args.n_gen > 0 {
         let start = tokens(1, c.vocab_size, 3)[0];
-        // Seconds per token through the generation loop (greedy), from the first generated
-        // token's arrival to the last's: n - 1 whole steps.
+        // Seconds per token through the generation loop (greedy, or sampling with --temp),
+        // from the first generated token's arrival to the last's: n - 1 whole steps.
         let run = |seq: &mut Sequence<B>, n: usize| -> Result<f64> {
             seq.truncate(args.depth);
-            let mut sampler = Sampler::new(SamplerParams::greedy());
+            let mut sampler = Sampler::new(SamplerParams { temperature: args.temp as f32, seed: 1, ..Default::default() });
             let mut times = Vec::with_capacity(n);
             generate(&m, seq, &[start], n, &mut sampler, &|_| false, &mut |_| {
                 times.push(Instant::now());
@@ -149,7 +154,7 @@ fn run_tests<B: Backend>(m: &Model<B>, args: &BenchArgs, name: &str, gemv: Optio
         let frac = bandwidth.map(|bw| gbs / bw);
         if args.json {
             let o = serde_json::json!({"test": format!("tg{}", args.n_gen), "model": name, "device": device, "depth": args.depth,
-                "tokens": args.n_gen, "repeats": args.repeats, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
+                "tokens": args.n_gen, "repeats": args.repeats, "temperature": args.temp, "tok_per_s": 1.0 / secs, "ms_per_token": secs * 1e3,
                 "bytes_per_token": bytes, "weight_bytes_per_token": weight_bytes, "kv_bytes_per_token": kv_bytes,
                 "gb_per_s": gbs, "bandwidth_gb_per_s": bandwidth, "fraction_of_bandwidth": frac,
                 "floor_ms_per_token": bandwidth.map(|bw| bytes / bw / 1e6)});
