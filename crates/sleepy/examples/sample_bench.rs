@@ -1,5 +1,5 @@
 //! Time the sampler on one vocabulary-sized logits vector (Qwen's 151936 tokens), once a
-//! token as generation calls it, for the CLI's default chain and two others:
+//! token as generation calls it, for the CLI's default chain and three others:
 //!
 //!     cargo run --release -p sleepy --example sample_bench
 use rand::{Rng, SeedableRng};
@@ -12,6 +12,7 @@ fn main() {
     let chains = [
         ("default (temp 0.8, top-k 40, top-p 0.95, min-p 0.05)", SamplerParams { seed: 1, ..Default::default() }),
         ("top-k 0 (top-p 0.95, min-p 0.05)", SamplerParams { top_k: 0, seed: 1, ..Default::default() }),
+        ("temperature alone (top-k 0, top-p 1, min-p 0)", SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.0, seed: 1, ..Default::default() }),
         ("greedy", SamplerParams::greedy()),
     ];
     for (name, params) in chains {

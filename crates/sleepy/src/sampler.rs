@@ -130,7 +130,8 @@ fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// The tokens that top-k, then top-p, then min-p keep, most likely first: the finite logits
+/// The tokens that top-k, then top-p, then min-p keep, most likely first (in id order where
+/// none of the three is on, the sampler's one order-free case): the finite logits
 /// sorted, cut to `top_k`, cut where the cumulative probability (softmax of what top-k kept,
 /// its denominator summed in id order) reaches `top_p`, and cut below `min_p` times the most
 /// likely. A vocabulary is ~150K tokens and the sampler runs once a token, beside a GPU step of
@@ -173,6 +174,11 @@ fn candidates_with_margin(logits: &[f32], p: &SamplerParams, margin: usize) -> V
                 from = from.max(max - (b + margin) as f32);
             }
         }
+    }
+    if !top_p && p.min_p <= 0.0 {
+        // Nothing cuts: the draw walks every finite token, in id order (sorting 150K tokens
+        // would only order the walk: ~6 ms).
+        return logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)).collect();
     }
     let above = |from: f32| {
         let mut cand: Vec<(u32, f32)> =
@@ -247,7 +253,7 @@ fn cut(mut cand: Vec<(u32, f32)>, sum: f32, p: &SamplerParams, complete: bool) -
 }
 
 fn softmax(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {
-    let max = cand[0].1;
+    let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / temperature).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
@@ -286,6 +292,9 @@ mod tests {
         if p.min_p > 0.0 {
             let floor = max + p.min_p.ln();
             cand.retain(|c| c.1 >= floor);
+        }
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            cand.sort_by_key(|c| c.0);
         }
         cand
     }
