@@ -163,6 +163,16 @@ fn model_logits_and_greedy_tokens_match_cpu() {
         let e = rel_err(&rows, &full);
         eprintln!("qwen3={qwen3} tied={tied}: prefill+decode vs full forward relative error {e:.2e}");
         assert!(e < 2e-2, "prefill + decode vs full forward: {e:.3e}");
+        // The same through the tensor-core decode attention (SLEEPY_ATTN_MMA), in the step graphs.
+        let mut s3 = gpu.new_sequence(64).unwrap();
+        s3.kv.set_attn_mma(true);
+        let mut rows = gpu.read(&gpu.forward(&mut s3, &all[..5], Logits::All).unwrap()).unwrap();
+        for &id in &all[5..] {
+            rows.extend(gpu.read(&gpu.forward(&mut s3, &[id], Logits::Last).unwrap()).unwrap());
+        }
+        let e = rel_err(&rows, &full);
+        eprintln!("qwen3={qwen3} tied={tied}: prefill+decode (tensor-core attention) vs full forward relative error {e:.2e}");
+        assert!(e < 2e-2, "prefill + decode, tensor-core attention, vs full forward: {e:.3e}");
     }
 }
 

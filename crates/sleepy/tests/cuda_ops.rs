@@ -377,13 +377,26 @@ fn decode_attention_matches_cpu_at_every_position() {
         cases.push((h, kvh, d, 600, 140, 0, RopeStyle::Neox, d / 2, false, None, None));
     }
     short.resize(cases.len(), None);
-    for ((h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks), short) in cases.into_iter().zip(short) {
+    // The tensor-core kernels (SLEEPY_ATTN_MMA) at one, two and four heads a block, with
+    // chunks of the rule's length and two long ones, and from the rule's switch at 100 on.
+    let mut mma = vec![false; cases.len()];
+    for (h, kvh, d, hbs) in [(32, 8, 128, [1, 4]), (16, 8, 128, [1, 2]), (14, 2, 64, [1, 1]), (8, 2, 64, [2, 4])] {
+        for (hb, chunks) in [(hbs[0], None), (hbs[1], None), (hbs[1], Some(2))] {
+            cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, Some(hb), chunks));
+            short.push(None);
+        }
+    }
+    cases.push((32, 8, 128, 600, 300, 1, RopeStyle::Neox, 128, true, None, None));
+    short.push(Some(100));
+    mma.resize(cases.len(), true);
+    for (((h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks), short), mma) in cases.into_iter().zip(short).zip(mma) {
         {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
             let rope = rope_for(dims, style);
             let cfg = cfg_for(h, kvh, d, max_seq);
             let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv_split(&cfg, max_seq, hb, chunks, short).unwrap());
+            kg.set_attn_mma(mma);
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
@@ -396,10 +409,10 @@ fn decode_attention_matches_cpu_at_every_position() {
                 p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, qk_cpu, &rope, &mut oc).unwrap();
                 p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, qk_gpu, &rope, &mut og).unwrap();
                 let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} short={short:?} pos={pos}: relative error {e:.3e}");
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma} pos={pos}: relative error {e:.3e}");
                 worst = worst.max(e);
             }
-            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?} short={short:?}: worst relative error {worst:.2e} over {steps} positions");
+            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma}: worst relative error {worst:.2e} over {steps} positions");
         }
     }
 }

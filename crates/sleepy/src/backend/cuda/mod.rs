@@ -139,6 +139,12 @@ impl CudaKv {
     pub fn set_fold_ctx(&mut self, n: usize) {
         self.fold_ctx = n;
     }
+    /// Run decode attention from position `short_ctx` on (every position where the split does
+    /// not switch) on the tensor-core kernels, as SLEEPY_ATTN_MMA does; tests use it. Heads of
+    /// 64 or 128 only (others fail at the launch: no such kernel).
+    pub fn set_attn_mma(&mut self, on: bool) {
+        self.long.mma = on;
+    }
 }
 
 /// Query heads per decode-attention block, and chunks per head group.
@@ -146,6 +152,8 @@ impl CudaKv {
 struct AttnSplit {
     heads_per_block: usize,
     chunks: usize,
+    /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
+    mma: bool,
 }
 
 /// Mutable state behind the backend's lock.

@@ -240,8 +240,9 @@ impl CudaBackend {
             out.ptr(),
             kv.min_chunk as i32
         ];
-        let key = 2 << 40 | (d as u64) << 8 | hb as u64;
-        let name = || format!("attn_decode_{d}_{hb}");
+        let mma = split.mma; // new_kv_split: heads of 64 or 128 only
+        let key = 2 << 40 | (mma as u64) << 16 | (d as u64) << 8 | hb as u64;
+        let name = || if mma { format!("attn_decode_mma_{d}_{hb}") } else { format!("attn_decode_{d}_{hb}") };
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
         self.note_attn()
     }
@@ -292,14 +293,18 @@ impl CudaBackend {
         if min_chunk == 0 || min_chunk % 32 != 0 {
             return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
         }
-        let split = |hb: usize, chunks: Option<usize>| {
-            let per_sm = per_sm_env.unwrap_or(attn_blocks_per_sm(hb)).max(1);
+        // SLEEPY_ATTN_MMA=1: the tensor-core kernels at long contexts, as many heads a block
+        // as divide the group (their registers do not grow with it: two blocks an SM).
+        let mma = env_count("SLEEPY_ATTN_MMA")?.unwrap_or(0) > 0 && (cfg.head_dim == 64 || cfg.head_dim == 128);
+        let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
+        let split = |hb: usize, chunks: Option<usize>, mma: bool| {
+            let per_sm = per_sm_env.unwrap_or(if mma { 2 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            AttnSplit { heads_per_block: hb, chunks }
+            AttnSplit { heads_per_block: hb, chunks, mma }
         };
-        let long = split(hb, chunks);
-        let short_ctx = if fixed || hb == 1 { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
-        let short = if short_ctx > 0 { split(1, chunks) } else { long };
+        let long = split(hb, chunks, mma);
+        let short_ctx = if fixed || (hb == 1 && !mma) { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
+        let short = if short_ctx > 0 { split(1, chunks, false) } else { long };
         let most_chunks = long.chunks.max(short.chunks);
         let fold_ctx = env_count("SLEEPY_ATTN_FOLD")?.unwrap_or(FOLD_CTX);
         if fold_ctx > 0 {

@@ -80,9 +80,162 @@ __device__ __forceinline__ void sync128(int bar) {
     }
 }
 
+// ---- Tensor-core path of decode attention (MMA: SLEEPY_ATTN_MMA, off by default).
+//
+// Why: at long contexts the scalar loop below runs at about a quarter of the memory bandwidth,
+// bound by issue (scores by 8 lanes and shuffles, unpacking, a rescale each batch). Here each
+// warp takes 16 cached positions at a time: S = Q K^T and O += P V by mma.m16n8k16 (bf16 in,
+// f32 accumulate), the block's query heads as rows 0..HB-1 of the 16 (the rest zero).
+// Q is split into bf16 high and low parts (two MMAs), so scores keep about 16 bits of Q; P
+// too, so the weights keep about 16 bits; the cache is bf16 already.
+// Fragments (PTX ISA, mma.m16n8k16 .bf16): lane = 4 g + t; A a0 = (row g, k 2t..2t+1),
+// a1 = row g + 8, a2 = (row g, k 2t+8..2t+9), a3 = row g + 8; B b0 = (k 2t..2t+1, col g),
+// b1 = k + 8; C c0..c1 = (row g, cols 2t..2t+1), c2..c3 = row g + 8.
+// Each lane loads 16 bytes of a K or V row (8 dims), so the reduction index of S is permuted
+// within each span of 32 dims the same way in Q's fragments and K's: of span sp, step st
+// (two per span), k 2t..2t+1 is dim sp*32 + 8t + 4st and k 2t+8.. is dim sp*32 + 8t + 4st + 2.
+// V comes transposed by movmatrix from the same 16-byte loads, word w (of 4) of span sp
+// making n-tile (sp, w), whose column 2t + e is dim sp*32 + 8t + 2w + e.
+__device__ __forceinline__ u32 bf16x2_rn(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+// x as bf16 high parts h and the rest r, each pair packed: x ~= h + r to about 16 bits.
+__device__ __forceinline__ void bf16x2_split(float lo, float hi, u32& h, u32& r) {
+    h = bf16x2_rn(lo, hi);
+    const float2 hv = unpack2<0>(h);
+    r = bf16x2_rn(lo - hv.x, hi - hv.y);
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
+    // Rows 8..15 of A are zero (at most 8 query heads a block): a1 = a3 = 0.
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ u32 movmatrix_t(u32 x) {
+    u32 y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+__device__ __forceinline__ u32 word(const uint4& v, int w) { return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w; }
+
+// One warp's share of the cached positions [0, ncache) of a chunk (tiles of 16 from 16 warp,
+// strided by 64), as slot `warp` of the block's merge: its running max, sum and accumulators
+// per head (sm_m, sm_l [slot * HB + g], sm_acc [(slot * HB + g) * D + d]). qs: the block's
+// HB query heads, normed, roped and scaled. kb, vb: the cache at the chunk's first position
+// and this KV head; kvd: a position's stride.
+template <int D, int HB>
+__device__ __forceinline__ void attn_mma_slot(const float* qs, const u16* kb, const u16* vb, int kvd, int ncache,
+                                              int warp, int lane, float* sm_m, float* sm_l, float* sm_acc) {
+    constexpr int SP = D / 32;
+    static_assert(HB <= 8, "query heads a block fill rows 0..7");
+    const int g = lane >> 2, t = lane & 3;
+    u32 qh[SP][2][2], ql[SP][2][2];
+#pragma unroll
+    for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+        for (int st = 0; st < 2; ++st)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int d = sp * 32 + 8 * t + 4 * st + 2 * h;
+                const float x0 = g < HB ? qs[g * D + d] : 0.f, x1 = g < HB ? qs[g * D + d + 1] : 0.f;
+                bf16x2_split(x0, x1, qh[sp][st][h], ql[sp][st][h]);
+            }
+    float o[SP][4][4];
+#pragma unroll
+    for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[sp][w][e] = 0.f;
+    float m = NEG_INF, l = 0.f;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    for (int base = warp * 16; base < ncache; base += 64) {
+        // Rows base + g (n-tile 0 of S; k rows 0..7 of P V) and base + 8 + g; past the cache's
+        // end zero (their scores are masked, and P x V must not meet stale NaNs there).
+        const bool r0 = base + g < ncache, r1 = base + 8 + g < ncache;
+        const size_t o0 = (size_t)(base + g) * kvd + 8 * t, o1 = o0 + (size_t)8 * kvd;
+        uint4 k0[SP], k1[SP], v0[SP], v1[SP];
+#pragma unroll
+        for (int sp = 0; sp < SP; ++sp) {
+            k0[sp] = r0 ? *(const uint4*)(kb + o0 + sp * 32) : zero;
+            k1[sp] = r1 ? *(const uint4*)(kb + o1 + sp * 32) : zero;
+            v0[sp] = r0 ? *(const uint4*)(vb + o0 + sp * 32) : zero;
+            v1[sp] = r1 ? *(const uint4*)(vb + o1 + sp * 32) : zero;
+        }
+        float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+            for (int st = 0; st < 2; ++st) {
+                const u32 b00 = word(k0[sp], 2 * st), b01 = word(k0[sp], 2 * st + 1);
+                const u32 b10 = word(k1[sp], 2 * st), b11 = word(k1[sp], 2 * st + 1);
+                mma_bf16(s0, qh[sp][st][0], qh[sp][st][1], b00, b01);
+                mma_bf16(s0, ql[sp][st][0], ql[sp][st][1], b00, b01);
+                mma_bf16(s1, qh[sp][st][0], qh[sp][st][1], b10, b11);
+                mma_bf16(s1, ql[sp][st][0], ql[sp][st][1], b10, b11);
+            }
+        // Row g's scores: positions base + 2t, +1 (tile 0) and base + 8 + 2t, +1 (tile 1).
+        float s[4] = {s0[0], s0[1], s1[0], s1[1]};
+        const int pj[4] = {base + 2 * t, base + 2 * t + 1, base + 8 + 2 * t, base + 9 + 2 * t};
+        float mx = NEG_INF;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (pj[i] >= ncache) s[i] = NEG_INF;
+            mx = fmaxf(mx, s[i]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // Position base is in the cache, so mx is finite.
+        const float mn = fmaxf(m, mx), corr = __expf(m - mn);
+        float p[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) p[i] = __expf(s[i] - mn);
+        // This lane's share of the sum; the quad's shares add up after the loop.
+        l = l * corr + (p[0] + p[1]) + (p[2] + p[3]);
+        m = mn;
+#pragma unroll
+        for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                o[sp][w][0] *= corr;
+                o[sp][w][1] *= corr;
+            }
+        u32 ph0, pl0, ph2, pl2;
+        bf16x2_split(p[0], p[1], ph0, pl0);
+        bf16x2_split(p[2], p[3], ph2, pl2);
+#pragma unroll
+        for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                const u32 b0 = movmatrix_t(word(v0[sp], w)), b1 = movmatrix_t(word(v1[sp], w));
+                mma_bf16(o[sp][w], ph0, ph2, b0, b1);
+                mma_bf16(o[sp][w], pl0, pl2, b0, b1);
+            }
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (g < HB) {
+        if (t == 0) {
+            sm_m[warp * HB + g] = m;
+            sm_l[warp * HB + g] = l;
+        }
+        float* a = sm_acc + (size_t)(warp * HB + g) * D;
+#pragma unroll
+        for (int sp = 0; sp < SP; ++sp)
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                a[sp * 32 + 8 * t + 2 * w] = o[sp][w][0];
+                a[sp * 32 + 8 * t + 2 * w + 1] = o[sp][w][1];
+            }
+    }
+}
+
 // OWN: a kernel of its own, whose PDL wait stands between what does not depend on the
 // previous kernel and what does; else `wait()` stands there (called by every thread).
-template <int D, int HB, int UNR, bool OWN, class Wait>
+// MMA: the cached positions through attn_mma_slot (D of 64 or 128, OWN only).
+template <int D, int HB, int UNR, bool OWN, bool MMA, class Wait>
 __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait, const float* __restrict__ qkv, u16* kc, u16* vc,
                                                   const int* __restrict__ step, int H, int KVH,
                                                   const float* qn, const float* kn, float eps,
@@ -154,7 +307,7 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
             }
         }
     };
-    load_batch(0);
+    if constexpr (!MMA) load_batch(0);
 
     // Rope and norm tables for this position: cos, and the sine signed for the pair's order.
     for (int d = tid; d < D; d += 128) {
@@ -204,124 +357,142 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     }
     bsync();
 
-    float qr[HB][16], acc[HB][16], m[HB], l[HB];
-#pragma unroll
-    for (int g = 0; g < HB; ++g) {
-        m[g] = NEG_INF;
-        l[g] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            qr[g][j] = qs[g * D + sub * 16 + j];
-            acc[g][j] = 0.f;
-        }
-    }
-    // One position into the running state of this lane group (s: score, v: this lane's dims).
-    auto update = [&](const float (&s)[HB], const float (&v)[16]) {
-#pragma unroll
-        for (int g = 0; g < HB; ++g) {
-            const float mn = fmaxf(m[g], s[g]);
-            const float corr = __expf(m[g] - mn);
-            const float p = __expf(s[g] - mn);
-            l[g] = l[g] * corr + p;
-#pragma unroll
-            for (int j = 0; j < 16; ++j) acc[g][j] = acc[g][j] * corr + p * v[j];
-            m[g] = mn;
-        }
-    };
-    auto scores = [&](const float (&k)[16], float (&s)[HB]) {
-#pragma unroll
-        for (int g = 0; g < HB; ++g) {
-            float t = 0.f;
-#pragma unroll
-            for (int j = 0; j < 16; ++j) t += qr[g][j] * k[j];
-#pragma unroll
-            for (int o = LPP / 2; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-            s[g] = t;
-        }
-    };
-    for (int base = 0; base < ncache; base += NSLOT * UNR) {
-        if (base > 0) load_batch(base);
-        // The batch's UNR positions of this lane group: scores first, then one online-softmax
-        // step for all of them (one rescale of the accumulators a batch, not one a position:
-        // the dependent max -> exp -> rescale chain is what bounds this loop).
-        float s[UNR][HB];
-#pragma unroll
-        for (int u = 0; u < UNR; ++u) {
-            float kf[16];
-            const u32 kw[8] = {ka[u].x, ka[u].y, ka[u].z, ka[u].w, kb[u].x, kb[u].y, kb[u].z, kb[u].w};
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float2 a = unpack2<0>(kw[j]);
-                kf[2 * j] = a.x;
-                kf[2 * j + 1] = a.y;
-            }
-            scores(kf, s[u]); // every lane takes part in the shuffles
-            if (base + u * NSLOT + slot >= ncache) {
-#pragma unroll
-                for (int g = 0; g < HB; ++g) s[u][g] = NEG_INF;
+    if constexpr (MMA) {
+        const size_t at = (size_t)c0 * kvd + (size_t)kvh * D;
+        attn_mma_slot<D, HB>(qs, kc + at, vc + at, kvd, ncache, warp, lane, sm_m, sm_l, sm_acc);
+        // Slot 4: the new position (or nothing), its score in f32, warp g for head g.
+        if (warp < HB) {
+            float sc = 0.f;
+            for (int d = lane; d < D; d += 32) sc += qs[warp * D + d] * kcur[d];
+            sc = warp_sum(sc);
+            if (lane == 0) {
+                sm_m[4 * HB + warp] = has_cur ? sc : NEG_INF;
+                sm_l[4 * HB + warp] = has_cur ? 1.f : 0.f;
             }
         }
-        float p[HB][UNR];
+        for (int i = tid; i < HB * D; i += 128) sm_acc[4 * HB * D + i] = has_cur ? vcur[i % D] : 0.f;
+    } else {
+        float qr[HB][16], acc[HB][16], m[HB], l[HB];
 #pragma unroll
         for (int g = 0; g < HB; ++g) {
-            float mn = m[g];
+            m[g] = NEG_INF;
+            l[g] = 0.f;
 #pragma unroll
-            for (int u = 0; u < UNR; ++u) mn = fmaxf(mn, s[u][g]);
-            // No position yet (only past the cache's end): every weight is exp(-inf) = 0.
-            const float ref = mn == NEG_INF ? 0.f : mn;
-            const float corr = __expf(m[g] - ref);
-            float ps = 0.f;
+            for (int j = 0; j < 16; ++j) {
+                qr[g][j] = qs[g * D + sub * 16 + j];
+                acc[g][j] = 0.f;
+            }
+        }
+        // One position into the running state of this lane group (s: score, v: this lane's dims).
+        auto update = [&](const float (&s)[HB], const float (&v)[16]) {
+#pragma unroll
+            for (int g = 0; g < HB; ++g) {
+                const float mn = fmaxf(m[g], s[g]);
+                const float corr = __expf(m[g] - mn);
+                const float p = __expf(s[g] - mn);
+                l[g] = l[g] * corr + p;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) acc[g][j] = acc[g][j] * corr + p * v[j];
+                m[g] = mn;
+            }
+        };
+        auto scores = [&](const float (&k)[16], float (&s)[HB]) {
+#pragma unroll
+            for (int g = 0; g < HB; ++g) {
+                float t = 0.f;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) t += qr[g][j] * k[j];
+#pragma unroll
+                for (int o = LPP / 2; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+                s[g] = t;
+            }
+        };
+        for (int base = 0; base < ncache; base += NSLOT * UNR) {
+            if (base > 0) load_batch(base);
+            // The batch's UNR positions of this lane group: scores first, then one online-softmax
+            // step for all of them (one rescale of the accumulators a batch, not one a position:
+            // the dependent max -> exp -> rescale chain is what bounds this loop).
+            float s[UNR][HB];
 #pragma unroll
             for (int u = 0; u < UNR; ++u) {
-                p[g][u] = __expf(s[u][g] - ref);
-                ps += p[g][u];
+                float kf[16];
+                const u32 kw[8] = {ka[u].x, ka[u].y, ka[u].z, ka[u].w, kb[u].x, kb[u].y, kb[u].z, kb[u].w};
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const float2 a = unpack2<0>(kw[j]);
+                    kf[2 * j] = a.x;
+                    kf[2 * j + 1] = a.y;
+                }
+                scores(kf, s[u]); // every lane takes part in the shuffles
+                if (base + u * NSLOT + slot >= ncache) {
+#pragma unroll
+                    for (int g = 0; g < HB; ++g) s[u][g] = NEG_INF;
+                }
             }
-            l[g] = l[g] * corr + ps;
+            float p[HB][UNR];
 #pragma unroll
-            for (int j = 0; j < 16; ++j) acc[g][j] *= corr;
-            m[g] = mn;
-        }
+            for (int g = 0; g < HB; ++g) {
+                float mn = m[g];
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) {
-            if (base + u * NSLOT + slot >= ncache) continue; // v was not loaded
-            const u32 vw[8] = {va[u].x, va[u].y, va[u].z, va[u].w, vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+                for (int u = 0; u < UNR; ++u) mn = fmaxf(mn, s[u][g]);
+                // No position yet (only past the cache's end): every weight is exp(-inf) = 0.
+                const float ref = mn == NEG_INF ? 0.f : mn;
+                const float corr = __expf(m[g] - ref);
+                float ps = 0.f;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float2 b = unpack2<0>(vw[j]);
+                for (int u = 0; u < UNR; ++u) {
+                    p[g][u] = __expf(s[u][g] - ref);
+                    ps += p[g][u];
+                }
+                l[g] = l[g] * corr + ps;
 #pragma unroll
-                for (int g = 0; g < HB; ++g) {
-                    acc[g][2 * j] = fmaf(p[g][u], b.x, acc[g][2 * j]);
-                    acc[g][2 * j + 1] = fmaf(p[g][u], b.y, acc[g][2 * j + 1]);
+                for (int j = 0; j < 16; ++j) acc[g][j] *= corr;
+                m[g] = mn;
+            }
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) {
+                if (base + u * NSLOT + slot >= ncache) continue; // v was not loaded
+                const u32 vw[8] = {va[u].x, va[u].y, va[u].z, va[u].w, vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const float2 b = unpack2<0>(vw[j]);
+#pragma unroll
+                    for (int g = 0; g < HB; ++g) {
+                        acc[g][2 * j] = fmaf(p[g][u], b.x, acc[g][2 * j]);
+                        acc[g][2 * j + 1] = fmaf(p[g][u], b.y, acc[g][2 * j + 1]);
+                    }
                 }
             }
         }
-    }
-    if (has_cur && warp == 0) {
-        float kf[16], vf[16], s[HB];
+        if (has_cur && warp == 0) {
+            float kf[16], vf[16], s[HB];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            kf[j] = kcur[sub * 16 + j];
-            vf[j] = vcur[sub * 16 + j];
+            for (int j = 0; j < 16; ++j) {
+                kf[j] = kcur[sub * 16 + j];
+                vf[j] = vcur[sub * 16 + j];
+            }
+            scores(kf, s);
+            if (slot == 0) update(s, vf);
         }
-        scores(kf, s);
-        if (slot == 0) update(s, vf);
-    }
-    // Merge the slots.
+        // Merge the slots.
 #pragma unroll
-    for (int g = 0; g < HB; ++g) {
-        if (sub == 0) {
-            sm_m[slot * HB + g] = m[g];
-            sm_l[slot * HB + g] = l[g];
+        for (int g = 0; g < HB; ++g) {
+            if (sub == 0) {
+                sm_m[slot * HB + g] = m[g];
+                sm_l[slot * HB + g] = l[g];
+            }
+#pragma unroll
+            for (int j = 0; j < 16; ++j) sm_acc[(slot * HB + g) * D + sub * 16 + j] = acc[g][j];
         }
-#pragma unroll
-        for (int j = 0; j < 16; ++j) sm_acc[(slot * HB + g) * D + sub * 16 + j] = acc[g][j];
     }
     bsync();
+    // Slots written: the MMA path's warps and the new position fill 5.
+    constexpr int MSLOT = MMA ? 5 : NSLOT;
     // Each slot's weight exp(m_s - M) per head, once (empty slots weigh 0).
-    if (tid < NSLOT * HB) {
+    if (tid < MSLOT * HB) {
         const int g = tid % HB;
         float M = NEG_INF;
-        for (int s = 0; s < NSLOT; ++s) M = fmaxf(M, sm_m[s * HB + g]);
+        for (int s = 0; s < MSLOT; ++s) M = fmaxf(M, sm_m[s * HB + g]);
         sm_w[tid] = sm_l[tid] == 0.f ? 0.f : __expf(sm_m[tid] - M);
         if (tid < HB) sm_M[tid] = M;
     }
@@ -331,7 +502,7 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         const int g = i / D, d = i % D;
         float L = 0.f, A = 0.f;
 #pragma unroll
-        for (int s = 0; s < NSLOT; ++s) {
+        for (int s = 0; s < MSLOT; ++s) {
             const float w = sm_w[s * HB + g];
             L += sm_l[s * HB + g] * w;
             A += sm_acc[(s * HB + g) * D + d] * w;
@@ -406,13 +577,28 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         u32* counters, float* out, int min_chunk) {                                               \
         extern __shared__ float dec_sm[];                                                         \
         const AttnPlace pl = {(int)blockIdx.x * HB, (int)blockIdx.y, (int)gridDim.y, (int)threadIdx.x, 0, dec_sm}; \
-        attn_decode_body<D, HB, UNR, true>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps,       \
-                                            inv_freq, rope_dims, style, part, counters, out, min_chunk); \
+        attn_decode_body<D, HB, UNR, true, false>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps, \
+                                                   inv_freq, rope_dims, style, part, counters, out, min_chunk); \
     }
 #ifndef SLEEPY_FOLD
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
 ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
+
+// The tensor-core path (attn_mma_slot), two blocks an SM: its registers (accumulators of 16
+// rows, Q's fragments, a tile of K and V in flight) do not depend on HB.
+#define ATTN_DECODE_MMA(D, HB)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128, 2) attn_decode_mma_##D##_##HB(              \
+        const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
+        const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
+        u32* counters, float* out, int min_chunk) {                                               \
+        extern __shared__ float dec_sm[];                                                         \
+        const AttnPlace pl = {(int)blockIdx.x * HB, (int)blockIdx.y, (int)gridDim.y, (int)threadIdx.x, 0, dec_sm}; \
+        attn_decode_body<D, HB, 1, true, true>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps,    \
+                                               inv_freq, rope_dims, style, part, counters, out, min_chunk); \
+    }
+ATTN_DECODE_MMA(64, 1) ATTN_DECODE_MMA(64, 2) ATTN_DECODE_MMA(64, 4)
+ATTN_DECODE_MMA(128, 1) ATTN_DECODE_MMA(128, 2) ATTN_DECODE_MMA(128, 4)
 #endif
 
 // ---- Decode attention folded into the QKV projection (GEMV launches of MODE 3).
@@ -498,7 +684,7 @@ __device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, uns
         sync128(2 + place);
     };
     const AttnPlace pl = {h, 0, 1, tid & 127, 2 + place, (float*)smem + place * fold_place_floats(D)};
-    attn_decode_body<D, 1, 2, false>(pl, wait, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps,
+    attn_decode_body<D, 1, 2, false, false>(pl, wait, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps,
                                      a.inv_freq, a.rope_dims, a.style, nullptr, nullptr, a.out, 1 << 20);
 }
 
