@@ -207,7 +207,7 @@ impl Module {
 
 #[cfg(test)]
 mod tests {
-    /// The kernels (both programs) compile for Hopper and Ampere wherever NVRTC can be loaded
+    /// The kernels (both programs) compile for Hopper, Ampere and Turing wherever NVRTC can be loaded
     /// (no GPU needed).
     #[test]
     fn kernels_compile_with_nvrtc() {
@@ -215,7 +215,7 @@ mod tests {
             eprintln!("SKIP kernels_compile_with_nvrtc: NVRTC not found");
             return;
         }
-        for (arch, fold) in [((9, 0), false), ((8, 0), false), ((9, 0), true)] {
+        for (arch, fold) in [((9, 0), false), ((8, 0), false), ((7, 5), false), ((9, 0), true)] {
             let mut opts = super::options(arch, fold);
             if std::env::var_os("SLEEPY_NVRTC_LOG").is_some() {
                 opts.push("--ptxas-options=-v".to_string());

@@ -141,7 +141,7 @@ impl CudaKv {
     }
     /// Run decode attention from position `short_ctx` on (every position where the split does
     /// not switch) on the tensor-core kernels, as SLEEPY_ATTN_MMA does; tests use it. Heads of
-    /// 64 or 128 only (others fail at the launch: no such kernel).
+    /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
     pub fn set_attn_mma(&mut self, on: bool) {
         self.long.mma = on;
     }

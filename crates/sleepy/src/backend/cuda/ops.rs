@@ -55,6 +55,12 @@ fn heads_per_block(group: usize) -> usize {
 /// 2.737 (and at 4096, session 6: 2.769 / 2.827).
 const SHORT_CTX: usize = 1024;
 
+/// The tensor-core decode attention (attn_decode_mma_*) exists for heads of 64 or 128 from
+/// sm_80 (bf16 MMA).
+fn mma_fits(arch: (i32, i32), head_dim: usize) -> bool {
+    arch.0 >= 8 && (head_dim == 64 || head_dim == 128)
+}
+
 /// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
 /// many (`__launch_bounds__` with DEC_BLOCKS_SM in kernels/decode_attention.cu: at most 255,
 /// 168 and 128 registers a thread), and the chunk count aims at that many blocks an SM over
@@ -241,7 +247,7 @@ impl CudaBackend {
             kv.min_chunk as i32
         ];
         let mma = split.mma; // new_kv_split: heads of 64 or 128 only
-        let key = 2 << 40 | (mma as u64) << 16 | (d as u64) << 8 | hb as u64;
+        let key = 2 << 40 | (mma as u64) << 32 | (d as u64) << 8 | hb as u64;
         let name = || if mma { format!("attn_decode_mma_{d}_{hb}") } else { format!("attn_decode_{d}_{hb}") };
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
         self.note_attn()
@@ -295,7 +301,7 @@ impl CudaBackend {
         }
         // SLEEPY_ATTN_MMA=1: the tensor-core kernels at long contexts, as many heads a block
         // as divide the group (their registers do not grow with it: two blocks an SM).
-        let mma = env_count("SLEEPY_ATTN_MMA")?.unwrap_or(0) > 0 && (cfg.head_dim == 64 || cfg.head_dim == 128);
+        let mma = env_count("SLEEPY_ATTN_MMA")?.unwrap_or(0) > 0 && mma_fits(self.gpu.info.arch, cfg.head_dim);
         let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 2 } else { attn_blocks_per_sm(hb) }).max(1);

@@ -98,7 +98,11 @@ __device__ __forceinline__ void sync128(int bar) {
 // making n-tile (sp, w), whose column 2t + e is dim sp*32 + 8t + 2w + e.
 __device__ __forceinline__ u32 bf16x2_rn(float lo, float hi) {
     u32 d;
+#if __CUDA_ARCH__ >= 800
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+#else
+    d = 0u;  // unreachable: the MMA kernels exist from sm_80 (below)
+#endif
     return d;
 }
 // x as bf16 high parts h and the rest r, each pair packed: x ~= h + r to about 16 bits.
@@ -109,9 +113,11 @@ __device__ __forceinline__ void bf16x2_split(float lo, float hi, u32& h, u32& r)
 }
 __device__ __forceinline__ void mma_bf16(float (&c)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
     // Rows 8..15 of A are zero (at most 8 query heads a block): a1 = a3 = 0.
+#if __CUDA_ARCH__ >= 800
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+#endif
 }
 __device__ __forceinline__ u32 movmatrix_t(u32 x) {
     u32 y;
@@ -120,13 +126,36 @@ __device__ __forceinline__ u32 movmatrix_t(u32 x) {
 }
 __device__ __forceinline__ u32 word(const uint4& v, int w) { return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w; }
 
+// A warp's tile of 16 cached positions from `base`: this lane's 16 bytes of each span of the
+// K and V rows base + g (n-tile 0 of S; k rows 0..7 of P V) and base + 8 + g. Rows past the
+// cache's end are zero (their scores are masked, and P V must not meet stale NaNs there).
+// kb, vb: the cache at the chunk's first position and this KV head; kvd: a position's stride.
+template <int D>
+struct MmaTile {
+    uint4 k0[D / 32], k1[D / 32], v0[D / 32], v1[D / 32];
+};
+template <int D>
+__device__ __forceinline__ void mma_load_tile(MmaTile<D>& tl, const u16* kb, const u16* vb, int kvd, int ncache, int base, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const bool r0 = base + g < ncache, r1 = base + 8 + g < ncache;
+    const size_t o0 = (size_t)(base + g) * kvd + 8 * t, o1 = o0 + (size_t)8 * kvd;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int sp = 0; sp < D / 32; ++sp) {
+        tl.k0[sp] = r0 ? *(const uint4*)(kb + o0 + sp * 32) : zero;
+        tl.k1[sp] = r1 ? *(const uint4*)(kb + o1 + sp * 32) : zero;
+        tl.v0[sp] = r0 ? *(const uint4*)(vb + o0 + sp * 32) : zero;
+        tl.v1[sp] = r1 ? *(const uint4*)(vb + o1 + sp * 32) : zero;
+    }
+}
+
 // One warp's share of the cached positions [0, ncache) of a chunk (tiles of 16 from 16 warp,
 // strided by 64), as slot `warp` of the block's merge: its running max, sum and accumulators
 // per head (sm_m, sm_l [slot * HB + g], sm_acc [(slot * HB + g) * D + d]). qs: the block's
-// HB query heads, normed, roped and scaled. kb, vb: the cache at the chunk's first position
-// and this KV head; kvd: a position's stride.
+// HB query heads, normed, roped and scaled. tl: the warp's first tile, loaded (before the
+// dependency wait: earlier steps wrote it).
 template <int D, int HB>
-__device__ __forceinline__ void attn_mma_slot(const float* qs, const u16* kb, const u16* vb, int kvd, int ncache,
+__device__ __forceinline__ void attn_mma_slot(const float* qs, MmaTile<D>& tl, const u16* kb, const u16* vb, int kvd, int ncache,
                                               int warp, int lane, float* sm_m, float* sm_l, float* sm_acc) {
     constexpr int SP = D / 32;
     static_assert(HB <= 8, "query heads a block fill rows 0..7");
@@ -150,20 +179,9 @@ __device__ __forceinline__ void attn_mma_slot(const float* qs, const u16* kb, co
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[sp][w][e] = 0.f;
     float m = NEG_INF, l = 0.f;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     for (int base = warp * 16; base < ncache; base += 64) {
-        // Rows base + g (n-tile 0 of S; k rows 0..7 of P V) and base + 8 + g; past the cache's
-        // end zero (their scores are masked, and P x V must not meet stale NaNs there).
-        const bool r0 = base + g < ncache, r1 = base + 8 + g < ncache;
-        const size_t o0 = (size_t)(base + g) * kvd + 8 * t, o1 = o0 + (size_t)8 * kvd;
-        uint4 k0[SP], k1[SP], v0[SP], v1[SP];
-#pragma unroll
-        for (int sp = 0; sp < SP; ++sp) {
-            k0[sp] = r0 ? *(const uint4*)(kb + o0 + sp * 32) : zero;
-            k1[sp] = r1 ? *(const uint4*)(kb + o1 + sp * 32) : zero;
-            v0[sp] = r0 ? *(const uint4*)(vb + o0 + sp * 32) : zero;
-            v1[sp] = r1 ? *(const uint4*)(vb + o1 + sp * 32) : zero;
-        }
+        if (base != warp * 16) mma_load_tile<D>(tl, kb, vb, kvd, ncache, base, lane);
+        const uint4 (&k0)[SP] = tl.k0, (&k1)[SP] = tl.k1, (&v0)[SP] = tl.v0, (&v1)[SP] = tl.v1;
         float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int sp = 0; sp < SP; ++sp)
@@ -307,7 +325,10 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
             }
         }
     };
-    if constexpr (!MMA) load_batch(0);
+    // The first cached K/V (earlier steps wrote it) is on its way during what follows.
+    MmaTile<D> tile;
+    if constexpr (MMA) mma_load_tile<D>(tile, kc + (size_t)c0 * kvd + (size_t)kvh * D, vc + (size_t)c0 * kvd + (size_t)kvh * D, kvd, ncache, warp * 16, lane);
+    else load_batch(0);
 
     // Rope and norm tables for this position: cos, and the sine signed for the pair's order.
     for (int d = tid; d < D; d += 128) {
@@ -359,7 +380,7 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
 
     if constexpr (MMA) {
         const size_t at = (size_t)c0 * kvd + (size_t)kvh * D;
-        attn_mma_slot<D, HB>(qs, kc + at, vc + at, kvd, ncache, warp, lane, sm_m, sm_l, sm_acc);
+        attn_mma_slot<D, HB>(qs, tile, kc + at, vc + at, kvd, ncache, warp, lane, sm_m, sm_l, sm_acc);
         // Slot 4: the new position (or nothing), its score in f32, warp g for head g.
         if (warp < HB) {
             float sc = 0.f;
@@ -597,8 +618,11 @@ ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
         attn_decode_body<D, HB, 1, true, true>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps,    \
                                                inv_freq, rope_dims, style, part, counters, out, min_chunk); \
     }
+// bf16 MMA and cvt.rn.bf16x2 need sm_80; the host asks for these kernels only there.
+#if __CUDA_ARCH__ >= 800
 ATTN_DECODE_MMA(64, 1) ATTN_DECODE_MMA(64, 2) ATTN_DECODE_MMA(64, 4)
 ATTN_DECODE_MMA(128, 1) ATTN_DECODE_MMA(128, 2) ATTN_DECODE_MMA(128, 4)
+#endif
 #endif
 
 // ---- Decode attention folded into the QKV projection (GEMV launches of MODE 3).
