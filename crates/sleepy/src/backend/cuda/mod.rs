@@ -273,7 +273,7 @@ impl CudaBackend {
             gemv_logging: AtomicBool::new(false),
             folds: AtomicUsize::new(0),
             pdl,
-            top_k_on_device: AtomicBool::new(std::env::var("SLEEPY_TOP_K_GPU").is_ok_and(|v| v == "1")),
+            top_k_on_device: AtomicBool::new(!env_off("SLEEPY_TOP_K_GPU")),
             ablate,
         })
     }
