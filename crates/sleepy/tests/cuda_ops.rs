@@ -366,8 +366,7 @@ fn decode_attention_matches_cpu_at_every_position() {
             cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, hb, chunks));
         }
     }
-    // The rule's switch from one head a block to more (group 4), at position 100 of 300 (the
-    // tensor-core kernels are set apart below: these run the scalar ones).
+    // The rule's switch from one head a block to two (group 4), at position 100 of 300.
     let mut short = vec![None; cases.len()];
     for (h, kvh, d) in [ATTN[0], (8, 2, 256)] {
         cases.push((h, kvh, d, 600, 300, 1, RopeStyle::Neox, d, true, None, None));

@@ -299,10 +299,11 @@ impl CudaBackend {
         if min_chunk == 0 || min_chunk % 32 != 0 {
             return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
         }
-        // The tensor-core kernels from the switch on (SLEEPY_ATTN_MMA=0: the scalar ones; a
-        // fixed split keeps the scalar ones unless =1), as many heads a block as divide the
-        // group (their registers do not grow with it: two blocks an SM).
-        let mma = env_count("SLEEPY_ATTN_MMA")?.map_or(!fixed, |n| n > 0) && mma_fits(self.gpu.info.arch, cfg.head_dim);
+        // SLEEPY_ATTN_MMA=1: the tensor-core kernels at long contexts, as many heads a block
+        // as divide the group (their registers do not grow with it: two blocks an SM). Off
+        // until measured more widely: on an H200 (BENCHMARKS.md, session 15) Qwen3-4B tg128
+        // from depth 1024 ran 2.609 -> 2.546 ms, but from 4096 2.772 -> 2.776.
+        let mma = env_count("SLEEPY_ATTN_MMA")?.unwrap_or(0) > 0 && mma_fits(self.gpu.info.arch, cfg.head_dim);
         let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 2 } else { attn_blocks_per_sm(hb) }).max(1);
