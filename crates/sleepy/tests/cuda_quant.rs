@@ -8,12 +8,8 @@
 
 use rand::{Rng, SeedableRng};
 use sleepy::backend::cpu::{CpuAct, CpuBackend};
-use sleepy::backend::cuda::gemv::GemvShape;
-use sleepy::backend::cuda::quant::QuantShape;
-use sleepy::backend::cuda::tune::{GemvProblem, LaunchConfig, TunedSet};
 use sleepy::backend::cuda::{CudaAct, CudaBackend};
-use sleepy::backend::{AttnShape, Backend, Rope, WeightPart};
-use std::sync::Arc;
+use sleepy::backend::{Backend, WeightPart};
 use sleepy::config::{Arch, ModelConfig, RopeStyle};
 use sleepy::loader::{Bytes, TensorRef};
 use sleepy::model::{LoadOptions, Logits, Model};
@@ -327,14 +323,8 @@ fn source(c: &ModelConfig, seed: u64, fmt: &dyn Fn(&str) -> DType) -> MemSource 
 /// Prefill logits, then 32 greedy tokens decoded freely on both backends: the GPU must pick
 /// the CPU's token at every step, unless the CPU's own top two are a near tie there (then the
 /// sequences may part, and the test stops comparing).
-/// `fold`: a launch shape for the QKV projection (of weights in that format) under which its
-/// decode launches fold attention in; the run then checks that they did.
-fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions, tag: &str, fold: Option<(DType, LaunchConfig)>) {
+fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions, tag: &str) {
     let Some(g) = gpu(test) else { return };
-    if let Some((format, shape)) = fold {
-        let qkv = GemvProblem { format, units: (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, k: c.hidden, norm: true, mode: 0 };
-        g.set_tuned(Arc::new(TunedSet::default().with(qkv, shape))).unwrap();
-    }
     let cpu = Model::load(CpuBackend::new_exact(threads()).unwrap(), src, c.clone(), opts).unwrap();
     let gpu = Model::load(g, src, c.clone(), opts).unwrap();
     assert_eq!(cpu.weights.matrix_bytes_per_token, gpu.weights.matrix_bytes_per_token);
@@ -351,9 +341,6 @@ fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions
     assert!(e < 5e-2, "{tag}: prefill logits relative error {e:.3e}");
     // Decode from a 2-token prompt so every step runs the GEMV path.
     let (mut sc, mut sg) = (cpu.new_sequence(64).unwrap(), gpu.new_sequence(64).unwrap());
-    if fold.is_some() {
-        sg.kv.set_fold_ctx(usize::MAX);
-    }
     let (mut tc, mut tg) = (prompt[..2].to_vec(), prompt[..2].to_vec());
     let mut same = 0;
     for step in 0..32 {
@@ -375,11 +362,7 @@ fn greedy_parity(test: &str, c: &ModelConfig, src: &MemSource, opts: LoadOptions
         same += 1;
         (tc, tg) = (vec![want], vec![got]);
     }
-    eprintln!("{tag}: {same}/32 greedy tokens equal, {} QKV launches folded attention in", gpu.backend.folded_launches());
-    if fold.is_some() {
-        // Every one-token step of every layer (the first step takes two tokens).
-        assert!(gpu.backend.folded_launches() >= c.n_layers * same.min(31), "{tag}: the decode steps did not fold attention in");
-    }
+    eprintln!("{tag}: {same}/32 greedy tokens equal");
 }
 
 #[test]
@@ -390,7 +373,7 @@ fn in_situ_quantized_models_give_cpu_greedy_tokens() {
         let c = cfg(qwen3, tied);
         let src = source(&c, 10 + i as u64, &|_| DType::BF16);
         let opts = LoadOptions { quant: Some(q) };
-        greedy_parity("in_situ_quantized_models_give_cpu_greedy_tokens", &c, &src, opts, &format!("--quant {} qwen3={qwen3} tied={tied}", q.name()), None);
+        greedy_parity("in_situ_quantized_models_give_cpu_greedy_tokens", &c, &src, opts, &format!("--quant {} qwen3={qwen3} tied={tied}", q.name()));
     }
 }
 
@@ -410,103 +393,5 @@ fn q4_k_m_like_mixed_model_gives_cpu_greedy_tokens() {
         }
     };
     let src = source(&c, 21, &fmt);
-    greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix", None);
-}
-
-/// A forced dense launch shape (16-byte loads).
-fn dense(rows_per_block: u32, threads_per_row: u32, blocks_per_sm: u32, streamed: bool) -> LaunchConfig {
-    LaunchConfig::Dense(GemvShape { rows_per_block, threads_per_row, vec: 8, blocks_per_sm, streamed })
-}
-
-/// A forced quantized launch shape (one block an SM, as many stages as fit).
-fn quant(rows_per_block: u32, threads_per_row: u32, unroll: u32, streamed: bool) -> LaunchConfig {
-    LaunchConfig::Quant(QuantShape { rows_per_block, threads_per_row, unroll, blocks_per_sm: 1, streamed, stages: 0 })
-}
-
-/// Whole tiny models whose QKV launches fold decode attention in (shapes of 32 to 256
-/// threads a block, register and streamed), through the decoder's recorded and replayed
-/// steps: the CPU's greedy tokens.
-#[test]
-fn folded_attention_models_give_cpu_greedy_tokens() {
-    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let cases = [
-        (None, DType::BF16, dense(4, 32, 2, false)),
-        (None, DType::BF16, dense(8, 32, 2, true)),
-        // Blocks of 32 threads: folding runs them as blocks of 128 (fold.rs, fold_block).
-        (None, DType::BF16, dense(1, 32, 2, false)),
-        (Some(DType::Q8_0), DType::Q8_0, quant(8, 32, 4, false)),
-        (Some(DType::Q4K), DType::Q4K, quant(16, 16, 4, true)),
-    ];
-    for (i, (quant, format, shape)) in cases.into_iter().enumerate() {
-        let c = cfg(i % 2 == 0, false);
-        let src = source(&c, 30 + i as u64, &|_| DType::BF16);
-        let tag = format!("folded attention, {} qkv {shape:?}", format.name());
-        greedy_parity("folded_attention_models_give_cpu_greedy_tokens", &c, &src, LoadOptions { quant }, &tag, Some((format, shape)));
-    }
-}
-
-/// Decode attention folded into the QKV projection's launch (Backend::norm_qkv_attention)
-/// against the CPU's separate ops, both layers of a two-layer cache at each of 70 positions:
-/// bf16 and quantized weights, register and streamed kernels of 128 to 512 threads a block,
-/// head sizes 64 and 128, with and without QKV bias and Q/K norm. Some cases stop folding at
-/// position 40 (the cache the folded launches wrote is then read by the attention kernel of
-/// its own). Each case checks that its launches did fold.
-#[test]
-fn folded_qkv_attention_matches_cpu() {
-    let _l = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(p) = Pair::new("folded_qkv_attention_matches_cpu") else { return };
-    let mut r = rng(17);
-    // (format, heads, KV heads, head size, hidden, Qwen3-like (Q/K norm, no bias), launch
-    // shape, fold before this position).
-    let cases = [
-        (DType::BF16, 32, 8, 128, 2560, true, dense(2, 64, 4, false), usize::MAX),
-        (DType::BF16, 32, 8, 128, 2560, true, dense(4, 128, 1, true), 40),
-        (DType::BF16, 14, 2, 64, 896, false, dense(8, 32, 2, false), usize::MAX),
-        (DType::Q8_0, 16, 8, 128, 1024, true, quant(32, 8, 8, false), usize::MAX),
-        (DType::Q8_0, 12, 4, 64, 512, false, quant(8, 16, 4, true), 40),
-        (DType::Q4K, 32, 8, 128, 2560, true, quant(32, 8, 4, true), usize::MAX),
-        (DType::Q4K, 8, 2, 64, 768, true, quant(16, 16, 4, false), usize::MAX),
-        // More than 32 query heads (the second warp of the tally).
-        (DType::BF16, 40, 8, 64, 640, true, dense(4, 32, 4, false), usize::MAX),
-    ];
-    let steps = 70;
-    for (dtype, h, kvh, d, hidden, qwen3, shape, fold_ctx) in cases {
-        let n = (h + 2 * kvh) * d;
-        let tag = format!("{} h={h} kvh={kvh} d={d} hidden={hidden} {shape:?} fold before {fold_ctx}", dtype.name());
-        let problem = GemvProblem { format: dtype, units: n, k: hidden, norm: true, mode: 0 };
-        p.gpu.set_tuned(Arc::new(TunedSet::default().with(problem, shape))).unwrap();
-        let c = ModelConfig { hidden, n_layers: 2, n_heads: h, n_kv_heads: kvh, head_dim: d, rope_dims: d, ..cfg(qwen3, true) };
-        let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
-        let rope = Rope::new(&c);
-        let (mut kc, mut kg) = (p.cpu.new_kv(&c, 128).unwrap(), p.gpu.new_kv(&c, 128).unwrap());
-        kg.set_fold_ctx(fold_ctx);
-        let mut layers = Vec::new();
-        for _ in 0..2 {
-            let (wc, wg) = p.weights(hidden, &[part(dtype, n, rows_of(&mut r, dtype, n, hidden))]);
-            let norm: Vec<f32> = randv(&mut r, hidden, 0.2).iter().map(|v| 1.0 + v).collect();
-            let qn: Vec<f32> = randv(&mut r, d, 0.2).iter().map(|v| 1.0 + v).collect();
-            let kn: Vec<f32> = randv(&mut r, d, 0.2).iter().map(|v| 1.0 + v).collect();
-            let bias = randv(&mut r, n, 0.5);
-            layers.push((wc, wg, p.act(1, hidden, &norm), p.act(1, d, &qn), p.act(1, d, &kn), p.act(1, n, &bias)));
-        }
-        let folds0 = p.gpu.folded_launches();
-        let mut worst = 0f64;
-        for pos in 0..steps {
-            for (layer, (wc, wg, (nc, ng), (qnc, qng), (knc, kng), (bc, bg))) in layers.iter().enumerate() {
-                let (xc, xg) = p.act(1, hidden, &randv(&mut r, hidden, 1.0));
-                let (mut xnc, mut xng) = (p.cpu.alloc(1, hidden).unwrap(), p.gpu.alloc(1, hidden).unwrap());
-                let (mut qkvc, mut qkvg) = (p.cpu.alloc(1, n).unwrap(), p.gpu.alloc(1, n).unwrap());
-                let (mut oc, mut og) = (p.cpu.alloc(1, h * d).unwrap(), p.gpu.alloc(1, h * d).unwrap());
-                let (bias_c, bias_g, qk_c, qk_g) = if qwen3 { (None, None, Some((qnc, knc, 1e-6)), Some((qng, kng, 1e-6))) } else { (Some(bc), Some(bg), None, None) };
-                p.cpu.norm_qkv_attention(&xc, nc, 1e-6, wc, bias_c, &mut xnc, &mut qkvc, &mut kc, layer, pos, s, qk_c, &rope, &mut oc).unwrap();
-                p.gpu.norm_qkv_attention(&xg, ng, 1e-6, wg, bias_g, &mut xng, &mut qkvg, &mut kg, layer, pos, s, qk_g, &rope, &mut og).unwrap();
-                let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "folded attention {tag}: layer {layer} position {pos}: relative error {e:.3e}");
-                worst = worst.max(e);
-            }
-        }
-        let folded = p.gpu.folded_launches() - folds0;
-        assert_eq!(folded, 2 * steps.min(fold_ctx), "folded attention {tag}: launches that folded");
-        eprintln!("folded attention {tag}: worst relative error {worst:.2e} over {steps} positions, {folded} launches folded");
-    }
+    greedy_parity("q4_k_m_like_mixed_model_gives_cpu_greedy_tokens", &c, &src, LoadOptions::default(), "Q4_K_M-like mix");
 }

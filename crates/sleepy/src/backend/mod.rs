@@ -132,13 +132,6 @@ pub trait Backend {
         self.rope_qk(qkv, shape, pos0, qk_norm, rope)?;
         self.attention(qkv, kv, layer, pos0, shape, out)
     }
-    /// The attention block's first half: qkv = (rmsnorm(x) * norm) @ Wqkv^T (+ bias), then
-    /// rope_attention of it into `out`. A backend may run the two as one launch.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_qkv_attention(&self, x: &Self::Act, norm: &Self::Act, eps: f32, w: &Self::Weight, bias: Option<&Self::Act>, xn: &mut Self::Act, qkv: &mut Self::Act, kv: &mut Self::Kv, layer: usize, pos0: usize, shape: AttnShape, qk_norm: Option<(&Self::Act, &Self::Act, f32)>, rope: &Rope, out: &mut Self::Act) -> Result<()> {
-        self.rmsnorm_matmul(x, norm, eps, w, bias, xn, qkv)?;
-        self.rope_attention(qkv, kv, layer, pos0, shape, qk_norm, rope, out)
-    }
     /// The device's memory bandwidth in GB/s (bytes read + written by a large copy),
     /// measured now; None where it is not measured (the CPU).
     fn measure_bandwidth(&self) -> Result<Option<f64>> {

@@ -120,13 +120,14 @@ impl<B: Backend> Model<B> {
         b.embed(&w.embed, ids, &mut s.x)?;
         for (i, l) in w.layers.iter().enumerate() {
             // 2. qkv[t, q + 2kv] = rmsnorm(x) * attn_norm @ Wqkv^T (+ bias).
+            b.rmsnorm_matmul(&s.x, &l.attn_norm, eps, &l.wqkv, l.bqkv.as_ref(), &mut s.xn, &mut s.qkv)?;
             // 3. attn[t, q] = causal GQA over the cache, after per-head Q/K norm and rope at
             //    pos0 + t (this step's K/V stored in the cache first).
             let qk_norm = match (&l.q_norm, &l.k_norm) {
                 (Some(q), Some(k)) => Some((q, k, eps)),
                 _ => None,
             };
-            b.norm_qkv_attention(&s.x, &l.attn_norm, eps, &l.wqkv, l.bqkv.as_ref(), &mut s.xn, &mut s.qkv, &mut seq.kv, i, pos0, shape, qk_norm, &self.rope, &mut s.attn)?;
+            b.rope_attention(&mut s.qkv, &mut seq.kv, i, pos0, shape, qk_norm, &self.rope, &mut s.attn)?;
             // 4. x[t, hidden] += attn @ Wo^T.
             b.matmul_add(&s.attn, &l.wo, &mut s.proj, &mut s.x)?;
             // 5. ffn[t, f] = silu(xn @ Wgate^T) * (xn @ Wup^T), xn = rmsnorm(x) * ffn_norm.

@@ -14,7 +14,8 @@ use std::ffi::{c_char, CStr, CString};
 const SOURCES: [(&str, &str); 8] = [
     ("prelude.cuh", include_str!("kernels/prelude.cuh")),
     ("rope.cu", include_str!("kernels/rope.cu")),
-    // Before the GEMVs: their QKV launches fold decode attention in.
+    // Here, before the GEMVs, as when its kernels were measured: placed after
+    // prefill_attention.cu, NVRTC 13.5 schedules them differently (sm_90 SASS).
     ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("quant_units.cu", include_str!("kernels/quant_units.cu")),
@@ -55,20 +56,10 @@ pub(crate) fn source_hash() -> String {
     Sha256::digest(program_source().as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether the kernel `name` is in the second program, compiled on its first use: the QKV
-/// GEMVs with decode attention folded in (MODE 3, named ..._1_3: the norm, mode 3; no other
-/// kernel's name ends so). They would double the first program's compile time for a path
-/// that is off by default (fold.rs, FOLD_CTX).
-pub(crate) fn in_fold_program(name: &str) -> bool {
-    name.ends_with("_1_3")
-}
-
-/// The compiled module image (CUBIN) for `arch`, from the disk cache or NVRTC: the first
-/// program, or (`fold`) the second (the same sources with SLEEPY_FOLD defined, which
-/// instantiates the folded kernels in place of the others).
-pub(crate) fn cubin(arch: (i32, i32), fold: bool) -> Result<Vec<u8>> {
+/// The compiled module image (CUBIN) for `arch`, from the disk cache or NVRTC.
+pub(crate) fn cubin(arch: (i32, i32)) -> Result<Vec<u8>> {
     let src = program_source();
-    let opts = options(arch, fold);
+    let opts = options(arch);
     let ver = nvrtc_version();
     let mut h = Sha256::new();
     h.update(src.as_bytes());
@@ -125,13 +116,9 @@ fn compile(src: &str, opts: &[String]) -> Result<Vec<u8>> {
     }
 }
 
-/// NVRTC options of the first program, or (`fold`) the second, for `arch`.
-fn options(arch: (i32, i32), fold: bool) -> Vec<String> {
-    let mut opts = vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()];
-    if fold {
-        opts.push("-DSLEEPY_FOLD".to_string());
-    }
-    opts
+/// NVRTC options for `arch`.
+fn options(arch: (i32, i32)) -> Vec<String> {
+    vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "--std=c++17".to_string(), "-default-device".to_string()]
 }
 
 /// SLEEPY_CARVEOUT=P (0-100): every kernel prefers P% of the SM's L1/shared memory as shared
@@ -207,16 +194,16 @@ impl Module {
 
 #[cfg(test)]
 mod tests {
-    /// The kernels (both programs) compile for Hopper, Ampere and Turing wherever NVRTC can be loaded
-    /// (no GPU needed).
+    /// The kernels compile for Hopper, Ampere and Turing wherever NVRTC can be loaded (no GPU
+    /// needed).
     #[test]
     fn kernels_compile_with_nvrtc() {
         if super::super::driver::ensure_nvrtc().is_err() {
             eprintln!("SKIP kernels_compile_with_nvrtc: NVRTC not found");
             return;
         }
-        for (arch, fold) in [((9, 0), false), ((8, 0), false), ((7, 5), false), ((9, 0), true)] {
-            let mut opts = super::options(arch, fold);
+        for arch in [(9, 0), (8, 0), (7, 5)] {
+            let mut opts = super::options(arch);
             if std::env::var_os("SLEEPY_NVRTC_LOG").is_some() {
                 opts.push("--ptxas-options=-v".to_string());
             }

@@ -6,7 +6,6 @@
 
 pub(crate) mod driver;
 mod compile;
-mod fold;
 pub mod gemv;
 mod ops;
 mod prefill;
@@ -21,16 +20,13 @@ use driver::{DevBuf, DeviceInfo, Graph, Launch};
 pub use driver::DeviceInfo as CudaDeviceInfo;
 use gemv::GemvTable;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 /// What is shared by every CUDA backend of the process: the device and the kernels.
 struct Gpu {
     info: DeviceInfo,
     module: Mutex<Module>,
-    /// The second program (compile::in_fold_program), loaded on first use; its failure is
-    /// kept (every later folded launch is then refused at once, not compiled again).
-    fold_module: Mutex<Option<std::result::Result<Module, String>>>,
 }
 
 static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
@@ -41,9 +37,9 @@ fn gpu() -> Result<&'static Gpu> {
         // into an error like any other reason the GPU cannot be used.
         let r = std::panic::catch_unwind(|| -> Result<Gpu> {
             let (_ctx, _dev, info) = driver::init_device()?;
-            let image = compile::cubin(info.arch, false)?;
+            let image = compile::cubin(info.arch)?;
             let module = Module::load(&image)?;
-            Ok(Gpu { info, module: Mutex::new(module), fold_module: Mutex::new(None) })
+            Ok(Gpu { info, module: Mutex::new(module) })
         });
         match r {
             Ok(Ok(g)) => Ok(g),
@@ -121,24 +117,9 @@ pub struct CudaKv {
     short_ctx: usize,
     /// The fewest positions a chunk holds.
     min_chunk: usize,
-    /// Decode attention runs folded into the QKV projection's launch before this position
-    /// (fold.rs, FOLD_CTX), with the tallies of kernels/decode_attention.cu's AttnArgs and
-    /// each layer's AttnArgs here, as last written.
-    fold_ctx: usize,
-    fold_counters: DevBuf,
-    fold_args: DevBuf,
-    fold_written: Vec<Option<[u64; FOLD_ARGS]>>,
 }
 
-/// 64-bit words of a folded launch's AttnArgs (kernels/decode_attention.cu).
-const FOLD_ARGS: usize = 12;
-
 impl CudaKv {
-    /// Fold decode attention into the QKV projection before position `n` (0: never), as
-    /// SLEEPY_ATTN_FOLD does; tests use it to run both paths.
-    pub fn set_fold_ctx(&mut self, n: usize) {
-        self.fold_ctx = n;
-    }
     /// Run decode attention from position `short_ctx` on (every position where the split does
     /// not switch) on the tensor-core kernels, as SLEEPY_ATTN_MMA does; tests use it. Heads of
     /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
@@ -199,8 +180,6 @@ pub struct CudaBackend {
     /// Measured launch configurations (`sleepy tune`), consulted before `table`.
     tuned: RwLock<Arc<tune::TunedSet>>,
     gemv_logging: AtomicBool,
-    /// QKV launches that ran decode attention folded in (fold.rs, fold_qkv_attention).
-    folds: AtomicUsize,
     pdl: bool,
     /// Sampling selects its top-k on the device (topk.rs).
     top_k_on_device: AtomicBool,
@@ -271,16 +250,10 @@ impl CudaBackend {
             table,
             tuned: RwLock::new(tune::store::load_for_device(&gpu.info)),
             gemv_logging: AtomicBool::new(false),
-            folds: AtomicUsize::new(0),
             pdl,
             top_k_on_device: AtomicBool::new(!env_off("SLEEPY_TOP_K_GPU")),
             ablate,
         })
-    }
-
-    /// How many QKV launches so far ran decode attention folded in (tests check it happened).
-    pub fn folded_launches(&self) -> usize {
-        self.folds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn device_info(&self) -> &DeviceInfo {
@@ -295,26 +268,7 @@ impl CudaBackend {
         if smem > self.gpu.info.max_smem_optin {
             return Err(Error::Cuda(format!("kernel {name} needs {smem} bytes of shared memory; the device allows {}", self.gpu.info.max_smem_optin)));
         }
-        if compile::in_fold_program(name) {
-            return self.with_fold_program(|m| m.func(name, smem));
-        }
         self.gpu.module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?.func(name, smem)
-    }
-
-    /// `f` on the folded kernels' program, compiled and loaded on first use (a failure is kept).
-    fn with_fold_program<T>(&self, f: impl FnOnce(&mut Module) -> Result<T>) -> Result<T> {
-        let mut m = self.gpu.fold_module.lock().map_err(|_| Error::Cuda("kernel table poisoned".into()))?;
-        let loaded = m.get_or_insert_with(|| compile::cubin(self.gpu.info.arch, true).and_then(|image| Module::load(&image)).map_err(|e| e.to_string()));
-        match loaded {
-            Ok(module) => f(module),
-            Err(e) => Err(Error::Cuda(format!("the folded kernels: {e}"))),
-        }
-    }
-
-    /// Compile the folded kernels now (a KV cache that folds is being made), not in the
-    /// middle of the first decode step; a failure shows when a launch asks for them.
-    fn prepare_fold_program(&self) {
-        let _ = self.with_fold_program(|_| Ok(()));
     }
 
     /// Launch the kernel `name` now, or record it when a decode step is being recorded.
@@ -549,8 +503,7 @@ impl CudaBackend {
 
 /// What SLEEPY_ABLATE may drop from a decode step: the GEMVs by their place in a layer (the
 /// decoder's order: QKV, output, gate+up, down; the last GEMV of the step is the logits) and
-/// the decode attention. Where attention is folded into the QKV launch (fold.rs, FOLD_CTX),
-/// "qkv" drops both and "attn" nothing: SLEEPY_ATTN_FOLD=0 times them apart.
+/// the decode attention.
 const ABLATE_ROLES: [&str; 6] = ["qkv", "o", "gate_up", "down", "logits", "attn"];
 
 /// Which of a step's `n` launches to leave out of its graph for SLEEPY_ABLATE=role+role...:

@@ -3,14 +3,13 @@
 
 use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
-use super::fold::{with_arg, Fold, FOLD_CTX};
-use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT, FOLD_ARGS};
+use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
 use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
 use crate::quant::DType;
 
-pub(super) fn check(cond: bool, what: &str) -> Result<()> {
+fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
     } else {
@@ -18,7 +17,7 @@ pub(super) fn check(cond: bool, what: &str) -> Result<()> {
     }
 }
 
-pub(super) fn attn_dims(s: &AttnShape) -> Result<()> {
+fn attn_dims(s: &AttnShape) -> Result<()> {
     if ![64, 128, 256].contains(&s.head_dim) {
         return Err(Error::Cuda(format!("head_dim {} is not supported by the GPU attention kernels (64, 128, 256 are)", s.head_dim)));
     }
@@ -108,62 +107,34 @@ impl CudaBackend {
             let units = if mode == 2 { w.n / 2 } else { w.n };
             let s = self.dense_shape(w.dt, units, w.k, norm.is_some(), mode);
             let norm = norm.map(|(n, e)| (n.ptr(), e));
-            self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy, None)?;
+            self.gemv_shaped(w.buf.ptr, w.dt, units, w.k, &s, x.ptr(), x.rows, norm, bias.map_or(0, |b| b.ptr()), mode, y, ldy)?;
         }
         self.note_gemv(first)
     }
 
-    /// The GEMV launch itself, with an explicit shape (the tuner calls this too). With `fold`
-    /// (a QKV projection: one row, the norm, mode 0) decode attention runs in the same launch
-    /// where the folded kernel can run it (fold.rs: blocks of 128 threads or more, enough of
-    /// them an SM); false where it cannot (nothing launched).
+    /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize, fold: Option<&Fold>) -> Result<bool> {
-        if fold.is_some() && (rows != 1 || norm.is_none() || mode != 0) {
-            return Ok(false);
-        }
+    pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
-        let kmode = if fold.is_some() { 3 } else { mode };
-        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), kmode)?;
+        let (key, ch) = gemv_key(dt, k, s, norm.is_some(), mode)?;
         if let Some(p) = self.stream_plan(w, k, s, rows, mode, units) {
-            let name = || format!("gemv_stream_{dt}_{ch}_{}_{kmode}", norm.is_some() as u32);
-            let (p, smem) = match fold {
-                None => {
-                    let smem = p.smem;
-                    (p, smem)
-                }
-                Some(f) => match self.fold_stream_plan(key | 1 << 36, &name, f, s.blocks_per_sm, &|b| self.stream_plan(w, k, &GemvShape { blocks_per_sm: b, ..*s }, rows, mode, units)) {
-                    Some(ps) => ps,
-                    None => return Ok(false),
-                },
-            };
+            let name = || format!("gemv_stream_{dt}_{ch}_{}_{mode}", norm.is_some() as u32);
+            self.blocks_per_sm(key | 1 << 36, &name, p.threads, p.smem)?;
             let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-            let args = fold.map_or(args, |f| with_arg(args, f.args));
-            // Noted only when it launches (a fold refused runs again unfolded).
-            self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
-            self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
-            return Ok(true);
+            return self.launch_keyed(key | 1 << 36, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
         }
         let threads = s.threads_per_row * s.rows_per_block;
-        let name = || kernel_name(dt, s, ch, norm.is_some(), kmode);
-        let mut args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        let mut smem = 0;
-        if let Some(f) = fold {
-            let (plain, _) = gemv_key(dt, k, s, true, 0)?;
-            let Some(need) = self.fold_register_smem(f, (key, &name), (plain, &|| kernel_name(dt, s, ch, true, 0)), threads, 0, s.blocks_per_sm) else { return Ok(false) };
-            smem = need;
-            args = with_arg(args, f.args);
-        }
+        let name = || kernel_name(dt, s, ch, norm.is_some(), mode);
         // One wave of blocks (the table's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
-        let fit = self.blocks_per_sm(key, &name, threads, smem)?;
+        let fit = self.blocks_per_sm(key, &name, threads, 0)?;
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
-        self.log_dense(w, dt, units, k, x, rows, norm, bias, mode);
-        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
-        Ok(true)
+        let args = kargs![w, x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], 0, args)
     }
 
     /// Launch the argmax of the last row of x; the device address of its result.
@@ -314,10 +285,6 @@ impl CudaBackend {
         let short_ctx = if fixed || (hb == 1 && !mma) { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
         let short = if short_ctx > 0 { split(1, chunks, false) } else { long };
         let most_chunks = long.chunks.max(short.chunks);
-        let fold_ctx = env_count("SLEEPY_ATTN_FOLD")?.unwrap_or(FOLD_CTX);
-        if fold_ctx > 0 {
-            self.prepare_fold_program();
-        }
         Ok(CudaKv {
             max_seq,
             kv_dim,
@@ -330,15 +297,10 @@ impl CudaBackend {
             long,
             short_ctx,
             min_chunk,
-            fold_ctx,
-            // Rows written and claims a query head, blocks started and finished.
-            fold_counters: DevBuf::zeroed((2 * cfg.n_heads + 2) * 4, self.stream.0)?,
-            fold_args: DevBuf::alloc(cfg.n_layers.max(1) * FOLD_ARGS * 8)?,
-            fold_written: vec![None; cfg.n_layers],
         })
     }
 
-    pub(super) fn check_fits(&self, kv: &CudaKv, pos0: usize, t: usize) -> Result<()> {
+    fn check_fits(&self, kv: &CudaKv, pos0: usize, t: usize) -> Result<()> {
         if pos0 + t > kv.max_seq {
             return Err(Error::Other(format!("sequence of {} tokens does not fit the context of {}", pos0 + t, kv.max_seq)));
         }
@@ -503,15 +465,6 @@ impl Backend for CudaBackend {
         }
         self.rope_qk(qkv, s, pos0, qk_norm, rope)?;
         self.attention(qkv, kv, layer, pos0, s, out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn norm_qkv_attention(&self, x: &CudaAct, norm: &CudaAct, eps: f32, w: &CudaWeight, bias: Option<&CudaAct>, xn: &mut CudaAct, qkv: &mut CudaAct, kv: &mut CudaKv, layer: usize, pos0: usize, s: AttnShape, qk_norm: Option<(&CudaAct, &CudaAct, f32)>, rope: &Rope, out: &mut CudaAct) -> Result<()> {
-        if pos0 < kv.fold_ctx && !self.use_gemm(x.rows) && self.fold_qkv_attention(x, norm, eps, w, bias, qkv, kv, layer, pos0, s, qk_norm, rope, out)? {
-            return Ok(());
-        }
-        self.rmsnorm_matmul(x, norm, eps, w, bias, xn, qkv)?;
-        self.rope_attention(qkv, kv, layer, pos0, s, qk_norm, rope, out)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -61,8 +61,12 @@ __device__ __forceinline__ void warp_norm_rope(float* h, const float* w, float e
 
 // Where one decode-attention block runs: query heads h0 .. h0 + HB - 1, chunk c of nc, its
 // thread tid (0 .. 127), the named barrier its 128 threads share, and its shared memory. A
-// kernel of its own (attn_decode_*) is one such block with barrier 0; the QKV launches with
-// attention folded in (qkv_attention_tail) run several in one block, one a 128 threads.
+// kernel of its own (attn_decode_*) is one such block with barrier 0. The place, the named
+// barriers and attn_decode_body's OWN and Wait served decode attention run inside the QKV
+// projection's launch, several places a block (removed: slower on an H200 in every
+// configuration measured). They stay: without them NVRTC 13.5 schedules these kernels
+// differently (sm_90 SASS: other instruction orders and registers; even renaming the body
+// does), and the kernels as they are are the ones measured.
 struct AttnPlace {
     int h0, c, nc, tid, bar;
     float* sm;
@@ -251,7 +255,8 @@ __device__ __forceinline__ void attn_mma_slot(const float* qs, MmaTile<D>& tl, c
 }
 
 // OWN: a kernel of its own, whose PDL wait stands between what does not depend on the
-// previous kernel and what does; else `wait()` stands there (called by every thread).
+// previous kernel and what does; else `wait()` stands there (called by every thread). Every
+// kernel is OWN (see AttnPlace for why the parameters stay).
 // MMA: the cached positions through attn_mma_slot (D of 64 or 128, OWN only).
 template <int D, int HB, int UNR, bool OWN, bool MMA, class Wait>
 __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait, const float* __restrict__ qkv, u16* kc, u16* vc,
@@ -285,8 +290,6 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         if (OWN) __syncthreads();
         else sync128(pl.bar);
     };
-    // In a folded launch other blocks of the same kernel wrote qkv: read it through L2.
-    const auto ld_qkv = [](const float* p) { return OWN ? *p : __ldcg(p); };
     // The position was written before this step's first kernel, so it is safe to read here.
     const int pos = step[0];
     const int NC = pl.nc, c = pl.c;
@@ -352,13 +355,13 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         wait();
     }
 
-    for (int i = tid; i < HB * D; i += 128) qs[i] = ld_qkv(qkv + (size_t)h0 * D + i);
+    for (int i = tid; i < HB * D; i += 128) qs[i] = qkv[(size_t)h0 * D + i];
     if (has_cur) {
         const float* kraw = qkv + (size_t)H * D + (size_t)kvh * D;
         const float* vraw = qkv + (size_t)(H + KVH) * D + (size_t)kvh * D;
         for (int i = tid; i < D; i += 128) {
-            kcur[i] = ld_qkv(kraw + i);
-            vcur[i] = ld_qkv(vraw + i);
+            kcur[i] = kraw[i];
+            vcur[i] = vraw[i];
         }
     }
     bsync();
@@ -601,7 +604,6 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         attn_decode_body<D, HB, UNR, true, false>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps, \
                                                    inv_freq, rope_dims, style, part, counters, out, min_chunk); \
     }
-#ifndef SLEEPY_FOLD
 ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
 ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
@@ -623,148 +625,3 @@ ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
 ATTN_DECODE_MMA(64, 1) ATTN_DECODE_MMA(64, 2) ATTN_DECODE_MMA(64, 4)
 ATTN_DECODE_MMA(128, 1) ATTN_DECODE_MMA(128, 2) ATTN_DECODE_MMA(128, 4)
 #endif
-#endif
-
-// ---- Decode attention folded into the QKV projection (GEMV launches of MODE 3).
-//
-// Why: at short contexts the attention kernel reads almost nothing, yet costs a launch's
-// dependency wait and its own latency between the QKV projection and the output projection
-// (BENCHMARKS.md: 4.7-6.9 us a layer). Here each block of the QKV GEMV (which in this mode
-// owns one contiguous run of rows), once its rows of qkv are written, adds to each query
-// head's counter how many of them that head needs (its own query rows, and the K and V rows
-// of its KV head), and heads whose rows are all written run their attention in this launch,
-// on 128 threads of a block each (a "place", named barrier 2 + place; a block of P x 128
-// threads runs P heads at once), so the output projection waits for one kernel, not two.
-//
-// Who runs head h: its runner, the block holding its first query row, so that heads spread
-// over blocks (the block completing the count may complete a whole KV head's worth at once).
-// The runner waits for the count, which is safe only once every block of the launch has
-// started (each counts itself in at its start): the rows it waits for are then being written
-// by running blocks that never wait before counting them. A runner that finds blocks not yet
-// started does not claim its heads; the block completing a head's count claims it instead
-// and runs it without waiting. A claim (compare-and-swap) decides between the two; the
-// launch's last block to finish resets counts, claims and its tallies for the next launch.
-// One chunk (no split of the positions): the host folds only short contexts.
-//
-// The arguments attn_decode_* takes that the GEMV's own do not, in device memory (one copy a
-// layer in the KV cache's fold_args buffer, written by fold.rs). qkv: the projection's
-// output, as y.
-// counters: [H] rows written of each head, [H] claims, blocks started, blocks finished; zero
-// at rest.
-struct AttnArgs {
-    u16* kc;
-    u16* vc;
-    const int* step;
-    const float* qn;
-    const float* kn;
-    const float* inv_freq;
-    const float* qkv;
-    float* out;
-    u32* counters;
-    int H, KVH, D, rope_dims, style;
-    float eps;
-};
-
-// A folded launch's block, first thing: count itself in (see above).
-__device__ __forceinline__ void fold_start(const AttnArgs* a) {
-    if (threadIdx.x == 0 && threadIdx.y == 0) atomicAdd(a->counters + 2 * a->H, 1u);
-}
-
-__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
-    u32 v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-// Floats of shared memory one place uses (attn_decode_body's layout at one head and one
-// chunk), rounded up to 128 bytes; the host's Fold::smem mirrors it.
-__device__ __forceinline__ constexpr int fold_place_floats(int D) {
-    return ((D + 6 * D + 3 * (2048 / D) + 4 + (2048 / D) * D + 1) + 31) / 32 * 32;
-}
-
-// Rows of qkv in [lo, hi) that query head h needs: its own, and its KV head's K and V row.
-__device__ __forceinline__ int head_rows(const AttnArgs& a, int lo, int hi, int h) {
-    const int D = a.D, g = h / (a.H / a.KVH);
-    const auto overlap = [&](int s) { return max(0, min(hi, s + D) - max(lo, s)); };
-    return overlap(h * D) + overlap((a.H + g) * D) + overlap((a.H + a.KVH + g) * D);
-}
-
-template <int D>
-__device__ __forceinline__ void fold_head(const AttnArgs& a, int h, int tid, unsigned char* smem) {
-    const int place = tid >> 7;
-    // The place's shared memory is free again (its previous head is written out).
-    sync128(2 + place);
-    // Where the kernel of its own waits for the previous kernel (after queuing the first
-    // cached K/V and making the rope tables), a runner waits for the head's last rows (its
-    // completer found them all written): the place's first warp, in step (lane 0 reads, every
-    // lane gets it), then the others. `<`, not `!=`: a count left over would give wrong
-    // results, not a hang.
-    const auto wait = [&] {
-        if ((tid & 127) < 32) {
-            const bool lead = (tid & 31) == 0;
-            while (__shfl_sync(0xffffffffu, lead ? ld_relaxed(a.counters + h) : 0u, 0) < (u32)(3 * D)) __nanosleep(32);
-            __threadfence();
-        }
-        sync128(2 + place);
-    };
-    const AttnPlace pl = {h, 0, 1, tid & 127, 2 + place, (float*)smem + place * fold_place_floats(D)};
-    attn_decode_body<D, 1, 2, false, false>(pl, wait, a.qkv, a.kc, a.vc, a.step, a.H, a.KVH, a.qn, a.kn, a.eps,
-                                     a.inv_freq, a.rope_dims, a.style, nullptr, nullptr, a.out, 1 << 20);
-}
-
-// Called by each of the launch's `nthreads` threads still running (tid 0 ..) after it wrote
-// its rows of qkv, the block's rows being [lo, hi). `sync`: a barrier of exactly those
-// threads. smem: dynamic shared memory free for nthreads / 128 places. The host guarantees
-// nthreads >= 128, H <= 64 and D of 64 or 128 (other D run as 128), and the memory. Not
-// inlined: the GEMV's own code is as without it (the kernel's registers are the larger of
-// the two parts', so folded kernels hold more than plain ones; the host checks they fit).
-template <class Sync>
-__device__ __noinline__ void qkv_attention_tail(const AttnArgs* __restrict__ ap, int lo, int hi, int tid, int nthreads,
-                                                Sync sync, unsigned char* smem) {
-    __shared__ u32 fold_mask[2];
-    const AttnArgs a = *ap;
-    u32* const counts = a.counters;
-    u32* const claims = counts + a.H;
-    u32* const started = counts + 2 * a.H;
-    u32* const finished = started + 1;
-    // Every thread's qkv stores are visible device-wide before its block counts them.
-    __threadfence();
-    sync();
-    if (tid < 64) {
-        bool mine = false;
-        if (tid < a.H) {
-            const u32 n = (u32)head_rows(a, lo, hi, tid);
-            // Release by the counting thread itself, after the barrier (the PTX model's form).
-            __threadfence();
-            if (n > 0 && atomicAdd(&counts[tid], n) + n == (u32)(3 * a.D)) mine = atomicCAS(&claims[tid], 0u, 2u) == 0u;
-            const int first = tid * a.D;
-            if (!mine && lo <= first && first < hi && ld_relaxed(started) == gridDim.x)
-                mine = atomicCAS(&claims[tid], 0u, 1u) == 0u;
-        }
-        const u32 m = __ballot_sync(0xffffffffu, mine);
-        if ((tid & 31) == 0) fold_mask[tid >> 5] = m;
-    }
-    sync();
-    u64 m = (u64)fold_mask[1] << 32 | fold_mask[0];
-    const int places = nthreads / 128, place = tid >> 7;
-    if (m != 0 && place < places) {
-        // The other blocks' rows of the heads this one completed: read after this fence.
-        __threadfence();
-        for (int k = 0; m; m &= m - 1, ++k) {
-            if (k % places != place) continue;
-            const int h = __ffsll(m) - 1;
-            if (a.D == 64) fold_head<64>(a, h, tid, smem);
-            else fold_head<128>(a, h, tid, smem);
-        }
-    }
-    // The last block to finish: nobody reads the tallies any more in this launch.
-    sync();
-    if (tid == 0) {
-        __threadfence();
-        if (atomicAdd(finished, 1u) == gridDim.x - 1) {
-            for (int i = 0; i < 2 * a.H; ++i) counts[i] = 0u;
-            *started = 0u;
-            *finished = 0u;
-        }
-    }
-}

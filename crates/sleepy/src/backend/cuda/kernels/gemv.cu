@@ -6,8 +6,6 @@
 // NORM: x' = x * g * rsqrt(mean(x^2) + eps): the input's RMSNorm is folded in.
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc (residual add in the epilogue).
 // MODE 2: SwiGLU; unit u reads rows u (gate) and u + n_units (up): y = silu(g) * up.
-// MODE 3: as 0, then decode attention folded in (decode_attention.cu, qkv_attention_tail;
-// dynamic shared memory for it, one token row).
 //
 // Launch: block (tpr, rpb), at most 512 threads: tpr threads share a row unit (a power of two
 // up to 32, else a multiple of 32), rpb units per block; grid (blocks, T), blocks stride over
@@ -96,30 +94,23 @@ __device__ __forceinline__ void gemv_row_sum(float& v0, float& v1, bool two, flo
     }
 }
 
-template <int DT, int VEC, int CH, bool NORM, int MODE_>
+template <int DT, int VEC, int CH, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float* __restrict__ x,
                                           const float* __restrict__ g, float eps,
                                           const float* __restrict__ bias, float* y, int n_units,
-                                          int K, int ldy, const AttnArgs* attn) {
-    constexpr bool FOLD = MODE_ == 3;
-    constexpr int MODE = FOLD ? 0 : MODE_;
-    if (FOLD) fold_start(attn);
+                                          int K, int ldy) {
     __shared__ float red[3][64];
     const int rpb = blockDim.y;
     const int t = blockIdx.y;
     const int nchunks = K / VEC;
-    // Blocks stride over the row groups; folding attention in, each takes a contiguous run of
-    // them instead, so that query heads complete in different blocks (not all in the last).
-    const int per = FOLD ? ((n_units + rpb - 1) / rpb + gridDim.x - 1) / gridDim.x * rpb : 0;
-    const int stride = FOLD ? rpb : gridDim.x * rpb;
-    const int base0 = blockIdx.x * (FOLD ? per : rpb);
-    const int lim = FOLD ? min(n_units, base0 + per) : n_units;
+    const int stride = gridDim.x * rpb;
+    const int base0 = blockIdx.x * rpb;
 
     GemvRows<CH> A, B;
     {
         const int u = base0 + threadIdx.y;
-        if (u < lim) gemv_load<DT, VEC, CH, MODE>(W, u, n_units, K, nchunks, A);
-        if (u + stride < lim) gemv_load<DT, VEC, CH, MODE>(W, u + stride, n_units, K, nchunks, B);
+        if (u < n_units) gemv_load<DT, VEC, CH, MODE>(W, u, n_units, K, nchunks, A);
+        if (u + stride < n_units) gemv_load<DT, VEC, CH, MODE>(W, u + stride, n_units, K, nchunks, B);
     }
     pdl_wait();
     pdl_launch_next();
@@ -170,10 +161,10 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
     auto unit_step = [&](GemvRows<CH>& r, int base, float* rd) {
         const int unit = base + threadIdx.y;
         float acc0 = 0.f, acc1 = 0.f;
-        if (unit < lim) gemv_dot<DT, VEC, CH, MODE>(r, xr, nchunks, acc0, acc1);
-        if (unit + 2 * stride < lim) gemv_load<DT, VEC, CH, MODE>(W, unit + 2 * stride, n_units, K, nchunks, r);
+        if (unit < n_units) gemv_dot<DT, VEC, CH, MODE>(r, xr, nchunks, acc0, acc1);
+        if (unit + 2 * stride < n_units) gemv_load<DT, VEC, CH, MODE>(W, unit + 2 * stride, n_units, K, nchunks, r);
         gemv_row_sum(acc0, acc1, MODE == 2, rd);
-        if (threadIdx.x == 0 && unit < lim) {
+        if (threadIdx.x == 0 && unit < n_units) {
             float* out = y + (size_t)t * ldy + unit;
             if (MODE == 0) *out = acc0 * scale + (bias ? bias[unit] : 0.f);
             if (MODE == 1) *out += acc0 * scale;
@@ -183,17 +174,12 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
             }
         }
     };
-    for (int base = base0; base < lim;) {
+    for (int base = base0; base < n_units;) {
         unit_step(A, base, red[0]);
         base += stride;
-        if (base >= lim) break;
+        if (base >= n_units) break;
         unit_step(B, base, red[1]);
         base += stride;
-    }
-    if (FOLD) {
-        extern __shared__ __align__(16) unsigned char gemv_fold_sm[];
-        const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-        qkv_attention_tail(attn, base0, lim, tid, rpb * blockDim.x, SyncAll{}, gemv_fold_sm);
     }
 }
 
@@ -201,21 +187,9 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ W, const float
     extern "C" __global__ void __launch_bounds__(512) gemv_##DT##_##VEC##_##CH##_##NORM##_##MODE( \
         const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g,     \
         float eps, const float* __restrict__ bias, float* y, int n_units, int K, int ldy) {      \
-        gemv_body<DT, VEC, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, ldy, nullptr);     \
+        gemv_body<DT, VEC, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, ldy);              \
     }
-#define GEMV_FOLD(DT, VEC, CH)                                                                       \
-    extern "C" __global__ void __launch_bounds__(512) gemv_##DT##_##VEC##_##CH##_1_3(                \
-        const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g,        \
-        float eps, const float* __restrict__ bias, float* y, int n_units, int K, int ldy,          \
-        const AttnArgs* attn) {                                                                    \
-        gemv_body<DT, VEC, CH, true, 3>(W, x, g, eps, bias, y, n_units, K, ldy, attn);              \
-    }
-// The folded kernels are a program of their own (SLEEPY_FOLD; compile.rs, in_fold_program).
-#ifdef SLEEPY_FOLD
-#define GEMV_MODES(DT, VEC, CH) GEMV_FOLD(DT, VEC, CH)
-#else
 #define GEMV_MODES(DT, VEC, CH) GEMV(DT, VEC, CH, 0, 0) GEMV(DT, VEC, CH, 1, 0) GEMV(DT, VEC, CH, 0, 1) GEMV(DT, VEC, CH, 1, 2)
-#endif
 #define GEMV_DT(DT)                                                                                                  \
     GEMV_MODES(DT, 8, 1) GEMV_MODES(DT, 8, 2) GEMV_MODES(DT, 8, 3) GEMV_MODES(DT, 8, 4) GEMV_MODES(DT, 8, 5)         \
     GEMV_MODES(DT, 8, 6) GEMV_MODES(DT, 8, 8) GEMV_MODES(DT, 1, 8)
@@ -256,15 +230,12 @@ __device__ __forceinline__ void dot8(const uint4 w, const float (&x)[8], float& 
     }
 }
 
-template <int DT, int CH, bool NORM, int MODE_>
+template <int DT, int CH, bool NORM, int MODE>
 __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, const float* __restrict__ x,
                                                  const float* __restrict__ g, float eps,
                                                  const float* __restrict__ bias, float* y, int n_units, int K,
-                                                 int tpr, int stages, const AttnArgs* attn) {
+                                                 int tpr, int stages) {
 #if __CUDA_ARCH__ >= 900
-    constexpr bool FOLD = MODE_ == 3;
-    constexpr int MODE = FOLD ? 0 : MODE_;
-    if (FOLD) fold_start(attn);
     extern __shared__ __align__(128) unsigned char tiles[];
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
     __shared__ float red[32];
@@ -387,8 +358,6 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
             y[u0 + u] = a / (1.f + __expf(-a)) * uv;
         }
     }
-    // The tiles and sums are used up: attention may take the shared memory.
-    if (FOLD) qkv_attention_tail(attn, u0, u1, tid, nc, SyncFirst{nc}, tiles);
 #endif
 }
 
@@ -396,21 +365,10 @@ __device__ __forceinline__ void gemv_stream_body(const u16* __restrict__ W, cons
     extern "C" __global__ void __launch_bounds__(544) gemv_stream_##DT##_##CH##_##NORM##_##MODE(                \
         const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g, float eps,          \
         const float* __restrict__ bias, float* y, int n_units, int K, int tpr, int stages) {         \
-        gemv_stream_body<DT, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, tpr, stages, nullptr);    \
+        gemv_stream_body<DT, CH, NORM, MODE>(W, x, g, eps, bias, y, n_units, K, tpr, stages);             \
     }
-#define GEMV_STREAM_FOLD(DT, CH)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(544) gemv_stream_##DT##_##CH##_1_3(                            \
-        const u16* __restrict__ W, const float* __restrict__ x, const float* __restrict__ g, float eps,          \
-        const float* __restrict__ bias, float* y, int n_units, int K, int tpr, int stages,                      \
-        const AttnArgs* attn) {                                                                                  \
-        gemv_stream_body<DT, CH, true, 3>(W, x, g, eps, bias, y, n_units, K, tpr, stages, attn);                \
-    }
-#ifdef SLEEPY_FOLD
-#define GEMV_STREAM_MODES(DT, CH) GEMV_STREAM_FOLD(DT, CH)
-#else
 #define GEMV_STREAM_MODES(DT, CH) \
     GEMV_STREAM(DT, CH, 0, 0) GEMV_STREAM(DT, CH, 1, 0) GEMV_STREAM(DT, CH, 0, 1) GEMV_STREAM(DT, CH, 1, 2)
-#endif
 #define GEMV_STREAM_DT(DT)                                                                                 \
     GEMV_STREAM_MODES(DT, 1) GEMV_STREAM_MODES(DT, 2) GEMV_STREAM_MODES(DT, 3) GEMV_STREAM_MODES(DT, 4)   \
     GEMV_STREAM_MODES(DT, 5) GEMV_STREAM_MODES(DT, 6) GEMV_STREAM_MODES(DT, 8)

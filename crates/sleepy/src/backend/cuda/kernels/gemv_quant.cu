@@ -8,8 +8,7 @@
 // shared memory in the weight format's companion int8 format; every unit is then one 16-byte
 // streaming load of quants plus its scales, dotted with dp4a.
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc.  MODE 2: SwiGLU, unit u reads rows u (gate)
-// and u + n_units (up): y = silu(gate) * up.  MODE 3: as 0, then decode attention folded in
-// (decode_attention.cu, qkv_attention_tail; one token row, shared memory for it).
+// and u + n_units (up): y = silu(gate) * up.
 // Launch: block (tpr, rpb): tpr threads (power of two) share a row, rpb rows per block; each
 // thread keeps U units per row in flight (U = 2, 4, or 8 without SwiGLU). Grid (blocks, T);
 // blocks stride over groups of rpb rows. Dynamic shared memory: 3 K / 2 + 256 bytes (the
@@ -34,13 +33,10 @@ __device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units,
     }
 }
 
-template <int FMT, int U, bool NORM, int MODE_>
+template <int FMT, int U, bool NORM, int MODE>
 __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
                                            float eps, const float* __restrict__ bias, float* y, int n_units, int K,
-                                           int ldy, const AttnArgs* attn) {
-    constexpr bool FOLD = MODE_ == 3;
-    constexpr int MODE = FOLD ? 0 : MODE_;
-    if (FOLD) fold_start(attn);
+                                           int ldy) {
     extern __shared__ uint4 qsmem[];
     u8* sm = (u8*)qsmem;
     Acts a;
@@ -60,16 +56,11 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
 
     // Weights never depend on the previous kernel: load this thread's first batch into
     // registers and warm L2 with the rest of the block's first rows while that kernel drains.
-    // Blocks stride over the row groups; folding attention in, each takes a contiguous run of
-    // them instead, so that query heads complete in different blocks (not all in the last).
-    const int per = FOLD ? ((n_units + rpb - 1) / rpb + gridDim.x - 1) / gridDim.x * rpb : 0;
-    const int base0 = blockIdx.x * (FOLD ? per : rpb);
-    const int lim = FOLD ? min(n_units, base0 + per) : n_units;
-    int base = base0;
+    int base = blockIdx.x * rpb;
     QUnit<FMT> ua[U], ub[U];
-    gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, lim, nb, nu, 0, ua, ub);
+    gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
     {
-        const int n = min(rpb, lim - base);
+        const int n = min(rpb, n_units - base);
         if (n > 0) {
             const size_t row_bytes = (size_t)nu * 16;
             const u8* wb = w.r0 + (size_t)base * row_bytes;
@@ -88,9 +79,9 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
 
     // Every thread walks the same (group, step) sequence, so the barriers below are uniform.
     float acc0 = 0.f, acc1 = 0.f;
-    for (int step = 0; base < lim;) {
+    for (int step = 0; base < n_units;) {
         const int unit = base + threadIdx.y;
-        if (unit < lim) {
+        if (unit < n_units) {
             // Straight-line: every unit's activation loads can issue before the first product
             // (a unit past the row dots at a clamped index and adds nothing).
 #pragma unroll
@@ -105,7 +96,7 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
             }
         }
         if (++step < steps) {
-            gemvq_load<FMT, U, MODE>(w, unit, lim, nb, nu, step, ua, ub);
+            gemvq_load<FMT, U, MODE>(w, unit, n_units, nb, nu, step, ua, ub);
             continue;
         }
         // Row group done: reduce over the tpr threads of each row (shuffles inside a warp,
@@ -132,7 +123,7 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
                 }
             }
         }
-        if (threadIdx.x == 0 && unit < lim) {
+        if (threadIdx.x == 0 && unit < n_units) {
             float* out = y + (size_t)t * ldy + unit;
             if (MODE == 0) *out = acc0 + (bias ? bias[unit] : 0.f);
             if (MODE == 1) *out += acc0;
@@ -141,11 +132,9 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
         acc0 = 0.f;
         acc1 = 0.f;
         step = 0;
-        base += FOLD ? rpb : gridDim.x * rpb;
-        if (base < lim) gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, lim, nb, nu, 0, ua, ub);
+        base += gridDim.x * rpb;
+        if (base < n_units) gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
     }
-    // The activations in shared memory are used up: attention may take it.
-    if (FOLD) qkv_attention_tail(attn, base0, lim, tid, nthreads, SyncAll{}, sm);
 }
 
 #define GEMVQ(FMT, U, NORM, MODE)                                                                   \
@@ -154,26 +143,11 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
         const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y,          \
         int n_units, int K, int ldy) {                                                             \
         const QPtr w = {r0, r1, r2, r3};                                                           \
-        gemvq_body<FMT, U, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, ldy, nullptr);           \
+        gemvq_body<FMT, U, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, ldy);                    \
     }
-// Folded: at most 512 threads a block caps registers at 128 (unbounded, ptxas took 139-219,
-// which would fit fewer blocks an SM than the plain kernel's 72-128 and refuse the fold).
-#define GEMVQ_FOLD(FMT, U)                                                                          \
-    extern "C" __global__ void __launch_bounds__(512) gemvq_##FMT##_##U##_1_3(                     \
-        const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,        \
-        const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y,          \
-        int n_units, int K, int ldy, const AttnArgs* attn) {                                       \
-        const QPtr w = {r0, r1, r2, r3};                                                           \
-        gemvq_body<FMT, U, true, 3>(w, x, g, eps, bias, y, n_units, K, ldy, attn);                 \
-    }
-// The folded kernels are a program of their own (SLEEPY_FOLD; compile.rs, in_fold_program).
-#ifdef SLEEPY_FOLD
-#define GEMVQ_FMT(FMT) GEMVQ_FOLD(FMT, 2) GEMVQ_FOLD(FMT, 4) GEMVQ_FOLD(FMT, 8)
-#else
 #define GEMVQ_MODES(FMT, U) GEMVQ(FMT, U, 0, 0) GEMVQ(FMT, U, 1, 0) GEMVQ(FMT, U, 0, 1) GEMVQ(FMT, U, 1, 2)
 // Eight units in flight only without SwiGLU (two rows of eight would spill registers).
 #define GEMVQ_FMT(FMT) GEMVQ_MODES(FMT, 2) GEMVQ_MODES(FMT, 4) GEMVQ(FMT, 8, 0, 0) GEMVQ(FMT, 8, 1, 0) GEMVQ(FMT, 8, 0, 1)
-#endif
 GEMVQ_FMT(0)
 GEMVQ_FMT(1)
 GEMVQ_FMT(2)
@@ -205,14 +179,11 @@ template <int FMT> __device__ __forceinline__ constexpr int qregion_len(int r) {
     return len[FMT][r];
 }
 
-template <int FMT, bool NORM, int MODE_>
+template <int FMT, bool NORM, int MODE>
 __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
                                                   float eps, const float* __restrict__ bias, float* y, int n_units,
-                                                  int K, int tpr, int stages, const AttnArgs* attn) {
+                                                  int K, int tpr, int stages) {
 #if __CUDA_ARCH__ >= 900
-    constexpr bool FOLD = MODE_ == 3;
-    constexpr int MODE = FOLD ? 0 : MODE_;
-    if (FOLD) fold_start(attn);
     extern __shared__ __align__(128) unsigned char qtiles[];
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
     __shared__ __align__(8) float red[32];  // quantize_acts: a double a consumer warp (16)
@@ -346,8 +317,6 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         if (MODE == 1) *out += a0;
         if (MODE == 2) *out = a0 / (1.f + __expf(-a0)) * a1;
     }
-    // Activations, tiles and slots are used up: attention may take the shared memory.
-    if (FOLD) qkv_attention_tail(attn, u0, u0 + nrows, tid, nc, SyncFirst{nc}, qtiles);
 #endif
 }
 
@@ -360,23 +329,10 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y, int n_units, \
         int K, int tpr, int stages) {                                                                   \
         const QPtr w = {r0, r1, r2, r3};                                                                \
-        gemvq_stream_body<FMT, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, tpr, stages, nullptr);   \
+        gemvq_stream_body<FMT, NORM, MODE>(w, x, g, eps, bias, y, n_units, K, tpr, stages);            \
     }
-// With attention folded in, one block an SM: the attention's registers do not fit 56.
-#define GEMVQ_STREAM_FOLD(FMT)                                                                          \
-    extern "C" __global__ void __launch_bounds__(544, 1) gemvq_stream_##FMT##_1_3(                        \
-        const u8* r0, const u8* r1, const u8* r2, const u8* r3, const float* __restrict__ x,            \
-        const float* __restrict__ g, float eps, const float* __restrict__ bias, float* y, int n_units, \
-        int K, int tpr, int stages, const AttnArgs* attn) {                                             \
-        const QPtr w = {r0, r1, r2, r3};                                                                \
-        gemvq_stream_body<FMT, true, 3>(w, x, g, eps, bias, y, n_units, K, tpr, stages, attn);         \
-    }
-#ifdef SLEEPY_FOLD
-#define GEMVQ_STREAM_FMT(FMT) GEMVQ_STREAM_FOLD(FMT)
-#else
 #define GEMVQ_STREAM_FMT(FMT) \
     GEMVQ_STREAM(FMT, 0, 0) GEMVQ_STREAM(FMT, 1, 0) GEMVQ_STREAM(FMT, 0, 1) GEMVQ_STREAM(FMT, 1, 2)
-#endif
 GEMVQ_STREAM_FMT(0)
 GEMVQ_STREAM_FMT(1)
 GEMVQ_STREAM_FMT(2)
@@ -437,11 +393,7 @@ __device__ __forceinline__ void dequant_body(const QPtr& w, const u32* ids, int 
         const QPtr w = {r0, r1, r2, r3};                                                            \
         dequant_body<FMT, OUT>(w, ids, row0, K, out);                                               \
     }
-#ifdef SLEEPY_FOLD
-#define DEQUANT_FMT(FMT)
-#else
 #define DEQUANT_FMT(FMT) DEQUANT(FMT, 0) DEQUANT(FMT, 1)
-#endif
 DEQUANT_FMT(0)
 DEQUANT_FMT(1)
 DEQUANT_FMT(2)

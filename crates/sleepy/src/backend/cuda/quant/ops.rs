@@ -4,7 +4,6 @@
 use super::layout::{repack, QFmt, REGION_ALIGN};
 use super::{QuantLayout, QuantShape, SegKind, Segment, MAX_STREAM_THREADS};
 use crate::backend::cuda::driver::{self, kargs, DevBuf};
-use crate::backend::cuda::fold::{with_arg, Fold};
 use crate::backend::cuda::ops::StreamPlan;
 use crate::backend::cuda::{CudaAct, CudaBackend, CudaWeight};
 use crate::backend::WeightPart;
@@ -225,70 +224,42 @@ impl CudaBackend {
         match s.kind {
             SegKind::Bf16 => {
                 let shape = self.dense_shape(0, units, k, norm.is_some(), mode);
-                self.gemv_shaped(s.regions[0], 0, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy, None)?;
+                self.gemv_shaped(s.regions[0], 0, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
             }
             SegKind::Quant(f) => {
                 let shape = self.quant_shape(f, units, k, norm.is_some(), mode);
-                self.gemvq_shaped(f, &s.regions, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy, None)?;
+                self.gemvq_shaped(f, &s.regions, units, k, &shape, x.ptr(), x.rows, norm, bias, mode, y, ldy)
             }
         }
-        Ok(())
     }
 
-    /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu); `fold` and
-    /// the result as for CudaBackend::gemv_shaped.
+    /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu).
     #[allow(clippy::too_many_arguments)]
-    pub(in crate::backend::cuda) fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize, fold: Option<&Fold>) -> Result<bool> {
-        if fold.is_some() && (rows != 1 || norm.is_none() || mode != 0) {
-            return Ok(false);
-        }
+    pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
+        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
-        let kmode = if fold.is_some() { 3 } else { mode };
         if rows == 1 && self.table.streamed {
             if let Some(p) = stream_plan(fmt, r, units, k, s, mode, self.gpu.info.sms) {
-                let (key, name) = gemvq_stream_key(fmt, norm.is_some(), kmode);
-                let sms = self.gpu.info.sms;
-                let (p, smem) = match fold {
-                    None => {
-                        let smem = p.smem;
-                        (p, smem)
-                    }
-                    Some(f) => match self.fold_stream_plan(key, &name, f, s.blocks_per_sm, &|b| stream_plan(fmt, r, units, k, &QuantShape { blocks_per_sm: b, ..*s }, mode, sms)) {
-                        Some(ps) => ps,
-                        None => return Ok(false),
-                    },
-                };
+                let (key, name) = gemvq_stream_key(fmt, norm.is_some(), mode);
+                self.blocks_per_sm(key, &name, p.threads, p.smem)?;
                 let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-                let args = fold.map_or(args, |f| with_arg(args, f.args));
-                // Noted only when it launches (a fold refused runs again unfolded).
-                self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
-                self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], smem, args)?;
-                return Ok(true);
+                return self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
             }
         }
         // A streamed shape this launch cannot stream (two token rows; no streaming on this
         // device) runs the register kernel within that kernel's thread limit.
         let s = &super::register_shape(s, mode);
-        let threads = s.threads_per_row * s.rows_per_block;
-        let (key, mut smem) = gemvq_key(fmt, k, s, norm.is_some(), kmode);
-        let name = || gemvq_name(fmt, s, norm.is_some(), kmode);
-        let mut args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
-        if let Some(f) = fold {
-            let (plain, _) = gemvq_key(fmt, k, s, true, 0);
-            let Some(need) = self.fold_register_smem(f, (key, &name), (plain, &|| gemvq_name(fmt, s, true, 0)), threads, smem, s.blocks_per_sm) else { return Ok(false) };
-            smem = need;
-            args = with_arg(args, f.args);
-        }
+        let (key, smem) = gemvq_key(fmt, k, s, norm.is_some(), mode);
+        let name = || gemvq_name(fmt, s, norm.is_some(), mode);
         // One wave of blocks (the shape's blocks per SM, capped by what fits), each taking the
         // same number of row groups: a ragged last round would leave most SMs idle.
-        let fit = self.blocks_per_sm(key, &name, threads, smem)?;
+        let fit = self.blocks_per_sm(key, &name, s.threads_per_row * s.rows_per_block, smem)?;
         let cap = (self.gpu.info.sms * s.blocks_per_sm.min(fit)).max(1) as usize;
         let groups = units.div_ceil(s.rows_per_block as usize).max(1);
         let rounds = groups.div_ceil(cap);
         let blocks = groups.div_ceil(rounds) as u32;
-        self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
-        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)?;
-        Ok(true)
+        let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, ldy as i32];
+        self.launch_keyed(key, &name, [blocks, rows as u32, 1], [s.threads_per_row, s.rows_per_block, 1], smem, args)
     }
 
     /// Blocks of a quantized GEMV shape that fit on one SM, for a one-row launch of `units`

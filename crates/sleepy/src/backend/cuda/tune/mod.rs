@@ -212,14 +212,13 @@ impl CudaBackend {
                 if !is_dense(p.format) {
                     return Err(wrong());
                 }
-                self.gemv_shaped(o.w[0], dense_dt(p.format), p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy, None)?;
+                self.gemv_shaped(o.w[0], dense_dt(p.format), p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy)
             }
             LaunchConfig::Quant(s) => {
                 let f = QFmt::of(p.format).ok_or_else(wrong)?;
-                self.gemvq_shaped(f, &o.w, p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy, None)?;
+                self.gemvq_shaped(f, &o.w, p.units, p.k, s, o.x, 1, norm, o.bias, p.mode, y, ldy)
             }
         }
-        Ok(())
     }
 
     /// The shape of a dense GEMV: the tuned one for this problem when there is one.
