@@ -52,15 +52,36 @@ pub struct GemvTable {
     /// likewise (the mode decides which streamed shapes fit; see quant/ops.rs).
     #[serde(default)]
     pub quant: Vec<(String, usize, usize, u32, QuantShape)>,
+    /// Shapes measured on one kind of GPU, ahead of the entries above on that kind.
+    #[serde(default)]
+    pub devices: Vec<DeviceTable>,
     /// The device can run the streamed kernel (Hopper and later).
     #[serde(skip)]
     pub streamed: bool,
 }
 
+/// The shapes `sleepy tune` chose on one kind of GPU (named as the driver names it) where they
+/// differ from the table's general entries: the best launch shape of a weight shape differs
+/// between GPUs (an H100's and an H200's for Qwen3-0.6B, BENCHMARKS.md session 17).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeviceTable {
+    pub gpu: String,
+    #[serde(default)]
+    pub entries: Vec<(usize, usize, GemvShape)>,
+    #[serde(default)]
+    pub quant: Vec<(String, usize, usize, u32, QuantShape)>,
+}
+
 impl GemvTable {
-    /// The built-in measured shapes (the default configurations a tuner compares against).
-    pub fn load() -> GemvTable {
-        serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default()
+    /// The built-in measured shapes for the GPU named `gpu` (the default configurations a
+    /// tuner compares against): its own section's entries, then the general ones.
+    pub fn load(gpu: &str) -> GemvTable {
+        let mut t: GemvTable = serde_json::from_str(include_str!("gemv_table.json")).unwrap_or_default();
+        for d in std::mem::take(&mut t.devices).into_iter().filter(|d| d.gpu == gpu) {
+            t.entries.splice(0..0, d.entries);
+            t.quant.splice(0..0, d.quant);
+        }
+        t
     }
 
     /// The measured shape of a quantized weight of `format` in epilogue `mode`, where the table
@@ -167,7 +188,7 @@ mod tests {
         assert!(!hopper.shape(10, 4100).streamed, "rows of whole 16-byte chunks only");
         assert!(!GemvTable::default().shape(2560, 9728).streamed);
         // The built-in table's streamed entries only where the device streams.
-        let mut builtin = GemvTable::load();
+        let mut builtin = GemvTable::load("");
         for (f, n, k, m, q) in builtin.quant.clone() {
             assert_eq!(builtin.quant_shape(&f, n, k, m).is_some(), !q.streamed, "{f} {n}x{k}");
             builtin.streamed = true;
@@ -183,6 +204,21 @@ mod tests {
             assert_eq!(builtin.shape(n, k), sanitize(s, k), "{n}x{k}");
             builtin.streamed = false;
         }
+        // A device's own section comes first on that device only; its shapes are launchable.
+        let h100 = "NVIDIA H100 80GB HBM3";
+        let general = GemvTable { streamed: true, ..GemvTable::load("") };
+        let own = GemvTable { streamed: true, ..GemvTable::load(h100) };
+        let sections: Vec<DeviceTable> = serde_json::from_str::<GemvTable>(include_str!("gemv_table.json")).unwrap().devices;
+        let d = sections.iter().find(|d| d.gpu == h100).expect("an H100 section");
+        assert!(!d.entries.is_empty() && !d.quant.is_empty());
+        for (n, k, s) in &d.entries {
+            assert_eq!(own.shape(*n, *k), sanitize(*s, *k), "{n}x{k}");
+            assert_eq!(general.shape(*n, *k), GemvTable { streamed: true, ..GemvTable::load("NVIDIA H200") }.shape(*n, *k));
+        }
+        for (f, n, k, m, q) in &d.quant {
+            assert_eq!(own.quant_shape(f, *n, *k, *m), Some(*q), "{f} {n}x{k}");
+        }
+        assert_eq!(own.entries.len(), general.entries.len() + d.entries.len());
         // Past what the kernels cover: no chunk count, so the launch reports an error.
         let s = GemvTable::default().shape(4, 4097);
         assert_eq!(s.vec, 1);

@@ -239,7 +239,7 @@ impl CudaBackend {
             Err(_) => Vec::new(),
         };
         // Bulk asynchronous copies (the streamed GEMV) need sm_90.
-        let mut table = GemvTable::load();
+        let mut table = GemvTable::load(&gpu.info.name);
         table.streamed = gpu.info.arch.0 >= 9 && !env_off("SLEEPY_GEMV_STREAM");
         Ok(CudaBackend {
             gpu,
