@@ -197,7 +197,7 @@ impl CudaBackend {
         let (hb, chunks) = (split.heads_per_block, split.chunks);
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
-        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + hb * chunks;
+        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + 2 * hb * chunks;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),

@@ -20,7 +20,7 @@
 // the critical path is one load of q/k/v, a warp-local norm and rope, and the dots.
 // With several chunks: partials part [H, NC, D + 2] (acc, max, sum); counters [H / HB] are
 // zero at rest; the last active block of a head group merges and resets its counter.
-// Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D + HB*NC.
+// Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D + 2*HB*NC.
 
 // Norm (when w), rope and scale of one head of D values in shared memory, by one warp.
 // cs/sn: per-dim cosine and signed sine of the rotation (1 and 0 where dims do not rotate).
@@ -315,7 +315,8 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     const u16* kbase = kc + (size_t)kvh * D + sub * 16;
     const u16* vbase = vc + (size_t)kvh * D + sub * 16;
     uint4 ka[UNR], kb[UNR], va[UNR], vb[UNR];
-    auto load_batch = [&](int base) {
+    // A batch: UNR positions of this lane group, K and V loaded apart (see the loop below).
+    auto load_k = [&](int base) {
 #pragma unroll
         for (int u = 0; u < UNR; ++u) {
             const int i = base + u * NSLOT + slot;
@@ -323,6 +324,15 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
                 const size_t off = (size_t)(c0 + i) * kvd;
                 ka[u] = *(const uint4*)(kbase + off);
                 kb[u] = *(const uint4*)(kbase + off + 8);
+            }
+        }
+    };
+    auto load_v = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const int i = base + u * NSLOT + slot;
+            if (i < ncache) {
+                const size_t off = (size_t)(c0 + i) * kvd;
                 va[u] = *(const uint4*)(vbase + off);
                 vb[u] = *(const uint4*)(vbase + off + 8);
             }
@@ -331,7 +341,10 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     // The first cached K/V (earlier steps wrote it) is on its way during what follows.
     MmaTile<D> tile;
     if constexpr (MMA) mma_load_tile<D>(tile, kc + (size_t)c0 * kvd + (size_t)kvh * D, vc + (size_t)c0 * kvd + (size_t)kvh * D, kvd, ncache, warp * 16, lane);
-    else load_batch(0);
+    else {
+        load_k(0);
+        load_v(0);
+    }
 
     // Rope and norm tables for this position: cos, and the sine signed for the pair's order.
     for (int d = tid; d < D; d += 128) {
@@ -432,10 +445,13 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
             }
         };
         for (int base = 0; base < ncache; base += NSLOT * UNR) {
-            if (base > 0) load_batch(base);
+            const int next = base + NSLOT * UNR;
             // The batch's UNR positions of this lane group: scores first, then one online-softmax
             // step for all of them (one rescale of the accumulators a batch, not one a position:
-            // the dependent max -> exp -> rescale chain is what bounds this loop).
+            // the dependent max -> exp -> rescale chain is what bounds this loop). The next
+            // batch's K is loaded once this one's scores are taken, its V once this one's V is
+            // summed: each load is in flight during half a batch's work, in the registers
+            // that just freed (a long chunk no longer waits a full memory latency a batch).
             float s[UNR][HB];
 #pragma unroll
             for (int u = 0; u < UNR; ++u) {
@@ -453,6 +469,7 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
                     for (int g = 0; g < HB; ++g) s[u][g] = NEG_INF;
                 }
             }
+            if (next < ncache) load_k(next);
             float p[HB][UNR];
 #pragma unroll
             for (int g = 0; g < HB; ++g) {
@@ -487,6 +504,7 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
                     }
                 }
             }
+            if (next < ncache) load_v(next);
         }
         if (has_cur && warp == 0) {
             float kf[16], vf[16], s[HB];
@@ -551,9 +569,14 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     if (!is_last) return;
     __threadfence();
     const float* gbase = part + (size_t)h0 * NC * (D + 2);
+    // Every chunk's max and sum at once (one round trip to L2), then the weights from shared
+    // memory: the merge is on the step's critical path, so no load waits on another.
+    float* sums = wts + HB * NC;
     for (int i = tid; i < HB * nact; i += 128) {
         const int g = i / nact, k = i % nact;
-        wts[g * nact + k] = __ldcg(gbase + ((size_t)g * NC + k) * (D + 2) + D);
+        const float2 ml = __ldcg((const float2*)(gbase + ((size_t)g * NC + k) * (D + 2) + D));
+        wts[i] = ml.x;
+        sums[i] = ml.y;
     }
     bsync();
     if (tid < HB) {
@@ -561,18 +584,24 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
         for (int k = 0; k < nact; ++k) M = fmaxf(M, wts[tid * nact + k]);
         for (int k = 0; k < nact; ++k) {
             const float w = __expf(wts[tid * nact + k] - M);
-            L += __ldcg(gbase + ((size_t)tid * NC + k) * (D + 2) + D + 1) * w;
+            L += sums[tid * nact + k] * w;
             wts[tid * nact + k] = w;
         }
         for (int k = 0; k < nact; ++k) wts[tid * nact + k] /= L;
     }
     bsync();
-    for (int i = tid; i < HB * D / 4; i += 128) {
-        const int g = i / (D / 4), d = (i % (D / 4)) * 4;
+    // Each (head, 4 dims) item is summed over the chunks by S threads, each taking every S-th
+    // chunk, so all 128 threads have loads in flight; the S partial sums meet in shared memory
+    // (sm_acc: the slots are merged by now).
+    constexpr int ITEMS = HB * D / 4;
+    constexpr int S = ITEMS >= 128 ? 1 : 128 / ITEMS;
+    for (int i = tid; i < ITEMS * S; i += 128) {
+        const int item = i % ITEMS, s0 = i / ITEMS;
+        const int g = item / (D / 4), d = (item % (D / 4)) * 4;
         float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
         const float* pg = gbase + (size_t)g * NC * (D + 2) + d;
-#pragma unroll 4
-        for (int k = 0; k < nact; ++k) {
+#pragma unroll 8
+        for (int k = s0; k < nact; k += S) {
             const float w = wts[g * nact + k];
             const float* q = pg + (size_t)k * (D + 2);
             // Rows are D + 2 floats long, so only 8-byte alignment is guaranteed.
@@ -582,11 +611,35 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
             a.z += w * y.x;
             a.w += w * y.y;
         }
-        float* o = out + (size_t)(h0 + g) * D + d;
-        o[0] = a.x;
-        o[1] = a.y;
-        o[2] = a.z;
-        o[3] = a.w;
+        if (S == 1) {
+            float* o = out + (size_t)(h0 + g) * D + d;
+            o[0] = a.x;
+            o[1] = a.y;
+            o[2] = a.z;
+            o[3] = a.w;
+        } else {
+            ((float4*)sm_acc)[i] = a;
+        }
+    }
+    if (S > 1) {
+        bsync();
+        for (int item = tid; item < ITEMS; item += 128) {
+            float4 a = ((const float4*)sm_acc)[item];
+#pragma unroll
+            for (int s1 = 1; s1 < S; ++s1) {
+                const float4 b = ((const float4*)sm_acc)[s1 * ITEMS + item];
+                a.x += b.x;
+                a.y += b.y;
+                a.z += b.z;
+                a.w += b.w;
+            }
+            const int g = item / (D / 4), d = (item % (D / 4)) * 4;
+            float* o = out + (size_t)(h0 + g) * D + d;
+            o[0] = a.x;
+            o[1] = a.y;
+            o[2] = a.z;
+            o[3] = a.w;
+        }
     }
     if (tid == 0) counters[h0 / HB] = 0u;
 }
