@@ -60,14 +60,16 @@ fn mma_fits(arch: (i32, i32), head_dim: usize) -> bool {
     arch.0 >= 8 && (head_dim == 64 || head_dim == 128)
 }
 
-/// Decode-attention blocks an SM at `hb` heads a block: the kernels are compiled to fit that
-/// many (`__launch_bounds__` with DEC_BLOCKS_SM in kernels/decode_attention.cu: at most 255,
-/// 168 and 128 registers a thread), and the chunk count aims at that many blocks an SM over
-/// all head groups.
+/// Decode-attention blocks an SM that the chunk count aims at, over all head groups, at `hb`
+/// heads a block. The kernels are compiled to fit 2, 3 and 4 blocks an SM at 4, 2 and 1 heads
+/// (`__launch_bounds__` with DEC_BLOCKS_SM in kernels/decode_attention.cu: at most 255, 168
+/// and 128 registers a thread); at two heads fewer, longer chunks measured faster once the
+/// loop loaded ahead and the merge of chunks was quick: on an H100, Qwen3-4B tg128 from
+/// depth 4096 took 3.364 ms at two blocks an SM against 3.388 at three (BENCHMARKS.md,
+/// session 17).
 fn attn_blocks_per_sm(hb: usize) -> usize {
     match hb {
-        4 => 2,
-        2 => 3,
+        4 | 2 => 2,
         _ => 4,
     }
 }

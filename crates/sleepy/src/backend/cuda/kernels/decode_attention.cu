@@ -644,8 +644,8 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     if (tid == 0) counters[h0 / HB] = 0u;
 }
 
-// Blocks an SM each variant is compiled to fit (the registers it may use): the host's
-// attn_blocks_per_sm sizes the grid by the same numbers.
+// Blocks an SM each variant is compiled to fit (the registers it may use); the host's
+// attn_blocks_per_sm sizes the grid for at most as many.
 #define DEC_BLOCKS_SM(HB) ((HB) == 4 ? 2 : (HB) == 2 ? 3 : 4)
 #define ATTN_DECODE(D, HB, UNR)                                                                   \
     extern "C" __global__ void __launch_bounds__(128, DEC_BLOCKS_SM(HB)) attn_decode_##D##_##HB(  \
