@@ -19,6 +19,8 @@
 #             main's, unless its environment has SLEEPY_GEMV_TUNED=0 (VARIANTS="main@SLEEPY_GEMV_TUNED=0
 #             main" compares the defaults with the tuned choices)
 #   MAKE, CONVERT as for gpu.sh; BUDGET (default 540): no bench starts after that many seconds
+#             from the first bench: the models, the tests, the tuning and a warm-up before it (one
+#             untimed bench a build, which compiles the kernels on a fresh machine) do not count
 # Output under $OUT: ab.jsonl (one bench line a run, with tag, round and spec), tests/*.log,
 # models.log, tune-SPEC.json and .err; the medians of the rounds last.
 set -u
@@ -51,6 +53,16 @@ margs() {
     *) echo "-m $M/$1" ;;
     esac
 }
+# Each build once, untimed, before any budgeted step: a fresh machine compiles the kernels
+# (NVRTC, about a minute) in a build's first process, which would otherwise eat BUDGET.
+first=${CONFIGS:-qwen3-4b.q4_k}
+first=${first%% *}
+for n in $(names); do
+    b=gpu-run/sleepy-$n
+    [ "$n" = main ] && b=gpu-run/sleepy
+    timeout 300 "$b" bench $(margs "$first") --device cuda -p 8 -n 2 -r 1 > /dev/null 2>> "$OUT/warmup.err"
+    echo "== warm-up $n rc=$? ($(( $(date +%s) - T0 ))s)"
+done
 for c in ${TUNE:-}; do
     f=$OUT/tune-${c//[:.]/_}
     timeout 300 gpu-run/sleepy tune $(margs "$c") --device cuda --json > "$f.json" 2> "$f.err"
@@ -71,6 +83,7 @@ for k in ("decode_before", "decode_after"):
     if d: print(f'  {k}: {d["default_ms_per_token"]:.3f} -> {d["tuned_ms_per_token"]:.3f} ms')
 PY
 done
+TB=$(date +%s)
 for r in $(seq 1 "${ROUNDS:-2}"); do
     for v in ${VARIANTS:-main}; do
         n=${v%%@*} e=
@@ -79,7 +92,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
         [ "$n" = main ] && b=gpu-run/sleepy
         for c in ${CONFIGS:-qwen3-4b.q4_k}; do
             for d in ${DEPTHS:-0}; do
-                [ $(( $(date +%s) - T0 )) -lt "${BUDGET:-540}" ] || continue
+                [ $(( $(date +%s) - TB )) -lt "${BUDGET:-540}" ] || continue
                 timeout 150 env ${e//,/ } "$b" bench $(margs "$c") --device cuda --json ${ARGS:--p 0 -n 128 -r 3} --depth "$d" 2>> "$OUT/bench.err" |
                     sed "s/^{/{\"tag\":\"$v\",\"round\":$r,\"spec\":\"$c\",/" >> "$OUT/ab.jsonl"
             done
