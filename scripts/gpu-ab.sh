@@ -32,6 +32,7 @@ T0=$(date +%s)
 mkdir -p "$OUT/tests" "$SLEEPY_HOME"
 chmod +x gpu-run/* 2>/dev/null
 names() { for v in ${VARIANTS:-main}; do echo "${v%%@*}"; done | sort -u; }
+bin() { if [ "$1" = main ]; then echo gpu-run/sleepy; else echo "gpu-run/sleepy-$1"; fi; } # a build's binary
 
 for n in $(names); do
     for t in ${TESTS:-cuda_ops cuda_model cuda_quant cuda_tune}; do
@@ -58,9 +59,7 @@ margs() {
 first=${CONFIGS:-qwen3-4b.q4_k}
 first=${first%% *}
 for n in $(names); do
-    b=gpu-run/sleepy-$n
-    [ "$n" = main ] && b=gpu-run/sleepy
-    timeout 300 "$b" bench $(margs "$first") --device cuda -p 8 -n 2 -r 1 > /dev/null 2>> "$OUT/warmup.err"
+    timeout 300 "$(bin "$n")" bench $(margs "$first") --device cuda -p 8 -n 2 -r 1 > /dev/null 2>> "$OUT/warmup.err"
     echo "== warm-up $n rc=$? ($(( $(date +%s) - T0 ))s)"
 done
 for c in ${TUNE:-}; do
@@ -88,8 +87,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
     for v in ${VARIANTS:-main}; do
         n=${v%%@*} e=
         [[ $v == *@* ]] && e=${v#*@}
-        b=gpu-run/sleepy-$n
-        [ "$n" = main ] && b=gpu-run/sleepy
+        b=$(bin "$n")
         for c in ${CONFIGS:-qwen3-4b.q4_k}; do
             for d in ${DEPTHS:-0}; do
                 [ $(( $(date +%s) - TB )) -lt "${BUDGET:-540}" ] || continue
