@@ -20,7 +20,7 @@
 #             main" compares the defaults with the tuned choices)
 #   MAKE, CONVERT as for gpu.sh; BUDGET (default 540): no bench starts after that many seconds
 #             from the first bench: the models, the tests, the tuning and a warm-up before it (one
-#             untimed bench a build, which compiles the kernels on a fresh machine) do not count
+#             untimed bench a build, all at once, which compiles the kernels on a fresh machine) do not count
 # Output under $OUT: ab.jsonl (one bench line a run, with tag, round and spec), tests/*.log,
 # models.log, tune-SPEC.json and .err; the medians of the rounds last.
 set -u
@@ -58,10 +58,12 @@ margs() {
 # (NVRTC, about a minute) in a build's first process, which would otherwise eat BUDGET.
 first=${CONFIGS:-qwen3-4b.q4_k}
 first=${first%% *}
+# All builds at once: NVRTC compiles on one CPU core a process.
 for n in $(names); do
-    timeout 300 "$(bin "$n")" bench $(margs "$first") --device cuda -p 8 -n 2 -r 1 > /dev/null 2>> "$OUT/warmup.err"
-    echo "== warm-up $n rc=$? ($(( $(date +%s) - T0 ))s)"
+    (timeout 300 "$(bin "$n")" bench $(margs "$first") --device cuda -p 8 -n 2 -r 1 > /dev/null 2> "$OUT/warmup-$n.err"
+     echo "== warm-up $n rc=$? ($(( $(date +%s) - T0 ))s)") &
 done
+wait
 for c in ${TUNE:-}; do
     f=$OUT/tune-${c//[:.]/_}
     timeout 300 gpu-run/sleepy tune $(margs "$c") --device cuda --json > "$f.json" 2> "$f.err"
