@@ -298,14 +298,15 @@ fn rope_and_prefill_attention_match_cpu() {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
             let rope = rope_for(dims, style);
-            let cfg = cfg_for(h, kvh, d, 64);
-            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, 64).unwrap(), p.gpu.new_kv(&cfg, 64).unwrap());
+            let cfg = cfg_for(h, kvh, d, 256);
+            let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, 256).unwrap(), p.gpu.new_kv(&cfg, 256).unwrap());
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
-            // Two prompts in a row: 19 tokens at 0, then 23 more at 19 (a continued chat).
+            // Prompts in a row: 19 tokens at 0, then 23 more at 19 (a continued chat), then 150
+            // at 42 (several blocks of query rows and tiles of keys in the tensor-core kernel).
             let mut pos0 = 0;
-            for t in [19, 23] {
+            for t in [19, 23, 150] {
                 let tag = format!("h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} t={t} pos0={pos0}");
                 let qkv = randn(&mut r, t * cols, 1.0);
                 let (mut xc, mut xg) = p.act(t, cols, &qkv);

@@ -234,8 +234,13 @@ impl CudaBackend {
         let (kc, vc) = (kv.k.ptr + layer_off, kv.v.ptr + layer_off);
         let (h, kvh) = (s.n_heads as i32, s.n_kv_heads as i32);
         self.launch("kv_store", [t as u32, 1, 1], [256, 1, 1], 0, kargs![qkv.ptr(), kc, vc, h, kvh, d as i32, pos0 as i32])?;
-        let smem = (4 * (16 * d + 2 * 32 * (d + 4))) as u32;
         let args = kargs![qkv.ptr(), kc, vc, out.ptr(), t as i32, h, kvh, pos0 as i32];
+        // Tensor cores where the heads fit them (kernels/prefill_attention.cu): 64 rows a block.
+        if mma_fits(self.gpu.info.arch, d) {
+            let smem = (2 * 64 * (d + 8) * 2) as u32;
+            return self.launch(&format!("attn_prefill_mma_{d}"), [t.div_ceil(64) as u32, s.n_heads as u32, 1], [128, 1, 1], smem, args);
+        }
+        let smem = (4 * (16 * d + 2 * 32 * (d + 4))) as u32;
         self.launch(&format!("attn_prefill_{d}"), [t.div_ceil(16) as u32, s.n_heads as u32, 1], [128, 1, 1], smem, args)
     }
 
