@@ -138,19 +138,30 @@ template <int D>
 struct MmaTile {
     uint4 k0[D / 32], k1[D / 32], v0[D / 32], v1[D / 32];
 };
-template <int D>
-__device__ __forceinline__ void mma_load_tile(MmaTile<D>& tl, const u16* kb, const u16* vb, int kvd, int ncache, int base, int lane) {
+// K or V (KV: 0 or 1) of the tile; mma_load_tile both.
+template <int D, int KV>
+__device__ __forceinline__ void mma_load_half(MmaTile<D>& tl, const u16* b, int kvd, int ncache, int base, int lane) {
     const int g = lane >> 2, t = lane & 3;
     const bool r0 = base + g < ncache, r1 = base + 8 + g < ncache;
     const size_t o0 = (size_t)(base + g) * kvd + 8 * t, o1 = o0 + (size_t)8 * kvd;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
     for (int sp = 0; sp < D / 32; ++sp) {
-        tl.k0[sp] = r0 ? *(const uint4*)(kb + o0 + sp * 32) : zero;
-        tl.k1[sp] = r1 ? *(const uint4*)(kb + o1 + sp * 32) : zero;
-        tl.v0[sp] = r0 ? *(const uint4*)(vb + o0 + sp * 32) : zero;
-        tl.v1[sp] = r1 ? *(const uint4*)(vb + o1 + sp * 32) : zero;
+        const uint4 x0 = r0 ? *(const uint4*)(b + o0 + sp * 32) : zero;
+        const uint4 x1 = r1 ? *(const uint4*)(b + o1 + sp * 32) : zero;
+        if constexpr (KV == 0) {
+            tl.k0[sp] = x0;
+            tl.k1[sp] = x1;
+        } else {
+            tl.v0[sp] = x0;
+            tl.v1[sp] = x1;
+        }
     }
+}
+template <int D>
+__device__ __forceinline__ void mma_load_tile(MmaTile<D>& tl, const u16* kb, const u16* vb, int kvd, int ncache, int base, int lane) {
+    mma_load_half<D, 0>(tl, kb, kvd, ncache, base, lane);
+    mma_load_half<D, 1>(tl, vb, kvd, ncache, base, lane);
 }
 
 // One warp's share of the cached positions [0, ncache) of a chunk (tiles of 16 from 16 warp,
@@ -184,7 +195,9 @@ __device__ __forceinline__ void attn_mma_slot(const float* qs, MmaTile<D>& tl, c
             for (int e = 0; e < 4; ++e) o[sp][w][e] = 0.f;
     float m = NEG_INF, l = 0.f;
     for (int base = warp * 16; base < ncache; base += 64) {
-        if (base != warp * 16) mma_load_tile<D>(tl, kb, vb, kvd, ncache, base, lane);
+        // The next tile's K is loaded once this one's scores are taken, its V once this one's
+        // P V is done, into the registers just freed (as the scalar loop does).
+        const int next = base + 64;
         const uint4 (&k0)[SP] = tl.k0, (&k1)[SP] = tl.k1, (&v0)[SP] = tl.v0, (&v1)[SP] = tl.v1;
         float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -198,6 +211,7 @@ __device__ __forceinline__ void attn_mma_slot(const float* qs, MmaTile<D>& tl, c
                 mma_bf16(s1, qh[sp][st][0], qh[sp][st][1], b10, b11);
                 mma_bf16(s1, ql[sp][st][0], ql[sp][st][1], b10, b11);
             }
+        if (next < ncache) mma_load_half<D, 0>(tl, kb, kvd, ncache, next, lane);
         // Row g's scores: positions base + 2t, +1 (tile 0) and base + 8 + 2t, +1 (tile 1).
         float s[4] = {s0[0], s0[1], s1[0], s1[1]};
         const int pj[4] = {base + 2 * t, base + 2 * t + 1, base + 8 + 2 * t, base + 9 + 2 * t};
@@ -235,6 +249,7 @@ __device__ __forceinline__ void attn_mma_slot(const float* qs, MmaTile<D>& tl, c
                 mma_bf16(o[sp][w], ph0, ph2, b0, b1);
                 mma_bf16(o[sp][w], pl0, pl2, b0, b1);
             }
+        if (next < ncache) mma_load_half<D, 1>(tl, vb, kvd, ncache, next, lane);
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
