@@ -277,14 +277,18 @@ impl CudaBackend {
         if min_chunk == 0 || min_chunk % 32 != 0 {
             return Err(Error::Cuda(format!("SLEEPY_ATTN_MIN_CHUNK={min_chunk}: must be a positive multiple of 32")));
         }
-        // SLEEPY_ATTN_MMA=1: the tensor-core kernels at long contexts, as many heads a block
-        // as divide the group (their registers do not grow with it: two blocks an SM). Off
-        // until measured more widely: on an H200 (BENCHMARKS.md, session 15) Qwen3-4B tg128
-        // from depth 1024 ran 2.609 -> 2.546 ms, but from 4096 2.772 -> 2.776.
-        let mma = env_count("SLEEPY_ATTN_MMA")?.unwrap_or(0) > 0 && mma_fits(self.gpu.info.arch, cfg.head_dim);
+        // From the switch on, the tensor-core kernels where they exist and a block takes four
+        // query heads (SLEEPY_ATTN_MMA=1: at any group size, as many heads a block as divide
+        // it; SLEEPY_ATTN_MMA=0: never; a fixed head count, from a test or SLEEPY_ATTN_HB,
+        // keeps the scalar kernels unless SLEEPY_ATTN_MMA=1), one block an SM: fewer, longer
+        // chunks spare the merge. On an H100 (BENCHMARKS.md, session 18), tg128 against the
+        // scalar kernels (two heads a block, two blocks an SM) from depth 1024 / 2048 / 4096:
+        // Qwen3-4B (four heads a KV head) 3.206 / 3.245 / 3.364 -> 3.151 / 3.216 / 3.339 ms;
+        // Qwen3-0.6B (two) 0.871 / 0.923 / 0.974 -> 0.872 / 0.910 / 1.004, so not there.
+        let mma = env_count("SLEEPY_ATTN_MMA")?.map_or(!fixed && group % 4 == 0, |n| n > 0) && mma_fits(self.gpu.info.arch, cfg.head_dim);
         let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
-            let per_sm = per_sm_env.unwrap_or(if mma { 2 } else { attn_blocks_per_sm(hb) }).max(1);
+            let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
             AttnSplit { heads_per_block: hb, chunks, mma }
         };

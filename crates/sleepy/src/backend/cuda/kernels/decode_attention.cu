@@ -84,7 +84,7 @@ __device__ __forceinline__ void sync128(int bar) {
     }
 }
 
-// ---- Tensor-core path of decode attention (MMA: SLEEPY_ATTN_MMA=1; off by default, ops.rs).
+// ---- Tensor-core path of decode attention (MMA: from the switch at four heads a block, ops.rs).
 //
 // Why: at long contexts the scalar loop below runs at about a quarter of the memory bandwidth,
 // bound by issue (scores by 8 lanes and shuffles, unpacking, a rescale each batch). Here each
