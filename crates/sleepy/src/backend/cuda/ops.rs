@@ -292,7 +292,8 @@ impl CudaBackend {
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
             AttnSplit { heads_per_block: hb, chunks, mma }
         };
-        let long = split(hb, chunks, mma);
+        // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
+        let long = split(hb, chunks.or(env_count("SLEEPY_ATTN_CHUNKS")?.filter(|&n| n > 0)), mma);
         let short_ctx = if fixed || (hb == 1 && !mma) { 0 } else { match short_ctx { Some(n) => n, None => env_count("SLEEPY_ATTN_SHORT")?.unwrap_or(SHORT_CTX) } };
         let short = if short_ctx > 0 { split(1, chunks, false) } else { long };
         let most_chunks = long.chunks.max(short.chunks);
