@@ -6,7 +6,9 @@ an error. Needs the NVRTC wheel (`pip install nvidia-cuda-nvrtc`). Compares two 
     python3 scripts/probes/nvrtc_regs.py [--arch 90] [--filter attn_decode] [OTHER_TREE]
 
 With OTHER_TREE (another checkout's root), kernels whose registers, frame or SASS bytes differ
-are listed side by side (other -> this). The NVRTC here may differ from the GPU machine's, so
+are listed side by side (other -> this). `--sass` prints the disassembly of the kernels the
+filter names (nvdisasm from `pip install nvidia-cuda-nvdisasm`), with the lines that touch
+local memory (spills, indexed arrays) counted on stderr. The NVRTC here may differ from the GPU machine's, so
 compare trees with the same one; the GPU machine's figures are what count.
 """
 import argparse, ctypes, glob, os, re, struct, sys
@@ -91,14 +93,45 @@ def kernels(cubin):
     return out
 
 
+def nvdisasm():
+    import nvidia
+    for p in nvidia.__path__:
+        for f in glob.glob(os.path.join(p, "*", "bin", "nvdisasm")):
+            return f
+    sys.exit("no nvdisasm in the nvidia wheels: pip install nvidia-cuda-nvdisasm")
+
+
+def sass(cubin, names):
+    """Print each named kernel's SASS (its .text section from nvdisasm's whole-cubin listing)."""
+    import subprocess, tempfile
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([nvdisasm(), f.name], capture_output=True, text=True, check=True).stdout
+    for name in names:
+        start = text.find(f".text.{name}:")
+        if start < 0:
+            continue
+        end = text.find(".section", start + 1)
+        body = text[start:end if end > 0 else len(text)]
+        print(body)
+        local = [l for l in body.splitlines() if re.search(r"\b(STL|LDL)\b", l)]
+        print(f"{name}: {len(local)} local-memory instructions", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("other", nargs="?")
     ap.add_argument("--arch", default="90")
     ap.add_argument("--filter", default="")
+    ap.add_argument("--sass", action="store_true", help="print the filtered kernels' SASS instead")
     a = ap.parse_args()
     lib = nvrtc()
-    this = kernels(compile_cubin(lib, source(ROOT), a.arch))
+    cubin = compile_cubin(lib, source(ROOT), a.arch)
+    this = kernels(cubin)
+    if a.sass:
+        sass(cubin, sorted(n for n in this if a.filter in n and "text" in this[n]))
+        return
     other = kernels(compile_cubin(lib, source(a.other), a.arch)) if a.other else None
     fmt = lambda k: f'{k.get("regs", "?")} regs, frame {k.get("frame", 0)}' if k else "-"
     for name in sorted(this if other is None else set(this) | set(other)):
