@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
 
 /// Every kernel source, in the order they are compiled as one program.
-const SOURCES: [(&str, &str); 8] = [
+const SOURCES: [(&str, &str); 9] = [
     ("prelude.cuh", include_str!("kernels/prelude.cuh")),
     ("rope.cu", include_str!("kernels/rope.cu")),
     // Here, before the GEMVs, as when its kernels were measured: placed after
     // prefill_attention.cu, NVRTC 13.5 schedules them differently (sm_90 SASS).
+    ("decode_attention_mma.cu", include_str!("kernels/decode_attention_mma.cu")),
     ("decode_attention.cu", include_str!("kernels/decode_attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("quant_units.cu", include_str!("kernels/quant_units.cu")),
