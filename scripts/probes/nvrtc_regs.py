@@ -6,7 +6,8 @@ an error. Needs the NVRTC wheel (`pip install nvidia-cuda-nvrtc`). Compares two 
     python3 scripts/probes/nvrtc_regs.py [--arch 90] [--filter attn_decode] [OTHER_TREE]
 
 With OTHER_TREE (another checkout's root), kernels whose registers, frame or SASS bytes differ
-are listed side by side (other -> this). `--sass` prints the disassembly of the kernels the
+are listed side by side (other -> this), "instructions the same" where only the bytes differ
+(relocated fields; needs nvdisasm, below). `--sass` prints the disassembly of the kernels the
 filter names (nvdisasm from `pip install nvidia-cuda-nvdisasm`), with the lines that touch
 local memory (spills, indexed arrays) counted on stderr. The NVRTC here may differ from the GPU machine's, so
 compare trees with the same one; the GPU machine's figures are what count.
@@ -101,19 +102,38 @@ def nvdisasm():
     sys.exit("no nvdisasm in the nvidia wheels: pip install nvidia-cuda-nvdisasm")
 
 
-def sass(cubin, names):
-    """Print each named kernel's SASS (its .text section from nvdisasm's whole-cubin listing)."""
+def listing(cubin):
+    """nvdisasm's listing of the whole cubin."""
     import subprocess, tempfile
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([nvdisasm(), f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([nvdisasm(), f.name], capture_output=True, text=True, check=True).stdout
+
+
+def body_of(text, name):
+    """A kernel's .text section in a listing ("" when absent)."""
+    start = text.find(f".text.{name}:")
+    if start < 0:
+        return ""
+    end = text.find(".section", start + 1)
+    return text[start:end if end > 0 else len(text)]
+
+
+def same_instructions(a, b):
+    """Listings equal once label numbers and offsets are dropped: the bytes of two kernels can
+    differ where the instructions do not (relocated fields filled in at link time)."""
+    norm = lambda t: re.sub(r"/\*[0-9a-f]{4,}\*/|\.L_x_[0-9]+", "", t)
+    return norm(a) == norm(b)
+
+
+def sass(cubin, names):
+    """Print each named kernel's SASS (its .text section from nvdisasm's whole-cubin listing)."""
+    text = listing(cubin)
     for name in names:
-        start = text.find(f".text.{name}:")
-        if start < 0:
+        body = body_of(text, name)
+        if not body:
             continue
-        end = text.find(".section", start + 1)
-        body = text[start:end if end > 0 else len(text)]
         print(body)
         local = [l for l in body.splitlines() if re.search(r"\b(STL|LDL)\b", l)]
         print(f"{name}: {len(local)} local-memory instructions", file=sys.stderr)
@@ -132,7 +152,9 @@ def main():
     if a.sass:
         sass(cubin, sorted(n for n in this if a.filter in n and "text" in this[n]))
         return
-    other = kernels(compile_cubin(lib, source(a.other), a.arch)) if a.other else None
+    other_cubin = compile_cubin(lib, source(a.other), a.arch) if a.other else None
+    other = kernels(other_cubin) if a.other else None
+    listings = None
     fmt = lambda k: f'{k.get("regs", "?")} regs, frame {k.get("frame", 0)}' if k else "-"
     for name in sorted(this if other is None else set(this) | set(other)):
         if a.filter not in name:
@@ -142,7 +164,14 @@ def main():
             print(f"{name:48} {fmt(k)}")
         elif other.get(name) != k:
             same_text = (other.get(name) or {}).get("text") == (k or {}).get("text")
-            print(f"{name:48} {fmt(other.get(name))} -> {fmt(k)}{'' if same_text else ' (SASS differs)'}")
+            note = ""
+            if not same_text:
+                note = " (SASS differs)"
+                if other.get(name) and k:
+                    listings = listings or (listing(other_cubin), listing(cubin))
+                    if same_instructions(body_of(listings[0], name), body_of(listings[1], name)):
+                        note = " (bytes differ, instructions the same)"
+            print(f"{name:48} {fmt(other.get(name))} -> {fmt(k)}{note}")
 
 
 if __name__ == "__main__":
