@@ -5,7 +5,7 @@
 //
 // A chain of N kernels (G blocks of 256 threads each, one graph, replayed), each reading the
 // previous kernel's output and writing its own (and reading 0, 16 or 32 KB a block beside it,
-// from a buffer far larger than L2, when `bytes` > 0), linked three ways:
+// from a buffer far larger than L2), linked three ways:
 //   plain  stream order, no programmatic dependent launch (PDL);
 //   pdl    as sleepy's kernels: griddepcontrol.wait, then launch_dependents, then the work;
 //   flag   launch_dependents first, then each block spins (with acquire loads) on a counter
