@@ -113,6 +113,7 @@ static void launch(int mode, int G, size_t smem, Args a, int i, cudaStream_t st)
 }
 
 int main() {
+    setvbuf(stdout, nullptr, _IONBF, 0);  // lines kept if a case hangs and is killed
     const int N = 100, REPLAYS = 20;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
