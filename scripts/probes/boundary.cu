@@ -73,9 +73,12 @@ __global__ void __launch_bounds__(256) link(Args a, int i) {
         if (i > 0) {
             if (tid == 0) {
                 unsigned v;
-                do {
+                // A short back-off: blocks of several kernels may be polling at once.
+                for (;;) {
                     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.counters + i - 1) : "memory");
-                } while (v < (unsigned)G);
+                    if (v >= (unsigned)G) break;
+                    __nanosleep(32);
+                }
             }
             __syncthreads();
         }
