@@ -15,8 +15,9 @@
 // Blocks take 1 KB of shared memory, or 160 KB (one block an SM, as sleepy's streamed
 // GEMVs: the next kernel's block cannot start beside it).
 // Printed per mode: microseconds a kernel (graph replay time / N), and from per-block clocks
-// (%globaltimer) the median over boundaries of (first block of kernel i+1 past its wait) -
-// (last block of kernel i done with its output).
+// (%globaltimer, whose step is printed first) the median and mean over boundaries of (first
+// block of kernel i+1 past its wait) - (last block of kernel i done with its output), and the
+// median of (first block of kernel i+1 started) - the same.
 //
 //   nvcc -O2 -arch=sm_90 -o boundary scripts/probes/boundary.cu && ./boundary
 #include <cuda_runtime.h>
@@ -39,6 +40,19 @@ __device__ __forceinline__ unsigned long long now_ns() {
     return t;
 }
 
+// The smallest step of %globaltimer seen in a loop (its resolution bounds the gaps below).
+__global__ void timer_step(unsigned long long* out) {
+    unsigned long long best = ~0ull, prev = now_ns();
+    for (int k = 0; k < 200000; ++k) {
+        const unsigned long long t = now_ns();
+        if (t != prev) {
+            best = t - prev < best ? t - prev : best;
+            prev = t;
+        }
+    }
+    *out = best;
+}
+
 struct Args {
     const float* big;          // the streamed bytes (beside the chain's data)
     size_t big_floats_block;   // floats each block reads of it per kernel (0: none)
@@ -46,13 +60,17 @@ struct Args {
     unsigned* counters;        // [N]: blocks of kernel i done (flag mode)
     unsigned long long* t_in;  // [N][G]: a block past its wait
     unsigned long long* t_out; // [N][G]: a block's output written
+    unsigned long long* t_start; // [N][G]: a block's start
 };
 
 template <int MODE>  // 0 plain, 1 pdl, 2 flag
 __global__ void __launch_bounds__(256) link(Args a, int i) {
     extern __shared__ float dyn[];  // only taken (one block an SM when large), barely used
     const int G = gridDim.x, tid = threadIdx.x, b = blockIdx.x;
+    if (MODE == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (tid == 0) a.t_start[(size_t)i * G + b] = now_ns();
     dyn[tid] = (float)tid;
+    __syncthreads();
     // Where the dependency is met: the start (plain), past the wait (pdl) or the flag (flag).
     if (MODE == 0 && tid == 0) a.t_in[(size_t)i * G + b] = now_ns();
     float s = 0.f;
@@ -69,14 +87,15 @@ __global__ void __launch_bounds__(256) link(Args a, int i) {
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     }
     if (MODE == 2) {
-        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         if (i > 0) {
             if (tid == 0) {
                 unsigned v;
-                // A short back-off: blocks of several kernels may be polling at once.
-                for (;;) {
+                // A short back-off: blocks of several kernels may be polling at once. A
+                // flag that never comes traps (an error, not a hang).
+                for (unsigned n = 0;; ++n) {
                     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.counters + i - 1) : "memory");
                     if (v >= (unsigned)G) break;
+                    if (n > (1u << 22)) __trap();
                     __nanosleep(32);
                 }
             }
@@ -127,7 +146,7 @@ int main() {
     const size_t max_block_floats = 8192;  // 32 KB a block a kernel at most
     float *big, *data;
     unsigned* counters;
-    unsigned long long *t_in, *t_out;
+    unsigned long long *t_in, *t_out, *t_start;
     const int max_g = 2 * sms;
     CK(cudaMalloc(&big, (size_t)N * max_g * max_block_floats * 4));
     CK(cudaMemset(big, 0, (size_t)N * max_g * max_block_floats * 4));
@@ -136,19 +155,27 @@ int main() {
     CK(cudaMalloc(&counters, N * 4));
     CK(cudaMalloc(&t_in, (size_t)N * max_g * 8));
     CK(cudaMalloc(&t_out, (size_t)N * max_g * 8));
+    CK(cudaMalloc(&t_start, (size_t)N * max_g * 8));
+    CK(cudaDeviceSynchronize());
+    timer_step<<<1, 1>>>(t_start);
+    unsigned long long step_ns = 0;
+    CK(cudaMemcpy(&step_ns, t_start, 8, cudaMemcpyDeviceToHost));
+    printf("%%globaltimer step: %llu ns\n", step_ns);
     const char* names[3] = {"plain", "pdl", "flag"};
     const size_t big_smem = 160 * 1024;  // one block an SM, as sleepy's streamed GEMVs
     CK(cudaFuncSetAttribute(link<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)big_smem));
     CK(cudaFuncSetAttribute(link<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)big_smem));
     CK(cudaFuncSetAttribute(link<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)big_smem));
-    printf("%-6s %5s %8s %9s %12s %18s\n", "mode", "G", "smem KB", "KB/block", "us/kernel", "boundary us (p50)");
+    // Gaps (us) from the last block of kernel i done to the first block of kernel i + 1 past
+    // its wait ("wait") and started at all ("start"; negative: it started before i ended).
+    printf("%-6s %5s %8s %9s %10s %10s %10s %10s\n", "mode", "G", "smem KB", "KB/block", "us/kernel", "wait p50", "wait mean", "start p50");
     const int cases[3][2] = {{sms, 1024}, {2 * sms, 1024}, {sms, (int)big_smem}};
     for (const auto& cs : cases) {
         const int G = cs[0];
         const size_t smem = (size_t)cs[1];
         for (size_t floats : {(size_t)0, (size_t)4096, max_block_floats}) {
             for (int mode = 0; mode < 3; ++mode) {
-                Args a = {big, floats, data, counters, t_in, t_out};
+                Args a = {big, floats, data, counters, t_in, t_out, t_start};
                 cudaGraph_t g;
                 CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
                 CK(cudaMemsetAsync(counters, 0, N * 4, st));
@@ -168,17 +195,24 @@ int main() {
                 float ms = 0.f;
                 CK(cudaEventElapsedTime(&ms, e0, e1));
                 // The last replay's clocks.
-                std::vector<unsigned long long> tin((size_t)N * G), tout((size_t)N * G);
+                std::vector<unsigned long long> tin((size_t)N * G), tout((size_t)N * G), tst((size_t)N * G);
                 CK(cudaMemcpy(tin.data(), t_in, tin.size() * 8, cudaMemcpyDeviceToHost));
                 CK(cudaMemcpy(tout.data(), t_out, tout.size() * 8, cudaMemcpyDeviceToHost));
-                std::vector<double> gaps;
+                CK(cudaMemcpy(tst.data(), t_start, tst.size() * 8, cudaMemcpyDeviceToHost));
+                std::vector<double> waits, starts;
+                double sum = 0.0;
                 for (int i = 0; i + 1 < N; ++i) {
                     const unsigned long long last_out = *std::max_element(tout.begin() + (size_t)i * G, tout.begin() + (size_t)(i + 1) * G);
                     const unsigned long long first_in = *std::min_element(tin.begin() + (size_t)(i + 1) * G, tin.begin() + (size_t)(i + 2) * G);
-                    gaps.push_back(((double)first_in - (double)last_out) / 1000.0);
+                    const unsigned long long first_st = *std::min_element(tst.begin() + (size_t)(i + 1) * G, tst.begin() + (size_t)(i + 2) * G);
+                    waits.push_back(((double)first_in - (double)last_out) / 1000.0);
+                    starts.push_back(((double)first_st - (double)last_out) / 1000.0);
+                    sum += waits.back();
                 }
-                std::sort(gaps.begin(), gaps.end());
-                printf("%-6s %5d %8zu %9zu %12.2f %18.2f\n", names[mode], G, smem / 1024, floats * 4 / 1024, 1000.0 * ms / REPLAYS / N, gaps[gaps.size() / 2]);
+                std::sort(waits.begin(), waits.end());
+                std::sort(starts.begin(), starts.end());
+                printf("%-6s %5d %8zu %9zu %10.2f %10.2f %10.2f %10.2f\n", names[mode], G, smem / 1024, floats * 4 / 1024, 1000.0 * ms / REPLAYS / N,
+                       waits[waits.size() / 2], sum / waits.size(), starts[starts.size() / 2]);
                 CK(cudaGraphExecDestroy(ge));
                 CK(cudaGraphDestroy(g));
                 CK(cudaEventDestroy(e0));
