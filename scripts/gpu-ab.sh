@@ -13,7 +13,8 @@
 #   DEPTHS    bench depths (default 0); ROUNDS (default 2); ARGS the bench's other arguments
 #             (default "-p 0 -n 128 -r 3"; "-p 512 -n 0 -r 3" for prompt processing alone)
 #   TESTS     test binaries to run for each build where gpu-run/TEST-NAME is there (default
-#             cuda_ops cuda_model cuda_quant cuda_tune), all at once, beside the models
+#             cuda_ops cuda_model cuda_quant cuda_tune), all at once, beside the models;
+#             TEST_BUILDS: the builds whose tests run (default: those of VARIANTS)
 #   TUNE      model specs to run `sleepy tune --json` on (main's build) before the benches; its
 #             choices are saved in $SLEEPY_HOME and used by every build whose kernels are
 #             main's, unless its environment has SLEEPY_GEMV_TUNED=0 (VARIANTS="main@SLEEPY_GEMV_TUNED=0
@@ -34,7 +35,7 @@ chmod +x gpu-run/* 2>/dev/null
 names() { for v in ${VARIANTS:-main}; do echo "${v%%@*}"; done | sort -u; }
 bin() { if [ "$1" = main ]; then echo gpu-run/sleepy; else echo "gpu-run/sleepy-$1"; fi; } # a build's binary
 
-for n in $(names); do
+for n in ${TEST_BUILDS:-$(names)}; do
     for t in ${TESTS:-cuda_ops cuda_model cuda_quant cuda_tune}; do
         [ -f "gpu-run/$t-$n" ] || continue
         (timeout 400 "gpu-run/$t-$n" --test-threads=1 > "$OUT/tests/$t-$n.log" 2>&1
