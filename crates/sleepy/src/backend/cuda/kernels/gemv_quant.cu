@@ -253,7 +253,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     acts.s32 = acts.d32 + K / 32;
     acts.s16 = (int*)(acts.s32 + K / 32);
     // Ends with a barrier of the consumers: the activations are ready for all of them.
-    quantize_acts<FMT, NORM>(x, g, eps, K, acts, red, tid, nc, SyncFirst{nc});
+    quantize_acts<FMT, NORM, false, true>(x, g, eps, K, acts, red, tid, nc, SyncFirst{nc});
 
     const int tx = tid % tpr, ty = tid / tpr;
     const int width = tpr < 32 ? tpr : 32;

@@ -451,8 +451,10 @@ __device__ __forceinline__ void quantize_acts_one(const float* __restrict__ x, c
 // 8 consecutive values, so 4 lanes share a 32-block and a warp a 256-block. K % 32 == 0
 // (% 256 for ACT 2). Threads tid = 0 .. nthreads - 1 (whole warps) take part; it contains
 // barriers (`sync`), so each of them calls it. ONE: rows of one chunk a thread take
-// quantize_acts_one (then `red` must be unused before).
-template <int FMT, bool NORM, bool ONE = false, class Sync>
+// quantize_acts_one (then `red` must be unused before). THREE: rows of three chunks a thread
+// without the norm take them in one round (the streamed kernels: in the register kernels the
+// third chunk's registers cost occupancy).
+template <int FMT, bool NORM, bool ONE = false, bool THREE = false, class Sync>
 __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const float* __restrict__ g, float eps, int K,
                                               const Acts& a, float* red, int tid, int nthreads, Sync sync) {
     const int lane = tid & 31;
@@ -481,6 +483,20 @@ __device__ __forceinline__ void quantize_acts(const float* __restrict__ x, const
         }
         quantize_chunk<FMT>(v0, i0, nchunks, K, lane, a);
         if (base + nthreads < nchunks) quantize_chunk<FMT>(v1, i1, nchunks, K, lane, a);
+        sync();
+        return;
+    }
+    if (THREE && !NORM && nchunks <= 3 * nthreads) {
+        // Three chunks a thread, all requested before any is used (Qwen3-4B's down projection:
+        // K = 9728 over 512 consumers), where the rounds below would wait on L2 twice.
+        const int base = tid - lane;
+        float v0[8], v1[8], v2[8];
+        load_chunk<false>(x, g, 1.f, base + lane, nchunks, v0);
+        load_chunk<false>(x, g, 1.f, base + nthreads + lane, nchunks, v1);
+        load_chunk<false>(x, g, 1.f, base + 2 * nthreads + lane, nchunks, v2);
+        quantize_chunk<FMT>(v0, base + lane, nchunks, K, lane, a);
+        if (base + nthreads < nchunks) quantize_chunk<FMT>(v1, base + nthreads + lane, nchunks, K, lane, a);
+        if (base + 2 * nthreads < nchunks) quantize_chunk<FMT>(v2, base + 2 * nthreads + lane, nchunks, K, lane, a);
         sync();
         return;
     }
