@@ -117,6 +117,8 @@ pub struct CudaKv {
     short_ctx: usize,
     /// The fewest positions a chunk holds.
     min_chunk: usize,
+    /// Contexts of one chunk at one head a block run attn_decode_one_* (SLEEPY_ATTN_ONE=0: not).
+    one: bool,
 }
 
 impl CudaKv {
@@ -194,7 +196,7 @@ const ARGMAX_RESULT: u64 = (ARGMAX_BLOCKS * 8 + 32) as u64;
 const QUEUE_SLOTS: usize = 4;
 const MAX_GRAPHS: usize = 8;
 
-fn env_off(name: &str) -> bool {
+pub(super) fn env_off(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "0" || v.eq_ignore_ascii_case("off"))
 }
 

@@ -196,7 +196,13 @@ impl CudaBackend {
             None => (0, 0, 0, 0, 0, 0.0),
         };
         let split = if pos < kv.short_ctx { kv.short } else { kv.long };
-        let (hb, chunks) = (split.heads_per_block, split.chunks);
+        let (hb, mut chunks) = (split.heads_per_block, split.chunks);
+        // A context the kernel keeps in one chunk (shorter than two minimum chunks): one block
+        // a head, with every position loaded ahead (attn_decode_one_*).
+        let one = kv.one && hb == 1 && !split.mma && pos + 1 < 2 * kv.min_chunk;
+        if one {
+            chunks = 1;
+        }
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
         let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + 2 * hb * chunks;
@@ -220,8 +226,12 @@ impl CudaBackend {
             kv.min_chunk as i32
         ];
         let mma = split.mma; // new_kv_split: heads of 64 or 128 only
-        let key = 2 << 40 | (mma as u64) << 32 | (d as u64) << 8 | hb as u64;
-        let name = || if mma { format!("attn_decode_mma_{d}_{hb}") } else { format!("attn_decode_{d}_{hb}") };
+        let key = 2 << 40 | (one as u64) << 33 | (mma as u64) << 32 | (d as u64) << 8 | hb as u64;
+        let name = || match (mma, one) {
+            (true, _) => format!("attn_decode_mma_{d}_{hb}"),
+            (false, true) => format!("attn_decode_one_{d}"),
+            _ => format!("attn_decode_{d}_{hb}"),
+        };
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
         self.note_attn()
     }
@@ -309,6 +319,7 @@ impl CudaBackend {
             long,
             short_ctx,
             min_chunk,
+            one: !super::env_off("SLEEPY_ATTN_ONE"),
         })
     }
 
