@@ -117,8 +117,6 @@ pub struct CudaKv {
     short_ctx: usize,
     /// The fewest positions a chunk holds.
     min_chunk: usize,
-    /// Contexts of one chunk at one head a block run attn_decode_one_* (SLEEPY_ATTN_ONE=0: not).
-    one: bool,
 }
 
 impl CudaKv {
@@ -127,6 +125,15 @@ impl CudaKv {
     /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
     pub fn set_attn_mma(&mut self, on: bool) {
         self.long.mma = on;
+        self.long.one &= !on;
+    }
+
+    /// Run contexts of one chunk at one head a block on attn_decode_one_* (on) or on the
+    /// split's own kernel (off) whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
+    pub fn set_attn_one(&mut self, on: bool) {
+        for s in [&mut self.short, &mut self.long] {
+            s.one = on && s.heads_per_block == 1 && !s.mma;
+        }
     }
 }
 
@@ -137,6 +144,8 @@ struct AttnSplit {
     chunks: usize,
     /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
     mma: bool,
+    /// A context of one chunk runs attn_decode_one_* (see new_kv_split).
+    one: bool,
 }
 
 /// Mutable state behind the backend's lock.
@@ -196,7 +205,7 @@ const ARGMAX_RESULT: u64 = (ARGMAX_BLOCKS * 8 + 32) as u64;
 const QUEUE_SLOTS: usize = 4;
 const MAX_GRAPHS: usize = 8;
 
-pub(super) fn env_off(name: &str) -> bool {
+fn env_off(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "0" || v.eq_ignore_ascii_case("off"))
 }
 

@@ -199,7 +199,7 @@ impl CudaBackend {
         let (hb, mut chunks) = (split.heads_per_block, split.chunks);
         // A context the kernel keeps in one chunk (shorter than two minimum chunks): one block
         // a head, with every position loaded ahead (attn_decode_one_*).
-        let one = kv.one && hb == 1 && !split.mma && pos + 1 < 2 * kv.min_chunk;
+        let one = split.one && pos + 1 < 2 * kv.min_chunk;
         if one {
             chunks = 1;
         }
@@ -297,10 +297,19 @@ impl CudaBackend {
         // Qwen3-0.6B (two) 0.871 / 0.923 / 0.974 -> 0.872 / 0.910 / 1.004, so not there.
         let mma = env_count("SLEEPY_ATTN_MMA")?.map_or(!fixed && group % 4 == 0, |n| n > 0) && mma_fits(self.gpu.info.arch, cfg.head_dim);
         let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
+        // A context of one chunk at one head a block: attn_decode_one_* (one block a head, every
+        // position loaded ahead) where the split's grid is more blocks than its SMs hold at once,
+        // else the split's own kernel (blocks past the first chunk then end at once).
+        // SLEEPY_ATTN_ONE=0|1 forces either. On an H100 (BENCHMARKS.md, session 22), tg128:
+        // Qwen3-4B (32 heads x 17 chunks = 544 blocks, 528 fit) 2.973 -> 2.933 ms, q8_0 1.785
+        // -> 1.768; Qwen3-0.6B (16 x 33 = 528) 0.708 -> 0.717, q8_0 0.528 -> 0.534, so not there.
+        let one_env = env_count("SLEEPY_ATTN_ONE")?;
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            AttnSplit { heads_per_block: hb, chunks, mma }
+            let over = cfg.n_heads / hb * chunks > per_sm * self.gpu.info.sms as usize;
+            let one = hb == 1 && !mma && one_env.map_or(over, |n| n > 0);
+            AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
         let long = split(hb, chunks.or(env_count("SLEEPY_ATTN_CHUNKS")?.filter(|&n| n > 0)), mma);
@@ -319,7 +328,6 @@ impl CudaBackend {
             long,
             short_ctx,
             min_chunk,
-            one: !super::env_off("SLEEPY_ATTN_ONE"),
         })
     }
 
