@@ -390,7 +390,18 @@ fn decode_attention_matches_cpu_at_every_position() {
     cases.push((32, 8, 128, 600, 300, 1, RopeStyle::Neox, 128, true, None, None));
     short.push(Some(100));
     mma.resize(cases.len(), true);
-    for (((h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks), short), mma) in cases.into_iter().zip(short).zip(mma) {
+    // Contexts of one chunk (positions up to 127) on the one-block-a-head kernel and on the
+    // split's own, whichever the rule picks on this GPU, past the switch to two chunks.
+    let mut one = vec![None; cases.len()];
+    for (h, kvh, d) in ATTN {
+        for on in [true, false] {
+            cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Neox, d, true, None, None));
+            short.push(None);
+            mma.push(false);
+            one.push(Some(on));
+        }
+    }
+    for ((((h, kvh, d, max_seq, steps, layer, style, dims, norm, hb, chunks), short), mma), one) in cases.into_iter().zip(short).zip(mma).zip(one) {
         {
             let s = AttnShape { n_heads: h, n_kv_heads: kvh, head_dim: d };
             let cols = (h + 2 * kvh) * d;
@@ -398,6 +409,9 @@ fn decode_attention_matches_cpu_at_every_position() {
             let cfg = cfg_for(h, kvh, d, max_seq);
             let (mut kc, mut kg) = (p.cpu.new_kv(&cfg, max_seq).unwrap(), p.gpu.new_kv_split(&cfg, max_seq, hb, chunks, short).unwrap());
             kg.set_attn_mma(mma);
+            if let Some(on) = one {
+                kg.set_attn_one(on);
+            }
             let qn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let kn = randn(&mut r, d, 1.0).iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<_>>();
             let ((qnc, qng), (knc, kng)) = (p.act(1, d, &qn), p.act(1, d, &kn));
@@ -410,10 +424,10 @@ fn decode_attention_matches_cpu_at_every_position() {
                 p.cpu.rope_attention(&mut xc, &mut kc, layer, pos, s, qk_cpu, &rope, &mut oc).unwrap();
                 p.gpu.rope_attention(&mut xg, &mut kg, layer, pos, s, qk_gpu, &rope, &mut og).unwrap();
                 let e = rel_err(&p.gpu.read(&og).unwrap(), &oc.data);
-                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma} pos={pos}: relative error {e:.3e}");
+                assert!(e <= 1e-2, "decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma} one={one:?} pos={pos}: relative error {e:.3e}");
                 worst = worst.max(e);
             }
-            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma}: worst relative error {worst:.2e} over {steps} positions");
+            eprintln!("decode attention h={h} kvh={kvh} d={d} {style:?} dims={dims} norm={norm} max_seq={max_seq} hb={hb:?} chunks={chunks:?} short={short:?} mma={mma} one={one:?}: worst relative error {worst:.2e} over {steps} positions");
         }
     }
 }

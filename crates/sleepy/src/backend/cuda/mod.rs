@@ -125,6 +125,15 @@ impl CudaKv {
     /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
     pub fn set_attn_mma(&mut self, on: bool) {
         self.long.mma = on;
+        self.long.one &= !on;
+    }
+
+    /// Run contexts of one chunk at one head a block on attn_decode_one_* (on) or on the
+    /// split's own kernel (off) whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
+    pub fn set_attn_one(&mut self, on: bool) {
+        for s in [&mut self.short, &mut self.long] {
+            s.one = on && s.heads_per_block == 1 && !s.mma;
+        }
     }
 }
 
@@ -135,6 +144,8 @@ struct AttnSplit {
     chunks: usize,
     /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
     mma: bool,
+    /// A context of one chunk runs attn_decode_one_* (see new_kv_split).
+    one: bool,
 }
 
 /// Mutable state behind the backend's lock.

@@ -74,6 +74,17 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
     }
 }
 
+/// Whether a context of one chunk runs attn_decode_one_* (one block a head, every position
+/// loaded ahead) rather than the split's own kernel, whose blocks past the first chunk then
+/// end at once: at one head a block on the scalar kernels, where the split's grid (`blocks`)
+/// is more than its SMs hold at once (`slots`). `env` (SLEEPY_ATTN_ONE=0|1) forces either.
+/// On an H100 (BENCHMARKS.md, session 22), tg128: Qwen3-4B (32 heads x 17 chunks = 544
+/// blocks, 528 fit) 2.973 -> 2.933 ms, q8_0 1.785 -> 1.768; Qwen3-0.6B (16 x 33 = 528)
+/// 0.708 -> 0.717, q8_0 0.528 -> 0.534, so not there.
+fn one_block_a_head(blocks: usize, slots: usize, hb: usize, mma: bool, env: Option<usize>) -> bool {
+    hb == 1 && !mma && env.map_or(blocks > slots, |n| n > 0)
+}
+
 /// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
 /// rows are too long for any compiled chunk count).
 fn gemv_key(dt: u32, k: usize, s: &GemvShape, norm: bool, mode: u32) -> Result<(u64, u32)> {
@@ -196,7 +207,13 @@ impl CudaBackend {
             None => (0, 0, 0, 0, 0, 0.0),
         };
         let split = if pos < kv.short_ctx { kv.short } else { kv.long };
-        let (hb, chunks) = (split.heads_per_block, split.chunks);
+        let (hb, mut chunks) = (split.heads_per_block, split.chunks);
+        // A context the kernel keeps in one chunk (shorter than two minimum chunks): one block
+        // a head, with every position loaded ahead (attn_decode_one_*).
+        let one = split.one && pos + 1 < 2 * kv.min_chunk;
+        if one {
+            chunks = 1;
+        }
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
         let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + 2 * hb * chunks;
@@ -220,8 +237,12 @@ impl CudaBackend {
             kv.min_chunk as i32
         ];
         let mma = split.mma; // new_kv_split: heads of 64 or 128 only
-        let key = 2 << 40 | (mma as u64) << 32 | (d as u64) << 8 | hb as u64;
-        let name = || if mma { format!("attn_decode_mma_{d}_{hb}") } else { format!("attn_decode_{d}_{hb}") };
+        let key = 2 << 40 | (one as u64) << 33 | (mma as u64) << 32 | (d as u64) << 8 | hb as u64;
+        let name = || match (mma, one) {
+            (true, _) => format!("attn_decode_mma_{d}_{hb}"),
+            (false, true) => format!("attn_decode_one_{d}"),
+            _ => format!("attn_decode_{d}_{hb}"),
+        };
         self.launch_keyed(key, &name, [(s.n_heads / hb) as u32, chunks as u32, 1], [128, 1, 1], (floats * 4) as u32, args)?;
         self.note_attn()
     }
@@ -287,10 +308,12 @@ impl CudaBackend {
         // Qwen3-0.6B (two) 0.871 / 0.923 / 0.974 -> 0.872 / 0.910 / 1.004, so not there.
         let mma = env_count("SLEEPY_ATTN_MMA")?.map_or(!fixed && group % 4 == 0, |n| n > 0) && mma_fits(self.gpu.info.arch, cfg.head_dim);
         let hb = if mma && !fixed { [4, 2, 1].into_iter().find(|h| group % h == 0).unwrap_or(1) } else { hb };
+        let one_env = env_count("SLEEPY_ATTN_ONE")?;
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            AttnSplit { heads_per_block: hb, chunks, mma }
+            let one = one_block_a_head(cfg.n_heads / hb * chunks, per_sm * self.gpu.info.sms as usize, hb, mma, one_env);
+            AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
         let long = split(hb, chunks.or(env_count("SLEEPY_ATTN_CHUNKS")?.filter(|&n| n > 0)), mma);
@@ -569,5 +592,22 @@ impl Backend for CudaBackend {
 
     fn measure_bandwidth(&self) -> Result<Option<f64>> {
         Ok(Some(self.copy_bandwidth()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_block_a_head;
+
+    #[test]
+    fn one_block_a_head_where_the_grid_overflows_one_wave() {
+        // Qwen3-4B's short split on an H100 (32 x 17 blocks, 4 x 132 fit), Qwen3-0.6B's (16 x 33).
+        assert!(one_block_a_head(544, 528, 1, false, None));
+        assert!(!one_block_a_head(528, 528, 1, false, None));
+        // Forced either way; never at more heads a block or on tensor cores.
+        assert!(one_block_a_head(528, 528, 1, false, Some(1)));
+        assert!(!one_block_a_head(544, 528, 1, false, Some(0)));
+        assert!(!one_block_a_head(544, 528, 2, false, Some(1)));
+        assert!(!one_block_a_head(544, 528, 1, true, None));
     }
 }

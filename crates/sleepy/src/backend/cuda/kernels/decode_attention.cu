@@ -493,6 +493,22 @@ ATTN_DECODE(64, 1, 4) ATTN_DECODE(64, 2, 4) ATTN_DECODE(64, 4, 2)
 ATTN_DECODE(128, 1, 4) ATTN_DECODE(128, 2, 4) ATTN_DECODE(128, 4, 2)
 ATTN_DECODE(256, 1, 4) ATTN_DECODE(256, 2, 4) ATTN_DECODE(256, 4, 2)
 
+// A context of one chunk (shorter than two minimum chunks) at one head a block: the grid is
+// the heads alone, and each lane group loads up to 8 positions before the dependency wait
+// (128 positions at D = 128, where attn_decode_128_1 loads 64 and waits on memory again for
+// the rest), at one block an SM (255 registers).
+#define ATTN_DECODE_ONE(D, UNR)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128, 1) attn_decode_one_##D(                     \
+        const float* qkv, u16* kc, u16* vc, const int* step, int H, int KVH, const float* qn,      \
+        const float* kn, float eps, const float* inv_freq, int rope_dims, int style, float* part,   \
+        u32* counters, float* out, int min_chunk) {                                               \
+        extern __shared__ float dec_sm[];                                                         \
+        const AttnPlace pl = {(int)blockIdx.x, 0, 1, (int)threadIdx.x, 0, dec_sm};                \
+        attn_decode_body<D, 1, UNR, true, false>(pl, [] {}, qkv, kc, vc, step, H, KVH, qn, kn, eps,  \
+                                                 inv_freq, rope_dims, style, part, counters, out, min_chunk); \
+    }
+ATTN_DECODE_ONE(64, 4) ATTN_DECODE_ONE(128, 8) ATTN_DECODE_ONE(256, 8)
+
 // The tensor-core path (attn_mma_slot), two blocks an SM: its registers (accumulators of 16
 // rows, Q's fragments, a tile of K and V in flight) do not depend on HB.
 #define ATTN_DECODE_MMA(D, HB)                                                                    \
