@@ -125,14 +125,16 @@ impl CudaKv {
     /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
     pub fn set_attn_mma(&mut self, on: bool) {
         self.long.mma = on;
-        self.long.one &= !on;
+        if on {
+            self.long.one = OneChunk::Split;
+        }
     }
 
-    /// Run contexts of one chunk at one head a block on attn_decode_one_* (on) or on the
-    /// split's own kernel (off) whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
-    pub fn set_attn_one(&mut self, on: bool) {
+    /// Run contexts of one chunk at one head a block the way `how` says whatever the rule
+    /// picks, as SLEEPY_ATTN_ONE does; tests use it.
+    pub fn set_attn_one(&mut self, how: OneChunk) {
         for s in [&mut self.short, &mut self.long] {
-            s.one = on && s.heads_per_block == 1 && !s.mma;
+            s.one = if s.heads_per_block == 1 && !s.mma { how } else { OneChunk::Split };
         }
     }
 }
@@ -144,8 +146,20 @@ struct AttnSplit {
     chunks: usize,
     /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
     mma: bool,
-    /// A context of one chunk runs attn_decode_one_* (see new_kv_split).
-    one: bool,
+    /// How a context of one chunk runs (ops.rs, one_chunk).
+    one: OneChunk,
+}
+
+/// How decode attention runs a context of one chunk (shorter than two minimum chunks) at one
+/// head a block on the scalar kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneChunk {
+    /// The split's kernel and grid: the blocks past the first chunk end at once.
+    Split,
+    /// attn_decode_one_*: one block a head, every position loaded ahead.
+    OneBlock,
+    /// The split's kernel with the heads alone as its grid (SLEEPY_ATTN_ONE=2, to measure).
+    SplitHeads,
 }
 
 /// Mutable state behind the backend's lock.

@@ -3,7 +3,7 @@
 
 use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
-use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
+use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, CudaWeight, OneChunk, ARGMAX_BLOCKS, ARGMAX_RESULT};
 use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
@@ -74,15 +74,24 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
     }
 }
 
-/// Whether a context of one chunk runs attn_decode_one_* (one block a head, every position
-/// loaded ahead) rather than the split's own kernel, whose blocks past the first chunk then
-/// end at once: at one head a block on the scalar kernels, where the split's grid (`blocks`)
-/// is more than its SMs hold at once (`slots`). `env` (SLEEPY_ATTN_ONE=0|1) forces either.
-/// On an H100 (BENCHMARKS.md, session 22), tg128: Qwen3-4B (32 heads x 17 chunks = 544
-/// blocks, 528 fit) 2.973 -> 2.933 ms, q8_0 1.785 -> 1.768; Qwen3-0.6B (16 x 33 = 528)
-/// 0.708 -> 0.717, q8_0 0.528 -> 0.534, so not there.
-fn one_block_a_head(blocks: usize, slots: usize, hb: usize, mma: bool, env: Option<usize>) -> bool {
-    hb == 1 && !mma && env.map_or(blocks > slots, |n| n > 0)
+/// How a context of one chunk runs at one head a block on the scalar kernels: on
+/// attn_decode_one_* (one block a head, every position loaded ahead) where the split's grid
+/// (`blocks`) is more than its SMs hold at once (`slots`), else on the split's own kernel and
+/// grid. `env` (SLEEPY_ATTN_ONE=0|1|2) forces the split, the one-block kernel, or the split's
+/// kernel with the heads alone as its grid. On an H100 (BENCHMARKS.md, session 22), tg128:
+/// Qwen3-4B (32 heads x 17 chunks = 544 blocks, 528 fit) 2.973 -> 2.933 ms, q8_0 1.785 ->
+/// 1.768; Qwen3-0.6B (16 x 33 = 528) 0.708 -> 0.717, q8_0 0.528 -> 0.534, so not there.
+fn one_chunk(blocks: usize, slots: usize, hb: usize, mma: bool, env: Option<usize>) -> OneChunk {
+    if hb != 1 || mma {
+        return OneChunk::Split;
+    }
+    match env {
+        Some(0) => OneChunk::Split,
+        Some(2) => OneChunk::SplitHeads,
+        Some(_) => OneChunk::OneBlock,
+        None if blocks > slots => OneChunk::OneBlock,
+        None => OneChunk::Split,
+    }
 }
 
 /// Launch key and chunks per thread of the dense GEMV kernel a shape runs (an error where the
@@ -208,10 +217,11 @@ impl CudaBackend {
         };
         let split = if pos < kv.short_ctx { kv.short } else { kv.long };
         let (hb, mut chunks) = (split.heads_per_block, split.chunks);
-        // A context the kernel keeps in one chunk (shorter than two minimum chunks): one block
-        // a head, with every position loaded ahead (attn_decode_one_*).
-        let one = split.one && pos + 1 < 2 * kv.min_chunk;
-        if one {
+        // A context the kernel keeps in one chunk (shorter than two minimum chunks): see
+        // one_chunk.
+        let how = if pos + 1 < 2 * kv.min_chunk { split.one } else { OneChunk::Split };
+        let one = how == OneChunk::OneBlock;
+        if how != OneChunk::Split {
             chunks = 1;
         }
         let slots = 2048 / d;
@@ -312,7 +322,7 @@ impl CudaBackend {
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            let one = one_block_a_head(cfg.n_heads / hb * chunks, per_sm * self.gpu.info.sms as usize, hb, mma, one_env);
+            let one = one_chunk(cfg.n_heads / hb * chunks, per_sm * self.gpu.info.sms as usize, hb, mma, one_env);
             AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
@@ -597,17 +607,18 @@ impl Backend for CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::one_block_a_head;
+    use super::{one_chunk, OneChunk};
 
     #[test]
     fn one_block_a_head_where_the_grid_overflows_one_wave() {
         // Qwen3-4B's short split on an H100 (32 x 17 blocks, 4 x 132 fit), Qwen3-0.6B's (16 x 33).
-        assert!(one_block_a_head(544, 528, 1, false, None));
-        assert!(!one_block_a_head(528, 528, 1, false, None));
-        // Forced either way; never at more heads a block or on tensor cores.
-        assert!(one_block_a_head(528, 528, 1, false, Some(1)));
-        assert!(!one_block_a_head(544, 528, 1, false, Some(0)));
-        assert!(!one_block_a_head(544, 528, 2, false, Some(1)));
-        assert!(!one_block_a_head(544, 528, 1, true, None));
+        assert_eq!(one_chunk(544, 528, 1, false, None), OneChunk::OneBlock);
+        assert_eq!(one_chunk(528, 528, 1, false, None), OneChunk::Split);
+        // Forced; never at more heads a block or on tensor cores.
+        assert_eq!(one_chunk(528, 528, 1, false, Some(1)), OneChunk::OneBlock);
+        assert_eq!(one_chunk(544, 528, 1, false, Some(0)), OneChunk::Split);
+        assert_eq!(one_chunk(528, 528, 1, false, Some(2)), OneChunk::SplitHeads);
+        assert_eq!(one_chunk(544, 528, 2, false, Some(1)), OneChunk::Split);
+        assert_eq!(one_chunk(544, 528, 1, true, None), OneChunk::Split);
     }
 }
