@@ -7,6 +7,7 @@
 pub(crate) mod driver;
 mod compile;
 pub mod gemv;
+mod attn;
 mod ops;
 mod prefill;
 mod topk;
@@ -125,17 +126,13 @@ impl CudaKv {
     /// 64 or 128 from sm_80 only (others fail at the launch: no such kernel).
     pub fn set_attn_mma(&mut self, on: bool) {
         self.long.mma = on;
-        if on {
-            self.long.one = OneChunk::Split;
-        }
     }
 
-    /// Run contexts of one chunk at one head a block the way `how` says whatever the rule
-    /// picks, as SLEEPY_ATTN_ONE does; tests use it.
+    /// Run contexts of one chunk at one head a block (on the scalar kernels) the way `how`
+    /// says whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
     pub fn set_attn_one(&mut self, how: OneChunk) {
-        for s in [&mut self.short, &mut self.long] {
-            s.one = if s.heads_per_block == 1 && !s.mma { how } else { OneChunk::Split };
-        }
+        self.short.one = how;
+        self.long.one = how;
     }
 }
 
@@ -146,7 +143,7 @@ struct AttnSplit {
     chunks: usize,
     /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
     mma: bool,
-    /// How a context of one chunk runs (ops.rs, one_chunk).
+    /// How a context of one chunk runs at one head a block (attn.rs, one_chunk).
     one: OneChunk,
 }
 

@@ -1,4 +1,4 @@
-// Tensor-core path of decode attention (MMA: from the switch at four heads a block, ops.rs):
+// Tensor-core path of decode attention (MMA: from the switch at four heads a block, attn.rs):
 // a warp's share of a chunk's cached positions, for attn_decode_body in decode_attention.cu,
 // which also holds the kernels (attn_decode_mma_*).
 //
