@@ -198,12 +198,14 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         off[r] = half_bytes;
         half_bytes += ((u32)rpb * rb[r] + 15u) & ~15u;
     }
-    // The block's rows: an even share of the groups of gs rows, gs the fewest (1, 2, 4 or 8:
-    // the host checks 8) whose bytes in every region keep a copy 16-byte aligned, in tiles of
-    // rpb rows from its first, the last one short. Whole tiles would leave some blocks a tile
-    // more than others (a third more for Qwen3-4B's gate+up), and groups of 8 a group more
-    // (Qwen3-4B's down projection: blocks of 16 or 24 rows where 19 or 20 are even).
-    int gs = 1;
+    // The block's rows: an even share of the groups of gs rows, in tiles of rpb rows from its
+    // first, the last one short (whole tiles would leave some blocks a tile more than others:
+    // a third more for Qwen3-4B's gate+up). gs is 8 (the host checks that it aligns), or for
+    // the K-quants the fewest rows (1, 2, 4 or 8) whose bytes in every region keep a copy
+    // 16-byte aligned: their launches are bound by the consumers, whose work then evens out
+    // (Qwen3-4B's down projection: blocks of 19 or 20 rows, not 16 or 24). Q8_0's are bound by
+    // the copies, and there the finer split was slower (BENCHMARKS.md, session 23).
+    int gs = FMT >= 5 ? 1 : 8;
     while (gs < 8 && ((gs * rb[0]) | (gs * rb[1]) | (gs * rb[2]) | (gs * rb[3])) % 16u != 0) gs *= 2;
     const int groups = (n_units + gs - 1) / gs;
     const int g0 = (int)((long long)groups * blockIdx.x / gridDim.x);

@@ -89,9 +89,9 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     }
     let nb = k / fmt.dtype().block_len();
     let mut half = 0;
-    // The kernel's groups of rows: the fewest (1, 2, 4 or 8) whose bytes in every region are a
-    // multiple of 16 (8 always are, checked below).
-    let mut gs = 1;
+    // The kernel's groups of rows: 8 (checked below), or for the K-quants the fewest (1, 2, 4
+    // or 8) whose bytes in every region are a multiple of 16.
+    let mut gs = if fmt.dtype().block_len() == 256 { 1 } else { 8 };
     while gs < 8 && fmt.regions().iter().any(|&(_, len)| (gs * nb * len) % 16 != 0) {
         gs *= 2;
     }
@@ -386,15 +386,20 @@ mod tests {
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(8, 32, 1), 0, 132).is_some());
         assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_some());
-        // Few rows: never more blocks than groups of rows (of one row where every region's row
-        // is whole 16-byte words, of 4 for Q6_K's 20-byte scale rows at k = 2560), nor more
-        // stages than the most tiles a block takes (2560 rows: blocks of 19 or 20 rows).
+        // Few rows: never more blocks than groups of rows (of 8 rows; for the K-quants of one
+        // where every region's row is whole 16-byte words, of 4 for Q6_K's 20-byte scale rows
+        // at k = 2560), nor more stages than the most tiles a block takes (Q8_0, 2560 rows:
+        // 320 groups, blocks of 16 or 24 rows; Q4_K: blocks of 19 or 20).
         let p = stream_plan(QFmt::Q8_0, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
+        assert_eq!((p.blocks, p.stages), (3, 2));
+        let p = stream_plan(QFmt::Q4K, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
         assert_eq!((p.blocks, p.stages), (20, 2));
         let p = stream_plan(QFmt::Q6K, &at, 20, 2560, &shape(64, 4, 2), 0, 132).unwrap();
         assert_eq!(p.blocks, 5);
+        let k = stream_plan(QFmt::Q4K, &at, 2560, 9728, &shape(32, 4, 1), 1, 132).unwrap();
+        assert_eq!((k.blocks, k.stages), (132, 5), "{k:?}");
         let p = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &shape(32, 4, 1), 1, 132).unwrap();
-        assert_eq!((p.blocks, p.stages), (132, 5), "{p:?}");
+        assert_eq!(p.stages, 6, "{p:?}");
         // A shape's stage cap: fewer stages, less shared memory, the same grid; a cap above
         // what the budget holds changes nothing.
         let capped = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &QuantShape { stages: 2, ..shape(32, 4, 1) }, 1, 132).unwrap();
