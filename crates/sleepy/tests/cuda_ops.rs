@@ -391,7 +391,7 @@ fn decode_attention_matches_cpu_at_every_position() {
     short.push(Some(100));
     mma.resize(cases.len(), true);
     // Contexts of one chunk (positions up to 127) on the one-block-a-head kernel and on the
-    // split's, whichever the rule picks for the layout, past the switch to two chunks.
+    // split's (the default), past the switch to two chunks.
     let mut one = vec![None; cases.len()];
     for (h, kvh, d) in ATTN {
         for on in [true, false] {

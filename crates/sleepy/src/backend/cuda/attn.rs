@@ -59,15 +59,13 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
 
 /// Whether a context of one chunk (shorter than two minimum chunks) at one head a block on
 /// the scalar kernels runs on attn_decode_one_* (one block a head, up to 8 positions a lane
-/// group loaded before the dependency wait) rather than on the split's kernel: where a KV
-/// head serves four query heads or more (`group`). `env` (SLEEPY_ATTN_ONE=0|1) forces either.
-/// On H100s (BENCHMARKS.md, sessions 22 and 23), tg128 with the one-block kernel against the
-/// split's: Qwen3-4B (group 4) 2.973 -> 2.933 ms, q8_0 1.785 -> 1.768; Qwen3-0.6B (group 2)
-/// 0.708 -> 0.717, q8_0 0.528 -> 0.534. Why the two differ was not found; the split's grid,
-/// once the suspect, is small in both (a 129-position context clamps it to 3 chunks) and
-/// launching the split's kernel with the heads alone as its grid changed nothing (session 23).
-fn one_block_a_head(group: usize, hb: usize, mma: bool, env: Option<usize>) -> bool {
-    hb == 1 && !mma && env.map_or(group >= 4, |n| n > 0)
+/// group loaded before the dependency wait) rather than on the split's kernel: only where
+/// `env` (SLEEPY_ATTN_ONE=1) asks. Its effect follows the kernels around it, not the model's
+/// heads: on an H100 (BENCHMARKS.md, sessions 22 and 23), tg128 against the split's kernel,
+/// Qwen3-4B 2.971 -> 2.933 ms and q8_0 1.782 -> 1.768, but Qwen3-4B q4_k 1.348 -> 1.389 and
+/// Qwen3-0.6B 0.708 -> 0.717 (q8_0 0.528 -> 0.534); no rule found fits all four.
+fn one_block_a_head(hb: usize, mma: bool, env: Option<usize>) -> bool {
+    hb == 1 && !mma && env.is_some_and(|n| n > 0)
 }
 
 impl CudaBackend {
@@ -189,7 +187,7 @@ impl CudaBackend {
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            let one = one_block_a_head(group, hb, mma, one_env);
+            let one = one_block_a_head(hb, mma, one_env);
             AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
@@ -225,15 +223,12 @@ mod tests {
     use super::one_block_a_head;
 
     #[test]
-    fn one_block_a_head_at_four_query_heads_a_kv_head() {
-        // Qwen3-4B (32 heads over 8 KV heads), Qwen3-0.6B (16 over 8), Llama 3 8B (32 over 8).
-        assert!(one_block_a_head(4, 1, false, None));
-        assert!(!one_block_a_head(2, 1, false, None));
-        assert!(one_block_a_head(8, 1, false, None));
-        // Forced; never at more heads a block or on tensor cores.
-        assert!(one_block_a_head(2, 1, false, Some(1)));
-        assert!(!one_block_a_head(4, 1, false, Some(0)));
-        assert!(!one_block_a_head(4, 2, false, Some(1)));
-        assert!(!one_block_a_head(4, 1, true, None));
+    fn one_block_a_head_only_when_asked() {
+        assert!(!one_block_a_head(1, false, None));
+        assert!(!one_block_a_head(1, false, Some(0)));
+        assert!(one_block_a_head(1, false, Some(1)));
+        // Never at more heads a block or on tensor cores.
+        assert!(!one_block_a_head(2, false, Some(1)));
+        assert!(!one_block_a_head(1, true, Some(1)));
     }
 }

@@ -129,7 +129,7 @@ impl CudaKv {
     }
 
     /// Run contexts of one chunk at one head a block on attn_decode_one_* (true) or on the
-    /// split's kernel (false) whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
+    /// split's kernel (false, the default), as SLEEPY_ATTN_ONE does; tests use it.
     pub fn set_attn_one(&mut self, on: bool) {
         self.short.one = on;
         self.long.one = on;
