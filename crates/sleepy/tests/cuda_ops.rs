@@ -4,7 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use sleepy::backend::cpu::CpuBackend;
-use sleepy::backend::cuda::{CudaBackend, OneChunk};
+use sleepy::backend::cuda::CudaBackend;
 use sleepy::backend::{AttnShape, Backend, Rope, WeightPart};
 use sleepy::config::RopeStyle;
 use sleepy::loader::Bytes;
@@ -390,12 +390,11 @@ fn decode_attention_matches_cpu_at_every_position() {
     cases.push((32, 8, 128, 600, 300, 1, RopeStyle::Neox, 128, true, None, None));
     short.push(Some(100));
     mma.resize(cases.len(), true);
-    // Contexts of one chunk (positions up to 127) on the one-block-a-head kernel, on the
-    // split's own and on the split's kernel with the heads alone as its grid, whichever the
-    // rule picks on this GPU, past the switch to two chunks.
+    // Contexts of one chunk (positions up to 127) on the one-block-a-head kernel and on the
+    // split's (the default), past the switch to two chunks.
     let mut one = vec![None; cases.len()];
     for (h, kvh, d) in ATTN {
-        for on in [OneChunk::OneBlock, OneChunk::Split, OneChunk::SplitHeads] {
+        for on in [true, false] {
             cases.push((h, kvh, d, 600, 140, 1, RopeStyle::Neox, d, true, None, None));
             short.push(None);
             mma.push(false);

@@ -3,7 +3,7 @@
 
 use super::driver::{kargs, DevBuf};
 use super::ops::env_count;
-use super::{AttnSplit, CudaAct, CudaBackend, CudaKv, OneChunk};
+use super::{AttnSplit, CudaAct, CudaBackend, CudaKv};
 use crate::backend::{AttnShape, Rope};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
@@ -57,24 +57,15 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
     }
 }
 
-/// How a context of one chunk runs at one head a block on the scalar kernels: on
-/// attn_decode_one_* (one block a head, every position loaded ahead) where the split's grid
-/// (`blocks`) is more than its SMs hold at once (`slots`), else on the split's own kernel and
-/// grid. `env` (SLEEPY_ATTN_ONE=0|1|2) forces the split, the one-block kernel, or the split's
-/// kernel with the heads alone as its grid. On an H100 (BENCHMARKS.md, session 22), tg128:
-/// Qwen3-4B (32 heads x 17 chunks = 544 blocks, 528 fit) 2.973 -> 2.933 ms, q8_0 1.785 ->
-/// 1.768; Qwen3-0.6B (16 x 33 = 528) 0.708 -> 0.717, q8_0 0.528 -> 0.534, so not there.
-fn one_chunk(blocks: usize, slots: usize, hb: usize, mma: bool, env: Option<usize>) -> OneChunk {
-    if hb != 1 || mma {
-        return OneChunk::Split;
-    }
-    match env {
-        Some(0) => OneChunk::Split,
-        Some(2) => OneChunk::SplitHeads,
-        Some(_) => OneChunk::OneBlock,
-        None if blocks > slots => OneChunk::OneBlock,
-        None => OneChunk::Split,
-    }
+/// Whether a context of one chunk (shorter than two minimum chunks) at one head a block on
+/// the scalar kernels runs on attn_decode_one_* (one block a head, up to 8 positions a lane
+/// group loaded before the dependency wait) rather than on the split's kernel: only where
+/// `env` (SLEEPY_ATTN_ONE=1) asks. Its effect follows the kernels around it, not the model's
+/// heads: on an H100 (BENCHMARKS.md, sessions 22 and 23), tg128 against the split's kernel,
+/// Qwen3-4B 2.971 -> 2.933 ms and q8_0 1.782 -> 1.768, but Qwen3-4B q4_k 1.348 -> 1.389 and
+/// Qwen3-0.6B 0.708 -> 0.717 (q8_0 0.528 -> 0.534); no rule found fits all four.
+fn one_block_a_head(hb: usize, mma: bool, env: Option<usize>) -> bool {
+    hb == 1 && !mma && env.is_some_and(|n| n > 0)
 }
 
 impl CudaBackend {
@@ -95,10 +86,9 @@ impl CudaBackend {
         let split = if pos < kv.short_ctx { kv.short } else { kv.long };
         let hb = split.heads_per_block;
         // A context the kernel keeps in one chunk (shorter than two minimum chunks), at one head
-        // a block on the scalar kernels: see one_chunk.
-        let how = if pos + 1 < 2 * kv.min_chunk && hb == 1 && !split.mma { split.one } else { OneChunk::Split };
-        let one = how == OneChunk::OneBlock;
-        let chunks = if how == OneChunk::Split { split.chunks } else { 1 };
+        // a block on the scalar kernels: see one_block_a_head.
+        let one = pos + 1 < 2 * kv.min_chunk && hb == 1 && !split.mma && split.one;
+        let chunks = if one { 1 } else { split.chunks };
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
         let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + 2 * hb * chunks;
@@ -197,7 +187,7 @@ impl CudaBackend {
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            let one = one_chunk(cfg.n_heads / hb * chunks, per_sm * self.gpu.info.sms as usize, hb, mma, one_env);
+            let one = one_block_a_head(hb, mma, one_env);
             AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
@@ -230,18 +220,15 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_chunk, OneChunk};
+    use super::one_block_a_head;
 
     #[test]
-    fn one_block_a_head_where_the_grid_overflows_one_wave() {
-        // Qwen3-4B's short split on an H100 (32 x 17 blocks, 4 x 132 fit), Qwen3-0.6B's (16 x 33).
-        assert_eq!(one_chunk(544, 528, 1, false, None), OneChunk::OneBlock);
-        assert_eq!(one_chunk(528, 528, 1, false, None), OneChunk::Split);
-        // Forced; never at more heads a block or on tensor cores.
-        assert_eq!(one_chunk(528, 528, 1, false, Some(1)), OneChunk::OneBlock);
-        assert_eq!(one_chunk(544, 528, 1, false, Some(0)), OneChunk::Split);
-        assert_eq!(one_chunk(528, 528, 1, false, Some(2)), OneChunk::SplitHeads);
-        assert_eq!(one_chunk(544, 528, 2, false, Some(1)), OneChunk::Split);
-        assert_eq!(one_chunk(544, 528, 1, true, None), OneChunk::Split);
+    fn one_block_a_head_only_when_asked() {
+        assert!(!one_block_a_head(1, false, None));
+        assert!(!one_block_a_head(1, false, Some(0)));
+        assert!(one_block_a_head(1, false, Some(1)));
+        // Never at more heads a block or on tensor cores.
+        assert!(!one_block_a_head(2, false, Some(1)));
+        assert!(!one_block_a_head(1, true, Some(1)));
     }
 }

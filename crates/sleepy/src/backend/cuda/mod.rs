@@ -128,11 +128,11 @@ impl CudaKv {
         self.long.mma = on;
     }
 
-    /// Run contexts of one chunk at one head a block (on the scalar kernels) the way `how`
-    /// says whatever the rule picks, as SLEEPY_ATTN_ONE does; tests use it.
-    pub fn set_attn_one(&mut self, how: OneChunk) {
-        self.short.one = how;
-        self.long.one = how;
+    /// Run contexts of one chunk at one head a block on attn_decode_one_* (true) or on the
+    /// split's kernel (false, the default), as SLEEPY_ATTN_ONE does; tests use it.
+    pub fn set_attn_one(&mut self, on: bool) {
+        self.short.one = on;
+        self.long.one = on;
     }
 }
 
@@ -143,20 +143,9 @@ struct AttnSplit {
     chunks: usize,
     /// The tensor-core kernels (attn_decode_mma_*, SLEEPY_ATTN_MMA).
     mma: bool,
-    /// How a context of one chunk runs at one head a block (attn.rs, one_chunk).
-    one: OneChunk,
-}
-
-/// How decode attention runs a context of one chunk (shorter than two minimum chunks) at one
-/// head a block on the scalar kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OneChunk {
-    /// The split's kernel and grid: the blocks past the first chunk end at once.
-    Split,
-    /// attn_decode_one_*: one block a head, every position loaded ahead.
-    OneBlock,
-    /// The split's kernel with the heads alone as its grid (SLEEPY_ATTN_ONE=2, to measure).
-    SplitHeads,
+    /// A context of one chunk at one head a block runs on attn_decode_one_* (attn.rs,
+    /// one_block_a_head), not on the split's kernel.
+    one: bool,
 }
 
 /// Mutable state behind the backend's lock.

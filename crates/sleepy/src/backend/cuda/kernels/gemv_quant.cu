@@ -161,9 +161,9 @@ GEMVQ_FMT(7)
 // One token row. A tile is rpb rows; a region stores rows contiguously (row-major block
 // order), so a tile is one bulk copy a region (rounded up to 16 bytes: regions are padded,
 // layout.rs), and SwiGLU tiles hold the up rows' regions after the gate rows'. Block b owns
-// rows [8 G b / blocks, 8 G (b + 1) / blocks) (G groups of 8 rows), in tiles of rpb rows from
-// its first. The host keeps every copy 16-byte aligned: 8 and rpb times each region's row
-// bytes, and for SwiGLU n_units times them, are multiples of 16.
+// rows [gs G b / blocks, gs G (b + 1) / blocks) (G groups of gs rows, gs as in the body), in
+// tiles of rpb rows from its first. The host keeps every copy 16-byte aligned: 8 and rpb times
+// each region's row bytes, and for SwiGLU n_units times them, are multiples of 16.
 // Block: nc = tpr * rpb consumer threads (at most 512), then one producer warp. The consumers quantize x into
 // shared memory as gemvq_body does (while the first tiles are in flight), then thread c dots
 // units c % tpr + j tpr of row c / tpr of each tile, read from the stage. Each warp's row sums
@@ -190,13 +190,6 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
     const int nu = FMT == 0 ? K / 16 : K / 32;
     const int nb = FMT >= 5 ? K / 256 : K / 32;
-    // The block's rows: an even share of the groups of 8 (whole tiles would leave some blocks
-    // a tile more than others: a third more for Qwen3-4B's gate+up), in tiles of rpb rows,
-    // the last one short.
-    const int groups = (n_units + 7) / 8;
-    const int g0 = (int)((long long)groups * blockIdx.x / gridDim.x);
-    const int g1 = (int)((long long)groups * (blockIdx.x + 1) / gridDim.x);
-    const int u0 = 8 * g0, nrows = min(8 * g1, n_units) - u0, ntiles = (nrows + rpb - 1) / rpb;
     // Each region's row bytes and its offset in a stage (the gate rows' half for SwiGLU).
     u32 rb[4], off[4], half_bytes = 0;
 #pragma unroll
@@ -205,10 +198,23 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         off[r] = half_bytes;
         half_bytes += ((u32)rpb * rb[r] + 15u) & ~15u;
     }
+    // The block's rows: an even share of the groups of gs rows, in tiles of rpb rows from its
+    // first, the last one short (whole tiles would leave some blocks a tile more than others:
+    // a third more for Qwen3-4B's gate+up). gs is 8 (the host checks that it aligns), or for
+    // the K-quants the fewest rows (1, 2, 4 or 8) whose bytes in every region keep a copy
+    // 16-byte aligned: their launches are bound by the consumers, whose work then evens out
+    // (Qwen3-4B's down projection: blocks of 19 or 20 rows, not 16 or 24). Q8_0's are bound by
+    // the copies, and there the finer split was slower (BENCHMARKS.md, session 23).
+    int gs = FMT >= 5 ? 1 : 8;
+    while (gs < 8 && ((gs * rb[0]) | (gs * rb[1]) | (gs * rb[2]) | (gs * rb[3])) % 16u != 0) gs *= 2;
+    const int groups = (n_units + gs - 1) / gs;
+    const int g0 = (int)((long long)groups * blockIdx.x / gridDim.x);
+    const int g1 = (int)((long long)groups * (blockIdx.x + 1) / gridDim.x);
+    const int u0 = gs * g0, nrows = min(gs * g1, n_units) - u0, ntiles = (nrows + rpb - 1) / rpb;
     const u32 stage_bytes = MODE == 2 ? 2 * half_bytes : half_bytes;
     unsigned char* ring = qtiles + ((3 * K / 2 + 127) & ~127);
     const int wpr = tpr > 32 ? tpr / 32 : 1;
-    const int share = (groups + gridDim.x - 1) / gridDim.x * 8 * wpr;
+    const int share = (groups + gridDim.x - 1) / gridDim.x * gs * wpr;
     float* slots = (float*)(ring + (size_t)stages * stage_bytes);
 
     if (tid == nc) ring_init(full, empty, stages, nc / 32);

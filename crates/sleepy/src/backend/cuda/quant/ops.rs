@@ -89,6 +89,12 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
     }
     let nb = k / fmt.dtype().block_len();
     let mut half = 0;
+    // The kernel's groups of rows: 8 (checked below), or for the K-quants the fewest (1, 2, 4
+    // or 8) whose bytes in every region are a multiple of 16.
+    let mut gs = if fmt.dtype().block_len() == 256 { 1 } else { 8 };
+    while gs < 8 && fmt.regions().iter().any(|&(_, len)| (gs * nb * len) % 16 != 0) {
+        gs *= 2;
+    }
     for (i, &(_, len)) in fmt.regions().iter().enumerate() {
         let rb = nb * len;
         let up = if mode == 2 { units * rb } else { 0 };
@@ -98,11 +104,11 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
         half += (rpb * rb).next_multiple_of(16);
     }
     let stage = if mode == 2 { 2 * half } else { half };
-    // Blocks take even shares of the groups of 8 rows (the kernel's split); `rows` is the most
-    // one takes.
-    let groups = units.div_ceil(8);
+    // Blocks take even shares of the groups of gs rows (the kernel's split); `rows` is the
+    // most one takes.
+    let groups = units.div_ceil(gs);
     let blocks = (sms * s.blocks_per_sm).min(groups as u32).max(1);
-    let rows = groups.div_ceil(blocks as usize) * 8;
+    let rows = groups.div_ceil(blocks as usize) * gs;
     let wpr = if tpr > 32 { tpr / 32 } else { 1 };
     let slots = rows * wpr * if mode == 2 { 2 } else { 1 };
     let fixed = (3 * k / 2).next_multiple_of(128) + 4 * slots;
@@ -380,10 +386,18 @@ mod tests {
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_none());
         assert!(stream_plan(QFmt::Q4K, &at, 1000, 2560, &shape(8, 32, 1), 0, 132).is_some());
         assert!(stream_plan(QFmt::Q8_0, &at, 1000, 2560, &shape(4, 8, 1), 0, 132).is_some());
-        // Few rows: never more blocks than groups of 8 rows, nor more stages than the most
-        // tiles a block takes (2560 rows: 320 groups, blocks of 16 or 24 rows).
+        // Few rows: never more blocks than groups of rows (of 8 rows; for the K-quants of one
+        // where every region's row is whole 16-byte words, of 4 for Q6_K's 20-byte scale rows
+        // at k = 2560), nor more stages than the most tiles a block takes (Q8_0, 2560 rows:
+        // 320 groups, blocks of 16 or 24 rows; Q4_K: blocks of 19 or 20).
         let p = stream_plan(QFmt::Q8_0, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
         assert_eq!((p.blocks, p.stages), (3, 2));
+        let p = stream_plan(QFmt::Q4K, &at, 20, 1024, &shape(32, 8, 2), 0, 132).unwrap();
+        assert_eq!((p.blocks, p.stages), (20, 2));
+        let p = stream_plan(QFmt::Q6K, &at, 20, 2560, &shape(64, 4, 2), 0, 132).unwrap();
+        assert_eq!(p.blocks, 5);
+        let k = stream_plan(QFmt::Q4K, &at, 2560, 9728, &shape(32, 4, 1), 1, 132).unwrap();
+        assert_eq!((k.blocks, k.stages), (132, 5), "{k:?}");
         let p = stream_plan(QFmt::Q8_0, &at, 2560, 4096, &shape(32, 4, 1), 1, 132).unwrap();
         assert_eq!(p.stages, 6, "{p:?}");
         // A shape's stage cap: fewer stages, less shared memory, the same grid; a cap above
