@@ -125,21 +125,23 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     // The position was written before this step's first kernel, so it is safe to read here.
     const int pos = step[0];
     const int NC = pl.nc, c = pl.c;
+    // The chunks split the cached positions 0..pos-1; the last active one also takes the new
+    // position (its K/V come from qkv). A chunk of its own for the new position would be one
+    // more block a head group: at depth 4096 on an H100, 8 x 17 blocks where 8 x 16 fill the
+    // SMs once.
     const int len = pos + 1;
-    int chunk = (len + NC - 1) / NC;
+    int chunk = (pos + NC - 1) / NC;
     chunk = max(min_chunk, (chunk + 31) & ~31);
     // A context shorter than two chunks is one: a short second chunk costs a merge of the
     // chunks for little work.
-    if (len < 2 * min_chunk) chunk = len;
-    const int nact = (len + chunk - 1) / chunk;
+    if (len < 2 * min_chunk) chunk = max(pos, 1);
+    const int nact = max(1, (pos + chunk - 1) / chunk);
     const int c0 = c * chunk;
     // No positions: takes no part. Chunk 0 of every head group always waits below, so the
     // kernel still completes only after the previous one.
-    if (c0 >= len) return;
-    const int c1 = min(c0 + chunk, len);
-    const bool has_cur = c1 == len;
-    const int n = c1 - c0;
-    const int ncache = has_cur ? n - 1 : n;
+    if (c >= nact) return;
+    const bool has_cur = c == nact - 1;
+    const int ncache = min(c0 + chunk, pos) - c0;
     const int h0 = pl.h0, G = H / KVH, kvh = h0 / G;
     const int kvd = KVH * D;
 
