@@ -126,8 +126,8 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     const int NC = pl.nc, c = pl.c;
     // The chunks split the cached positions 0..pos-1; the last active one also takes the new
     // position (its K/V come from qkv). A chunk of its own for the new position would be one
-    // more block a head group: at depth 4096 on an H100, 8 x 17 blocks where 8 x 16 fill the
-    // SMs once.
+    // more block a head group that does almost nothing: at depth 4096, 8 x 17 blocks where
+    // 8 x 16 fill an H100's SMs once. (It times the same: BENCHMARKS.md, session 24.)
     const int len = pos + 1;
     int chunk = (pos + NC - 1) / NC;
     chunk = max(min_chunk, (chunk + 31) & ~31);
