@@ -91,7 +91,7 @@ impl CudaBackend {
         let chunks = if one { 1 } else { split.chunks };
         let slots = 2048 / d;
         // Layout in kernels/decode_attention.cu.
-        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d + 2 * hb * chunks;
+        let floats = hb * d + 6 * d + 3 * slots * hb + 4 + slots * hb * d;
         let layer_off = (layer * kv.max_seq * kv.kv_dim * 2) as u64;
         let args = kargs![
             qkv.ptr(),

@@ -22,7 +22,7 @@
 // the critical path is one load of q/k/v, a warp-local norm and rope, and the dots.
 // With several chunks: partials part [H, NC, D + 2] (acc, max, sum); counters [H / HB] are
 // zero at rest; the last active block of a head group merges and resets its counter.
-// Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D + 2*HB*NC.
+// Dynamic shared memory (floats): HB*D + 6D + 3*NSLOT*HB + 4 + NSLOT*HB*D.
 
 // Norm (when w), rope and scale of one head of D values in shared memory, by one warp.
 // cs/sn: per-dim cosine and signed sine of the rotation (1 and 0 where dims do not rotate).
@@ -113,7 +113,6 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     float* sm_w = sm_l + NSLOT * HB;
     float* sm_M = sm_w + NSLOT * HB;
     float* sm_acc = sm_M + 4;
-    float* wts = sm_acc + NSLOT * HB * D;
     __shared__ int is_last;
 
     const int tid = pl.tid, warp = tid >> 5, lane = tid & 31;
@@ -125,21 +124,23 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     // The position was written before this step's first kernel, so it is safe to read here.
     const int pos = step[0];
     const int NC = pl.nc, c = pl.c;
+    // The chunks split the cached positions 0..pos-1; the last active one also takes the new
+    // position (its K/V come from qkv). A chunk of its own for the new position would be one
+    // more block a head group that does almost nothing: at depth 4096, 8 x 17 blocks where
+    // 8 x 16 fill an H100's SMs once. (It times the same: BENCHMARKS.md, session 24.)
     const int len = pos + 1;
-    int chunk = (len + NC - 1) / NC;
+    int chunk = (pos + NC - 1) / NC;
     chunk = max(min_chunk, (chunk + 31) & ~31);
     // A context shorter than two chunks is one: a short second chunk costs a merge of the
     // chunks for little work.
-    if (len < 2 * min_chunk) chunk = len;
-    const int nact = (len + chunk - 1) / chunk;
+    if (len < 2 * min_chunk) chunk = max(pos, 1);
+    const int nact = max(1, (pos + chunk - 1) / chunk);
     const int c0 = c * chunk;
     // No positions: takes no part. Chunk 0 of every head group always waits below, so the
     // kernel still completes only after the previous one.
-    if (c0 >= len) return;
-    const int c1 = min(c0 + chunk, len);
-    const bool has_cur = c1 == len;
-    const int n = c1 - c0;
-    const int ncache = has_cur ? n - 1 : n;
+    if (c >= nact) return;
+    const bool has_cur = c == nact - 1;
+    const int ncache = min(c0 + chunk, pos) - c0;
     const int h0 = pl.h0, G = H / KVH, kvh = h0 / G;
     const int kvd = KVH * D;
 
@@ -401,76 +402,79 @@ __device__ __forceinline__ void attn_decode_body(const AttnPlace& pl, Wait wait,
     if (!is_last) return;
     __threadfence();
     const float* gbase = part + (size_t)h0 * NC * (D + 2);
-    // Every chunk's max and sum at once (one round trip to L2), then the weights from shared
-    // memory: the merge is on the step's critical path, so no load waits on another.
-    float* sums = wts + HB * NC;
-    for (int i = tid; i < HB * nact; i += 128) {
-        const int g = i / nact, k = i % nact;
-        const float2 ml = __ldcg((const float2*)(gbase + ((size_t)g * NC + k) * (D + 2) + D));
-        wts[i] = ml.x;
-        sums[i] = ml.y;
-    }
-    bsync();
-    if (tid < HB) {
-        float M = NEG_INF, L = 0.f;
-        for (int k = 0; k < nact; ++k) M = fmaxf(M, wts[tid * nact + k]);
-        for (int k = 0; k < nact; ++k) {
-            const float w = __expf(wts[tid * nact + k] - M);
-            L += sums[tid * nact + k] * w;
-            wts[tid * nact + k] = w;
-        }
-        for (int k = 0; k < nact; ++k) wts[tid * nact + k] /= L;
-    }
-    bsync();
-    // Each (head, 4 dims) item is summed over the chunks by S threads, each taking every S-th
-    // chunk, so all 128 threads have loads in flight; the S partial sums meet in shared memory
-    // (sm_acc: the slots are merged by now).
+    // Each (head, 4 dims) item is merged over the chunks by S threads, each taking every S-th
+    // chunk into a running max, sum and 4 accumulators. A chunk's loads do not depend on the
+    // running state, so a thread's loads of several chunks are in flight at once: the merge is
+    // on the step's critical path, and it is one round trip to L2 (the max and sum of every
+    // chunk, then the weights, then the accumulators took two and a serial loop between).
+    // With S > 1 the partial states meet in shared memory (sm_acc: the slots are merged by now).
     constexpr int ITEMS = HB * D / 4;
     constexpr int S = ITEMS >= 128 ? 1 : 128 / ITEMS;
     for (int i = tid; i < ITEMS * S; i += 128) {
         const int item = i % ITEMS, s0 = i / ITEMS;
         const int g = item / (D / 4), d = (item % (D / 4)) * 4;
+        const float* pg = gbase + (size_t)g * NC * (D + 2);
+        float M = NEG_INF, L = 0.f;
         float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-        const float* pg = gbase + (size_t)g * NC * (D + 2) + d;
 #pragma unroll 8
         for (int k = s0; k < nact; k += S) {
-            const float w = wts[g * nact + k];
             const float* q = pg + (size_t)k * (D + 2);
             // Rows are D + 2 floats long, so only 8-byte alignment is guaranteed.
-            const float2 x = __ldcg((const float2*)q), y = __ldcg((const float2*)(q + 2));
-            a.x += w * x.x;
-            a.y += w * x.y;
-            a.z += w * y.x;
-            a.w += w * y.y;
+            const float2 ml = __ldcg((const float2*)(q + D));
+            const float2 x = __ldcg((const float2*)(q + d)), y = __ldcg((const float2*)(q + d + 2));
+            // Every active chunk holds a cached position, so its max is finite.
+            const float mn = fmaxf(M, ml.x);
+            const float cold = __expf(M - mn), cnew = __expf(ml.x - mn);
+            L = L * cold + ml.y * cnew;
+            a.x = a.x * cold + x.x * cnew;
+            a.y = a.y * cold + x.y * cnew;
+            a.z = a.z * cold + y.x * cnew;
+            a.w = a.w * cold + y.y * cnew;
+            M = mn;
         }
         if (S == 1) {
             float* o = out + (size_t)(h0 + g) * D + d;
-            o[0] = a.x;
-            o[1] = a.y;
-            o[2] = a.z;
-            o[3] = a.w;
+            const float r = 1.f / L;
+            o[0] = a.x * r;
+            o[1] = a.y * r;
+            o[2] = a.z * r;
+            o[3] = a.w * r;
         } else {
-            ((float4*)sm_acc)[i] = a;
+            float* st = sm_acc + (size_t)i * 6;
+            st[0] = M;
+            st[1] = L;
+            st[2] = a.x;
+            st[3] = a.y;
+            st[4] = a.z;
+            st[5] = a.w;
         }
     }
     if (S > 1) {
         bsync();
         for (int item = tid; item < ITEMS; item += 128) {
-            float4 a = ((const float4*)sm_acc)[item];
+            float M = NEG_INF;
 #pragma unroll
-            for (int s1 = 1; s1 < S; ++s1) {
-                const float4 b = ((const float4*)sm_acc)[s1 * ITEMS + item];
-                a.x += b.x;
-                a.y += b.y;
-                a.z += b.z;
-                a.w += b.w;
+            for (int s1 = 0; s1 < S; ++s1) M = fmaxf(M, sm_acc[(size_t)(s1 * ITEMS + item) * 6]);
+            float L = 0.f;
+            float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int s1 = 0; s1 < S; ++s1) {
+                const float* st = sm_acc + (size_t)(s1 * ITEMS + item) * 6;
+                // A thread with no chunk (nact < S) left M = -inf and L = 0: weight 0.
+                const float w = st[1] == 0.f ? 0.f : __expf(st[0] - M);
+                L += st[1] * w;
+                a.x += st[2] * w;
+                a.y += st[3] * w;
+                a.z += st[4] * w;
+                a.w += st[5] * w;
             }
             const int g = item / (D / 4), d = (item % (D / 4)) * 4;
             float* o = out + (size_t)(h0 + g) * D + d;
-            o[0] = a.x;
-            o[1] = a.y;
-            o[2] = a.z;
-            o[3] = a.w;
+            const float r = 1.f / L;
+            o[0] = a.x * r;
+            o[1] = a.y * r;
+            o[2] = a.z * r;
+            o[3] = a.w * r;
         }
     }
     if (tid == 0) counters[h0 / HB] = 0u;
