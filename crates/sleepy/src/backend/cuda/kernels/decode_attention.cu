@@ -8,7 +8,8 @@
 // qn, kn: per-head norm weights [D] or null. inv_freq [rope_dims / 2] (unused when
 // rope_dims == 0); style 0 rotates pairs (2j, 2j+1), style 1 (neox) pairs (j, j + rope_dims/2).
 // Grid (H / HB, NC), block 128 (4 warps). Block (b, c) serves query heads b*HB .. b*HB+HB-1
-// (one KV head) over chunk c of positions 0..pos. The chunk length is chosen at run time
+// (one KV head) over chunk c of the cached positions 0..pos-1, the last chunk with the new
+// position pos too. The chunk length is chosen at run time
 // from pos (at least min_chunk), so short contexts use one block per head group and no merge.
 // Inside a block, D/16 lanes share a position (16 dims each) and keep a running max, sum
 // and 16 accumulators per head (online softmax); the 128/(D/16) slots merge in shared memory.
