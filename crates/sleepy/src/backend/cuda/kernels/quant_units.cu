@@ -52,10 +52,10 @@ template <bool U = false> __device__ __forceinline__ int dp4a(u32 a, int b, int 
     return d;
 }
 
-// Sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
-template <bool U = false> __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
+// c + the sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
+template <bool U = false> __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a, int c = 0) {
     const int4 v = *(const int4*)a;
-    return dp4a<U>(w3, v.w, dp4a<U>(w2, v.z, dp4a<U>(w1, v.y, dp4a<U>(w0, v.x, 0))));
+    return dp4a<U>(w3, v.w, dp4a<U>(w2, v.z, dp4a<U>(w1, v.y, dp4a<U>(w0, v.x, c))));
 }
 
 // a.lo * b.byte0 + a.hi * b.byte1 + c (LO) or with bytes 2 and 3 (!LO): a holds two int16.
@@ -194,16 +194,16 @@ template <int FMT> struct QK45 {
         if (FIVE) qh = *(const uint4*)(w.r2 + 32 * sb + 16 * (cc & 1));
     }
     // Bytes [s0, s1, m0, m1]: scale and min of sub-blocks 2c and 2c + 1.
-    __device__ __forceinline__ u32 scale_word(int c) const {
+    __device__ __forceinline__ static u32 scale_word(const uint4& meta, int c) {
         const u32 lo = ((c < 2 ? meta.y : meta.z) >> (4 * (c & 1))) & 0x0F0F0F0Fu;
         return lo | (((meta.w >> (2 * c)) & 0x03030303u) << 4);
     }
-    __device__ __forceinline__ u32 lo_word(u32 qw, u32 hw, int c) const {
+    __device__ __forceinline__ static u32 lo_word(u32 qw, u32 hw, int c) {
         u32 r = qw & 0x0F0F0F0Fu;
         if (FIVE) r |= ((hw >> (2 * c)) & 0x01010101u) << 4;
         return r;
     }
-    __device__ __forceinline__ u32 hi_word(u32 qw, u32 hw, int c) const {
+    __device__ __forceinline__ static u32 hi_word(u32 qw, u32 hw, int c) {
         u32 r = (qw >> 4) & 0x0F0F0F0Fu;
         if (FIVE) r |= ((hw >> (2 * c + 1)) & 0x01010101u) << 4;
         return r;
@@ -217,7 +217,7 @@ template <int FMT> struct QK45 {
         // then an exact multiple of 16.
         const int hi = FIVE ? dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.qhi + 16 * cc)
                             : dot16<true>(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
-        const u32 sm = scale_word(c);
+        const u32 sm = scale_word(meta, c);
         const uint2 rec = ((const uint2*)a.s16)[cc];  // int16 sums of the lo and hi groups, scale
         const u32 sums = rec.x;
         // |lo|, |hi| <= 16 * 15 * 127 fit int16 for Q4_K, so one dp2a weighs both by their
@@ -232,7 +232,7 @@ template <int FMT> struct QK45 {
         const int c = (cc & 7) >> 1;
         vlo = vlo_of(cc);
         vhi = vlo + 32;
-        const u32 sm = scale_word(c);
+        const u32 sm = scale_word(meta, c);
         const float d = lo_f16(meta.x), dmin = hi_f16(meta.x);
         const float d0 = __fmul_rn(d, (float)ubyte(sm, 0)), d1 = __fmul_rn(d, (float)ubyte(sm, 1));
         const float n0 = __fmul_rn(dmin, (float)ubyte(sm, 2)), n1 = __fmul_rn(dmin, (float)ubyte(sm, 3));
@@ -251,6 +251,78 @@ template <int FMT> struct QK45 {
 };
 template <> struct QUnit<5> : QK45<5> {};
 template <> struct QUnit<6> : QK45<6> {};
+
+// ---- Q4_K / Q5_K in the decode GEMVs: a pair of units, 2c and 2c + 1 of a super-block (bytes
+// 32c .. 32c + 31 of its 128: the 64 values of sub-blocks 2c and 2c + 1). The two share chunk
+// c's scale word, the super-block's d and dmin and the activations' scale, so those are taken
+// once for 64 values, and each sub-block's 32 products go to one integer sum. Pair pc of a row
+// (np = K / 64 of them) is super-block pc / 4, chunk c = pc % 4, units 2 pc and 2 pc + 1.
+template <int FMT> struct QK45Pair {
+    using Q = QK45<FMT>;
+    static constexpr bool FIVE = FMT == 6;
+    uint4 q0, q1;
+    uint4 meta;
+    uint4 h0, h1;
+    template <bool SH = false>
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int np, int pc) {
+        const size_t sb = row * nb + (pc >> 2);
+        const u8* p = w.r0 + 32 * (row * np + pc);
+        q0 = ld_quants<SH>(p);
+        q1 = ld_quants<SH>(p + 16);
+        meta = *(const uint4*)(w.r1 + 16 * sb);
+        if (FIVE) {
+            h0 = *(const uint4*)(w.r2 + 32 * sb);
+            h1 = *(const uint4*)(w.r2 + 32 * sb + 16);
+        }
+    }
+    __device__ __forceinline__ float dot(int pc, const Acts& a) const {
+        const int c = pc & 3;
+        // The units' activations are adjacent in unit order (16 cc, cc = 2 pc and 2 pc + 1).
+        const signed char* alo = a.q + 32 * pc;
+        const signed char* ahi = a.qhi + 32 * pc;
+        int lo, hi;
+        if (FIVE) {
+            lo = dot16(Q::lo_word(q1.x, h1.x, c), Q::lo_word(q1.y, h1.y, c), Q::lo_word(q1.z, h1.z, c), Q::lo_word(q1.w, h1.w, c), alo + 16,
+                       dot16(Q::lo_word(q0.x, h0.x, c), Q::lo_word(q0.y, h0.y, c), Q::lo_word(q0.z, h0.z, c), Q::lo_word(q0.w, h0.w, c), alo));
+            hi = dot16(Q::hi_word(q1.x, h1.x, c), Q::hi_word(q1.y, h1.y, c), Q::hi_word(q1.z, h1.z, c), Q::hi_word(q1.w, h1.w, c), ahi + 16,
+                       dot16(Q::hi_word(q0.x, h0.x, c), Q::hi_word(q0.y, h0.y, c), Q::hi_word(q0.z, h0.z, c), Q::hi_word(q0.w, h0.w, c), ahi));
+        } else {
+            constexpr u32 L = 0x0F0F0F0Fu, H = 0xF0F0F0F0u;
+            lo = dot16(q1.x & L, q1.y & L, q1.z & L, q1.w & L, alo + 16, dot16(q0.x & L, q0.y & L, q0.z & L, q0.w & L, alo));
+            // High nibbles in place (16 times the value), as QK45::dot: an exact multiple of 16.
+            hi = dot16<true>(q1.x & H, q1.y & H, q1.z & H, q1.w & H, ahi + 16, dot16<true>(q0.x & H, q0.y & H, q0.z & H, q0.w & H, ahi)) >> 4;
+        }
+        const u32 sm = Q::scale_word(meta, c);
+        // Both units' records (int16 sums of the lo and hi groups, then the scale): the sums
+        // of 32 values of sub-blocks 2c and 2c + 1 are theirs added, so the mins weigh each.
+        const uint4 rec = ((const uint4*)a.s16)[pc];
+        // |lo|, |hi| over 32 values may pass int16 (dp2a's operands), so these are products.
+        const int sc = lo * (int)(sm & 0xffu) + hi * (int)((sm >> 8) & 0xffu);
+        const int mn = dp2a<false>(rec.z, sm, dp2a<false>(rec.x, sm, 0));
+        const float da = __uint_as_float(rec.y);
+        const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
+        return dx * (float)sc - dmin * (float)mn;
+    }
+};
+
+// The decode GEMVs' unit of each format: QUnit, or for Q4_K and Q5_K the pair above. SPAN:
+// 16-byte units of quants it covers; PER_SB: GEMV units a super-block (K-quants).
+template <int FMT> struct GemvUnit : QUnit<FMT> {
+    static constexpr int SPAN = 1;
+    static constexpr int PER_SB = 8;
+};
+template <> struct GemvUnit<5> : QK45Pair<5> {
+    static constexpr int SPAN = 2;
+    static constexpr int PER_SB = 4;
+};
+template <> struct GemvUnit<6> : QK45Pair<6> {
+    static constexpr int SPAN = 2;
+    static constexpr int PER_SB = 4;
+};
+// GEMV units of a row of K values.
+template <int FMT> __device__ __forceinline__ int gemv_units(int K) {
+    return (FMT == 0 ? K / 16 : K / 32) / GemvUnit<FMT>::SPAN;
+}
 
 // ---- Q6_K: unit cc is bytes 16 w of super-block sb's ql (w = cc % 8): half h = w / 4,
 // j = w % 4. Low nibbles are values 128h + 16j + i, high nibbles those + 64; their top two

@@ -240,6 +240,30 @@ fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
 }
 
 /// `values`: the unit's dequantized weights at their row offsets.
+/// QK45Pair::dot (the decode GEMVs' Q4_K / Q5_K unit): units 2 pc and 2 pc + 1 of a row,
+/// each sub-block's 32 products in one integer sum, the scales applied once.
+fn dot_pair(fmt: QFmt, a0: &Unit, a1: &Unit, pc: usize, a: &Acts) -> f32 {
+    let (cc, half) = (2 * pc, a.q.len() / 2);
+    let (l0, h0, _, _) = words(fmt, a0, cc);
+    let (l1, h1, _, _) = words(fmt, a1, cc + 1);
+    let lo = dot16(l0, &a.q[16 * cc..16 * cc + 16]) + dot16(l1, &a.q[16 * cc + 16..16 * cc + 32]);
+    let hi = dot16(h0, &a.q[half + 16 * cc..half + 16 * cc + 16]) + dot16(h1, &a.q[half + 16 * cc + 16..half + 16 * cc + 32]);
+    let (s0, s1, m0, m1) = k_scales(&a0.aux, pc & 3);
+    let (slo, shi) = (a.s16[2 * cc] + a.s16[2 * cc + 2], a.s16[2 * cc + 1] + a.s16[2 * cc + 3]);
+    let da = a.d32[cc];
+    let (dx, dmin) = (f16v(a0.aux[0] & 0xffff) * da, f16v(a0.aux[0] >> 16) * da);
+    dx * (s0 * lo + s1 * hi) as f32 - dmin * (m0 * slo + m1 * shi) as f32
+}
+
+/// One row's GEMV sum as the decode kernels take it: over their units (GemvUnit: pairs for
+/// Q4_K and Q5_K), in unit order.
+fn gemv_row(fmt: QFmt, s: &Seg, row: usize, nb: usize, nu: usize, a: &Acts) -> f32 {
+    if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+        return (0..nu / 2).map(|pc| dot_pair(fmt, &load(fmt, s, row, nb, nu, 2 * pc), &load(fmt, s, row, nb, nu, 2 * pc + 1), pc, a)).sum();
+    }
+    (0..nu).map(|cc| dot(fmt, &load(fmt, s, row, nb, nu, cc), cc, a)).sum()
+}
+
 fn values(fmt: QFmt, u: &Unit, cc: usize, out: &mut [f32]) {
     let (lw, hw, vl, vh) = words(fmt, u, cc);
     let get = |w: &[u32; 4], i: usize| ubyte(w[i / 4], i % 4);
@@ -330,7 +354,12 @@ fn emulated_gemv_matches_cpu_dot() {
                 let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
                 for row in 0..rows {
                     let w = &bytes[row * rb..(row + 1) * rb];
-                    let got = (0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>();
+                    let got = gemv_row(fmt, &s, row, nb, nu, &acts);
+                    if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+                        // The pairs against the single units (the dequant path's math).
+                        let single = (0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>();
+                        assert!((got - single).abs() <= 1e-5 * single.abs().max(1e-3), "{fmt:?} row {row}: pairs {got} units {single}");
+                    }
                     gpu.push(got);
                     cpu.push(quant::dot_prepared(dtype, w, &prepared));
                     // Against the exact dot, relative to the size of its terms: only the int8
@@ -406,7 +435,7 @@ fn emulated_gemv_matches_cpu_on_real_gguf_tensors() {
             let mut got = Vec::new();
             let mut want = Vec::new();
             for row in 0..rows {
-                got.push((0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>());
+                got.push(gemv_row(fmt, &s, row, nb, nu, &acts));
                 want.push(quant::dot_prepared(dtype, &bytes[row * rb..(row + 1) * rb], &prepared));
                 let mut deq = vec![0f32; k];
                 quant::dequantize_row(dtype, &bytes[row * rb..(row + 1) * rb], &mut deq);
