@@ -5,12 +5,14 @@
 // gemvq_FMT_U_NORM_MODE: y[t, u] = epilogue(sum_k W[u, k] * x'[t, k]), W one segment of rows
 // in layout FMT (regions r0..r3), x f32 [T, K] (row stride K), y f32 [T, ldy].
 // Each block first quantizes its token row x[t] (RMS-normed and times g when NORM) into
-// shared memory in the weight format's companion int8 format; every unit is then one 16-byte
-// streaming load of quants plus its scales, dotted with dp4a.
+// shared memory in the weight format's companion int8 format; every unit (GemvUnit) is then
+// one 16-byte streaming load of quants plus its scales (two for Q4_K and Q5_K's pairs),
+// dotted with dp4a.
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc.  MODE 2: SwiGLU, unit u reads rows u (gate)
 // and u + n_units (up): y = silu(gate) * up.
 // Launch: block (tpr, rpb): tpr threads (power of two) share a row, rpb rows per block; each
-// thread keeps U units per row in flight (U = 2, 4, or 8 without SwiGLU). Grid (blocks, T);
+// thread keeps U 16-byte units of quants per row in flight (U = 2, 4, or 8 without SwiGLU;
+// U / 2 pairs for Q4_K and Q5_K). Grid (blocks, T);
 // blocks stride over groups of rpb rows. Dynamic shared memory: 3 K / 2 + 256 bytes (the
 // activations, then 64 floats for reductions).
 // The U-unit batch `step` of row `unit` (and, for SwiGLU, row unit + n_units).
