@@ -28,7 +28,8 @@
 // hi group at qhi[16 cc] (qhi = q + K/2; for Q4_K and Q5_K at 16 k45_pos(cc, K / 32), as their
 // weights), and in place of s16 (and d32) an 8-byte record per
 // unit, ((uint2*)s16)[cc]: the int16 sums of the lo and hi groups, then the f32 scale. So a
-// unit reads its activations with three conflict-free loads at addresses linear in cc.
+// unit reads its activations with three conflict-free loads at addresses linear in cc (for a
+// Q4_K / Q5_K pair, linear in pc within each half, and one 16-byte load of both records).
 
 typedef unsigned char u8;
 
@@ -55,10 +56,10 @@ template <bool U = false> __device__ __forceinline__ int dp4a(u32 a, int b, int 
     return d;
 }
 
-// c + the sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
-template <bool U = false> __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a, int c = 0) {
+// Sum over 16 values of weight bytes (4 per word, value order) times activation bytes.
+template <bool U = false> __device__ __forceinline__ int dot16(u32 w0, u32 w1, u32 w2, u32 w3, const signed char* a) {
     const int4 v = *(const int4*)a;
-    return dp4a<U>(w3, v.w, dp4a<U>(w2, v.z, dp4a<U>(w1, v.y, dp4a<U>(w0, v.x, c))));
+    return dp4a<U>(w3, v.w, dp4a<U>(w2, v.z, dp4a<U>(w1, v.y, dp4a<U>(w0, v.x, 0))));
 }
 
 // a.lo * b.byte0 + a.hi * b.byte1 + c (LO) or with bytes 2 and 3 (!LO): a holds two int16.

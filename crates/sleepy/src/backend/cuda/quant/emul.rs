@@ -1,7 +1,9 @@
 //! A CPU emulation of kernels/quant_units.cu, line by line (the same unit mapping, bit
 //! tricks, integer dot products and activation quantization), tested here against the CPU
 //! reference on fresh random blocks: the index math of the GPU kernels is checked on every
-//! machine, with or without a GPU. Keep it in step with the .cu file.
+//! machine, with or without a GPU. Keep it in step with the .cu file. (One exception:
+//! `dot_pair` builds a Q4_K / Q5_K pair from two single-unit loads, so the pair's own loads
+//! are checked by the GPU tests alone.)
 
 use super::layout::{k45_pos, repack, QFmt, ALL_FORMATS};
 use crate::quant::{self, DType};
@@ -237,7 +239,6 @@ fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
     }
 }
 
-/// `values`: the unit's dequantized weights at their row offsets.
 /// QK45Pair::dot (the decode GEMVs' Q4_K / Q5_K unit): units 2 pc and 2 pc + 1 of a row,
 /// each sub-block's 32 products in one integer sum, the scales applied once.
 fn dot_pair(fmt: QFmt, a0: &Unit, a1: &Unit, pc: usize, a: &Acts) -> f32 {
@@ -264,6 +265,7 @@ fn gemv_row(fmt: QFmt, s: &Seg, row: usize, nb: usize, nu: usize, a: &Acts) -> f
     (0..nu).map(|cc| dot(fmt, &load(fmt, s, row, nb, nu, cc), cc, a)).sum()
 }
 
+/// `values`: the unit's dequantized weights at their row offsets.
 fn values(fmt: QFmt, u: &Unit, cc: usize, out: &mut [f32]) {
     let (lw, hw, vl, vh) = words(fmt, u, cc);
     let get = |w: &[u32; 4], i: usize| ubyte(w[i / 4], i % 4);

@@ -4,7 +4,8 @@
 //! loads and every scale with one aligned load. The bytes are the same as the file's, only
 //! reordered: a weight read per token costs exactly its stored size. Q4_K and Q5_K also have
 //! the bits of their 12 scale bytes rearranged (`k_scales_to_gpu`), so that a kernel gets the
-//! four 6-bit scales and mins a unit needs as the bytes of one word in a few operations.
+//! four 6-bit scales and mins a unit needs as the bytes of one word in a few operations, and
+//! their quants (R0) in each row's even-odd unit order (`k45_pos`).
 
 use crate::error::{Error, Result};
 use crate::quant::kquants::{pack_scale_min_k4, scale_min_k4};
@@ -81,7 +82,8 @@ impl QFmt {
         }
     }
 
-    /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once).
+    /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once; the
+/// Q4_K and Q5_K GEMVs take them in pairs).
     pub fn units_per_row(self, k: usize) -> usize {
         if self == QFmt::Q8_0 {
             k / 16
