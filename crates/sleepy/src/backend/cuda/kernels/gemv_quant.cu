@@ -5,18 +5,20 @@
 // gemvq_FMT_U_NORM_MODE: y[t, u] = epilogue(sum_k W[u, k] * x'[t, k]), W one segment of rows
 // in layout FMT (regions r0..r3), x f32 [T, K] (row stride K), y f32 [T, ldy].
 // Each block first quantizes its token row x[t] (RMS-normed and times g when NORM) into
-// shared memory in the weight format's companion int8 format; every unit is then one 16-byte
-// streaming load of quants plus its scales, dotted with dp4a.
+// shared memory in the weight format's companion int8 format; every unit (GemvUnit) is then
+// one 16-byte streaming load of quants plus its scales (two for Q4_K and Q5_K's pairs),
+// dotted with dp4a.
 // MODE 0: y = acc (+ bias[u]).  MODE 1: y += acc.  MODE 2: SwiGLU, unit u reads rows u (gate)
 // and u + n_units (up): y = silu(gate) * up.
 // Launch: block (tpr, rpb): tpr threads (power of two) share a row, rpb rows per block; each
-// thread keeps U units per row in flight (U = 2, 4, or 8 without SwiGLU). Grid (blocks, T);
+// thread keeps U 16-byte units of quants per row in flight (U = 2, 4, or 8 without SwiGLU;
+// U / 2 pairs for Q4_K and Q5_K). Grid (blocks, T);
 // blocks stride over groups of rpb rows. Dynamic shared memory: 3 K / 2 + 256 bytes (the
 // activations, then 64 floats for reductions).
 // The U-unit batch `step` of row `unit` (and, for SwiGLU, row unit + n_units).
 template <int FMT, int U, int MODE>
 __device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units, int nb, int nu, int step,
-                                           QUnit<FMT> (&a)[U], QUnit<FMT> (&b)[U]) {
+                                           GemvUnit<FMT> (&a)[U], GemvUnit<FMT> (&b)[U]) {
     if (unit >= n_units) return;
     const int tpr = blockDim.x;
 #pragma unroll
@@ -27,13 +29,13 @@ __device__ __forceinline__ void gemvq_load(const QPtr& w, int unit, int n_units,
             if (MODE == 2) b[i].load(w, (size_t)unit + n_units, nb, nu, cc);
         } else {
             // Defined values for the dot below, whose result is then discarded.
-            a[i] = QUnit<FMT>{};
-            if (MODE == 2) b[i] = QUnit<FMT>{};
+            a[i] = GemvUnit<FMT>{};
+            if (MODE == 2) b[i] = GemvUnit<FMT>{};
         }
     }
 }
 
-template <int FMT, int U, bool NORM, int MODE>
+template <int FMT, int U0, bool NORM, int MODE>
 __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restrict__ x, const float* __restrict__ g,
                                            float eps, const float* __restrict__ bias, float* y, int n_units, int K,
                                            int ldy) {
@@ -50,19 +52,21 @@ __device__ __forceinline__ void gemvq_body(const QPtr& w, const float* __restric
     const int tid = threadIdx.y * tpr + threadIdx.x;
     const int nthreads = tpr * rpb;
     const int t = blockIdx.y;
-    const int nu = FMT == 0 ? K / 16 : K / 32;  // units per row
+    // U0 counts 16-byte units of quants; a GEMV unit may span two (GemvUnit).
+    constexpr int U = U0 / GemvUnit<FMT>::SPAN;
+    const int nu = gemv_units<FMT>(K);           // units per row
     const int nb = FMT >= 5 ? K / 256 : K / 32;  // blocks per row
     const int steps = (nu + tpr * U - 1) / (tpr * U);
 
     // Weights never depend on the previous kernel: load this thread's first batch into
     // registers and warm L2 with the rest of the block's first rows while that kernel drains.
     int base = blockIdx.x * rpb;
-    QUnit<FMT> ua[U], ub[U];
+    GemvUnit<FMT> ua[U], ub[U];
     gemvq_load<FMT, U, MODE>(w, base + threadIdx.y, n_units, nb, nu, 0, ua, ub);
     {
         const int n = min(rpb, n_units - base);
         if (n > 0) {
-            const size_t row_bytes = (size_t)nu * 16;
+            const size_t row_bytes = (size_t)(FMT == 0 ? K : K / 2);  // of quants
             const u8* wb = w.r0 + (size_t)base * row_bytes;
             const size_t bytes = (size_t)n * row_bytes;
             for (size_t off = (size_t)tid * 128; off < bytes; off += (size_t)nthreads * 128) {
@@ -188,7 +192,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
     __shared__ __align__(8) u64 full[GEMV_MAX_STAGES], empty[GEMV_MAX_STAGES];
     __shared__ __align__(8) float red[32];  // quantize_acts: a double a consumer warp (16)
     const int tid = threadIdx.x, nc = blockDim.x - 32, rpb = nc / tpr;
-    const int nu = FMT == 0 ? K / 16 : K / 32;
+    const int nu = gemv_units<FMT>(K);
     const int nb = FMT >= 5 ? K / 256 : K / 32;
     // Each region's row bytes and its offset in a stage (the gate rows' half for SwiGLU).
     u32 rb[4], off[4], half_bytes = 0;
@@ -275,13 +279,16 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
             // UN units a batch, straight-line so that all their loads issue before the first
             // product; then the last units one at a time (the same order of additions).
             // K-quants stream with tpr a multiple of 8 (the host's plan): a thread's units then
-            // share their place in the super-block (cc % 8 = tx % 8), and writing them as
-            // (super-block, place) lets the compiler see that and hoist what depends on it.
-            constexpr int UN = MODE == 2 ? 2 : 4;
-            const auto unit = [&](int cc, int j) { return FMT >= 5 ? ((cc >> 3) + j * (tpr >> 3)) << 3 | (tx & 7) : cc + j * tpr; };
+            // share their place in the super-block (cc % P = tx % P, P GEMV units a
+            // super-block), and writing them as (super-block, place) lets the compiler see
+            // that and hoist what depends on it. UN counts 16-byte units of quants.
+            constexpr int UN = (MODE == 2 ? 2 : 4) / GemvUnit<FMT>::SPAN, LP = GemvUnit<FMT>::PER_SB == 4 ? 2 : 3;
+            const auto unit = [&](int cc, int j) {
+                return FMT >= 5 ? ((cc >> LP) + j * (tpr >> LP)) << LP | (tx & ((1 << LP) - 1)) : cc + j * tpr;
+            };
             int cc = tx;
             for (; cc + (UN - 1) * tpr < nu; cc += UN * tpr) {
-                QUnit<FMT> ua[UN], ub[UN];
+                GemvUnit<FMT> ua[UN], ub[UN];
 #pragma unroll
                 for (int j = 0; j < UN; ++j) {
                     ua[j].template load<true>(gate, 0, nb, nu, unit(cc, j));
@@ -294,7 +301,7 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
                 }
             }
             for (; cc < nu; cc += tpr) {
-                QUnit<FMT> ua, ub;
+                GemvUnit<FMT> ua, ub;
                 ua.template load<true>(gate, 0, nb, nu, cc);
                 if (MODE == 2) ub.template load<true>(up, 0, nb, nu, cc);
                 acc0 += ua.dot(cc, acts);

@@ -13,9 +13,11 @@
 //   FMT 4 Q5_1: R0 qs[16]   R1 (d, m) f16 x2    R2 qh u32
 //   FMT 5 Q4_K: R0 qs[128]  R1 d, dmin, scales (16 B, the 12 scale bytes rearranged: QK45)
 //   FMT 6 Q5_K: R0 qs[128]  R1 as Q4_K                   R2 qh[32]
+//   (Q4_K and Q5_K's R0 units are in a row's even-odd order: k45_pos)
 //   FMT 7 Q6_K: R0 ql[128]  R1 qh[64]           R2 scales i8[16]   R3 d f16
 // A unit is 16 bytes of R0; a row is units 0 .. NU-1 (NU = K/16 for Q8_0, K/32 otherwise) and
-// unit cc of row r is at R0 + 16 * (r * NU + cc). A unit holds one group of 16 values (Q8_0)
+// unit cc of row r is at R0 + 16 * (r * NU + cc), or for Q4_K and Q5_K at
+// R0 + 16 * (r * NU + k45_pos(cc, NU)). A unit holds one group of 16 values (Q8_0)
 // or two, "lo" and "hi" (low and high nibbles), at the value offsets unit_lo / unit_hi.
 //
 // Activations (shared memory, filled by quantize_acts in the companion format of the weight
@@ -23,9 +25,11 @@
 // 32 values; s32 [K/32] the f16-rounded d * sum of the 32 quants (Q8_1 only); s16 [K/16] the
 // integer sum of each 16 quants. For the K-quants (Q8_K activations) they are in unit order
 // instead (act_slot): the 16 values unit cc dots with its lo group at q[16 cc], those of its
-// hi group at qhi[16 cc] (qhi = q + K/2), and in place of s16 (and d32) an 8-byte record per
+// hi group at qhi[16 cc] (qhi = q + K/2; for Q4_K and Q5_K at 16 k45_pos(cc, K / 32), as their
+// weights), and in place of s16 (and d32) an 8-byte record per
 // unit, ((uint2*)s16)[cc]: the int16 sums of the lo and hi groups, then the f32 scale. So a
-// unit reads its activations with three conflict-free loads at addresses linear in cc.
+// unit reads its activations with three conflict-free loads at addresses linear in cc (for a
+// Q4_K / Q5_K pair, linear in pc within each half, and one 16-byte load of both records).
 
 typedef unsigned char u8;
 
@@ -181,6 +185,13 @@ template <> struct QUnit<4> : QLegacy<4> {};
 // come out as the bytes of one word in a few operations: their low nibbles are the bytes of
 // meta.y (chunks 0 and 1) or meta.z (2 and 3), chunk c & 1 in the high nibbles; their top two
 // bits are bits 2c, 2c + 1 of the bytes of meta.w.
+// Where unit cc of a Q4_K / Q5_K row of nu units sits in R0 and in the activations (layout.rs
+// writes it so): the row's even units first, then its odd ones. A GEMV pair's two units
+// (2 pc and 2 pc + 1, QK45Pair) are then 16 bytes at pc in each half, so a warp's loads of
+// either half are contiguous (pairs of adjacent units took two passes of the shared-memory
+// banks a load, and were slower: BENCHMARKS.md, session 25).
+__device__ __forceinline__ int k45_pos(int cc, int nu) { return (cc & 1) * (nu >> 1) + (cc >> 1); }
+
 template <int FMT> struct QK45 {
     uint4 q;
     uint4 meta;
@@ -189,50 +200,31 @@ template <int FMT> struct QK45 {
     template <bool SH = false>
     __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int nu, int cc) {
         const size_t sb = row * nb + (cc >> 3);
-        q = ld_quants<SH>(w.r0 + 16 * (row * nu + cc));
+        q = ld_quants<SH>(w.r0 + 16 * (row * nu + k45_pos(cc, nu)));
         meta = *(const uint4*)(w.r1 + 16 * sb);
         if (FIVE) qh = *(const uint4*)(w.r2 + 32 * sb + 16 * (cc & 1));
     }
     // Bytes [s0, s1, m0, m1]: scale and min of sub-blocks 2c and 2c + 1.
-    __device__ __forceinline__ u32 scale_word(int c) const {
+    __device__ __forceinline__ static u32 scale_word(const uint4& meta, int c) {
         const u32 lo = ((c < 2 ? meta.y : meta.z) >> (4 * (c & 1))) & 0x0F0F0F0Fu;
         return lo | (((meta.w >> (2 * c)) & 0x03030303u) << 4);
     }
-    __device__ __forceinline__ u32 lo_word(u32 qw, u32 hw, int c) const {
+    __device__ __forceinline__ static u32 lo_word(u32 qw, u32 hw, int c) {
         u32 r = qw & 0x0F0F0F0Fu;
         if (FIVE) r |= ((hw >> (2 * c)) & 0x01010101u) << 4;
         return r;
     }
-    __device__ __forceinline__ u32 hi_word(u32 qw, u32 hw, int c) const {
+    __device__ __forceinline__ static u32 hi_word(u32 qw, u32 hw, int c) {
         u32 r = (qw >> 4) & 0x0F0F0F0Fu;
         if (FIVE) r |= ((hw >> (2 * c + 1)) & 0x01010101u) << 4;
         return r;
     }
     __device__ __forceinline__ static int vlo_of(int cc) { return 256 * (cc >> 3) + 64 * ((cc & 7) >> 1) + 16 * (cc & 1); }
-    __device__ __forceinline__ float dot(int cc, const Acts& a) const {
-        const int c = (cc & 7) >> 1;
-        const u32 h0 = FIVE ? qh.x : 0u, h1 = FIVE ? qh.y : 0u, h2 = FIVE ? qh.z : 0u, h3 = FIVE ? qh.w : 0u;
-        const int lo = dot16(lo_word(q.x, h0, c), lo_word(q.y, h1, c), lo_word(q.z, h2, c), lo_word(q.w, h3, c), a.q + 16 * cc);
-        // Q4_K's high nibbles in place (16 times the value) spare a shift a word; the sum is
-        // then an exact multiple of 16.
-        const int hi = FIVE ? dot16(hi_word(q.x, h0, c), hi_word(q.y, h1, c), hi_word(q.z, h2, c), hi_word(q.w, h3, c), a.qhi + 16 * cc)
-                            : dot16<true>(q.x & 0xF0F0F0F0u, q.y & 0xF0F0F0F0u, q.z & 0xF0F0F0F0u, q.w & 0xF0F0F0F0u, a.qhi + 16 * cc) >> 4;
-        const u32 sm = scale_word(c);
-        const uint2 rec = ((const uint2*)a.s16)[cc];  // int16 sums of the lo and hi groups, scale
-        const u32 sums = rec.x;
-        // |lo|, |hi| <= 16 * 15 * 127 fit int16 for Q4_K, so one dp2a weighs both by their
-        // scales; Q5_K's 5-bit values do not.
-        const int sc = FIVE ? lo * ubyte(sm, 0) + hi * ubyte(sm, 1) : dp2a<true>(__byte_perm(lo, hi, 0x5410), sm, 0);
-        const int mn = dp2a<false>(sums, sm, 0);
-        const float da = __uint_as_float(rec.y);
-        const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
-        return dx * (float)sc - dmin * (float)mn;
-    }
     __device__ __forceinline__ void values(int cc, float* lo, float* hi, int& vlo, int& vhi) const {
         const int c = (cc & 7) >> 1;
         vlo = vlo_of(cc);
         vhi = vlo + 32;
-        const u32 sm = scale_word(c);
+        const u32 sm = scale_word(meta, c);
         const float d = lo_f16(meta.x), dmin = hi_f16(meta.x);
         const float d0 = __fmul_rn(d, (float)ubyte(sm, 0)), d1 = __fmul_rn(d, (float)ubyte(sm, 1));
         const float n0 = __fmul_rn(dmin, (float)ubyte(sm, 2)), n1 = __fmul_rn(dmin, (float)ubyte(sm, 3));
@@ -251,6 +243,81 @@ template <int FMT> struct QK45 {
 };
 template <> struct QUnit<5> : QK45<5> {};
 template <> struct QUnit<6> : QK45<6> {};
+
+// ---- Q4_K / Q5_K in the decode GEMVs: a pair of units, 2c and 2c + 1 of a super-block (bytes
+// 32c .. 32c + 31 of its 128: the 64 values of sub-blocks 2c and 2c + 1). The two share chunk
+// c's scale word, the super-block's d and dmin and the activations' scale, so those are taken
+// once for 64 values, and each sub-block's 32 products go to one integer sum. Pair pc of a row
+// (np = K / 64 of them) is super-block pc / 4, chunk c = pc % 4, units 2 pc and 2 pc + 1.
+template <int FMT> struct QK45Pair {
+    using Q = QK45<FMT>;
+    static constexpr bool FIVE = FMT == 6;
+    uint4 q0, q1;
+    uint4 meta;
+    uint4 h0, h1;
+    template <bool SH = false>
+    __device__ __forceinline__ void load(const QPtr& w, size_t row, int nb, int np, int pc) {
+        const size_t sb = row * nb + (pc >> 2);
+        const u8* p = w.r0 + 16 * (2 * row * np + pc);  // k45_pos: even units, then odd
+        q0 = ld_quants<SH>(p);
+        q1 = ld_quants<SH>(p + 16 * np);
+        meta = *(const uint4*)(w.r1 + 16 * sb);
+        if (FIVE) {
+            h0 = *(const uint4*)(w.r2 + 32 * sb);
+            h1 = *(const uint4*)(w.r2 + 32 * sb + 16);
+        }
+    }
+    __device__ __forceinline__ float dot(int pc, const Acts& a) const {
+        const int c = pc & 3;
+        // The units' activations, as their quants: at 16 pc in the even and the odd half
+        // (which starts K / 4 bytes on: half of qhi - q).
+        const int odd = (int)(a.qhi - a.q) >> 1;
+        const signed char* alo = a.q + 16 * pc;
+        const signed char* ahi = a.qhi + 16 * pc;
+        // Two chains a group, added: half the dependent steps of one chain of eight.
+        int lo, hi;
+        if (FIVE) {
+            lo = dot16(Q::lo_word(q0.x, h0.x, c), Q::lo_word(q0.y, h0.y, c), Q::lo_word(q0.z, h0.z, c), Q::lo_word(q0.w, h0.w, c), alo) +
+                 dot16(Q::lo_word(q1.x, h1.x, c), Q::lo_word(q1.y, h1.y, c), Q::lo_word(q1.z, h1.z, c), Q::lo_word(q1.w, h1.w, c), alo + odd);
+            hi = dot16(Q::hi_word(q0.x, h0.x, c), Q::hi_word(q0.y, h0.y, c), Q::hi_word(q0.z, h0.z, c), Q::hi_word(q0.w, h0.w, c), ahi) +
+                 dot16(Q::hi_word(q1.x, h1.x, c), Q::hi_word(q1.y, h1.y, c), Q::hi_word(q1.z, h1.z, c), Q::hi_word(q1.w, h1.w, c), ahi + odd);
+        } else {
+            constexpr u32 L = 0x0F0F0F0Fu, H = 0xF0F0F0F0u;
+            lo = dot16(q0.x & L, q0.y & L, q0.z & L, q0.w & L, alo) + dot16(q1.x & L, q1.y & L, q1.z & L, q1.w & L, alo + odd);
+            // High nibbles in place (16 times the value): the sum is an exact multiple of 16.
+            hi = (dot16<true>(q0.x & H, q0.y & H, q0.z & H, q0.w & H, ahi) + dot16<true>(q1.x & H, q1.y & H, q1.z & H, q1.w & H, ahi + odd)) >> 4;
+        }
+        const u32 sm = Q::scale_word(meta, c);
+        // Both units' records (int16 sums of the lo and hi groups, then the scale): the sums
+        // of 32 values of sub-blocks 2c and 2c + 1 are theirs added, so the mins weigh each.
+        const uint4 rec = ((const uint4*)a.s16)[pc];
+        // |lo|, |hi| over 32 values may pass int16 (dp2a's operands), so these are products.
+        const int sc = lo * (int)(sm & 0xffu) + hi * (int)((sm >> 8) & 0xffu);
+        const int mn = dp2a<false>(rec.z, sm, dp2a<false>(rec.x, sm, 0));
+        const float da = __uint_as_float(rec.y);
+        const float dx = lo_f16(meta.x) * da, dmin = hi_f16(meta.x) * da;
+        return dx * (float)sc - dmin * (float)mn;
+    }
+};
+
+// The decode GEMVs' unit of each format: QUnit, or for Q4_K and Q5_K the pair above. SPAN:
+// 16-byte units of quants it covers; PER_SB: GEMV units a super-block (K-quants).
+template <int FMT> struct GemvUnit : QUnit<FMT> {
+    static constexpr int SPAN = 1;
+    static constexpr int PER_SB = 8;
+};
+template <> struct GemvUnit<5> : QK45Pair<5> {
+    static constexpr int SPAN = 2;
+    static constexpr int PER_SB = 4;
+};
+template <> struct GemvUnit<6> : QK45Pair<6> {
+    static constexpr int SPAN = 2;
+    static constexpr int PER_SB = 4;
+};
+// GEMV units of a row of K values.
+template <int FMT> __device__ __forceinline__ int gemv_units(int K) {
+    return (FMT == 0 ? K / 16 : K / 32) / GemvUnit<FMT>::SPAN;
+}
 
 // ---- Q6_K: unit cc is bytes 16 w of super-block sb's ql (w = cc % 8): half h = w / 4,
 // j = w % 4. Low nibbles are values 128h + 16j + i, high nibbles those + 64; their top two
@@ -348,7 +415,7 @@ template <int FMT> __device__ __forceinline__ int2 act_slot(int i, int K) {
     // unit w = 2 (r / 64) + (r / 16) % 2, its hi group 32 values on.
     const int p = FMT == 7 ? (r >> 6) & 1 : (r >> 5) & 1;
     const int cc = 8 * sb + (FMT == 7 ? 4 * (r >> 7) + ((r >> 4) & 3) : 2 * (r >> 6) + ((r >> 4) & 1));
-    return make_int2(p * (K / 2) + 16 * cc + (r & 15), 2 * cc + p);
+    return make_int2(p * (K / 2) + 16 * (FMT == 7 ? cc : k45_pos(cc, K / 32)) + (r & 15), 2 * cc + p);
 }
 
 // Chunk i (values v) into the shared activations. Every lane of the warp calls it (the

@@ -1,9 +1,11 @@
 //! A CPU emulation of kernels/quant_units.cu, line by line (the same unit mapping, bit
 //! tricks, integer dot products and activation quantization), tested here against the CPU
 //! reference on fresh random blocks: the index math of the GPU kernels is checked on every
-//! machine, with or without a GPU. Keep it in step with the .cu file.
+//! machine, with or without a GPU. Keep it in step with the .cu file. (One exception:
+//! `dot_pair` builds a Q4_K / Q5_K pair from two single-unit loads, so the pair's own loads
+//! are checked by the GPU tests alone.)
 
-use super::layout::{repack, QFmt, ALL_FORMATS};
+use super::layout::{k45_pos, repack, QFmt, ALL_FORMATS};
 use crate::quant::{self, DType};
 use rand::{Rng, SeedableRng};
 
@@ -38,7 +40,8 @@ fn act_slot(fmt: QFmt, i: usize, k: usize) -> (usize, usize) {
     let q6 = fmt == QFmt::Q6K;
     let p = if q6 { (r >> 6) & 1 } else { (r >> 5) & 1 };
     let cc = 8 * sb + if q6 { 4 * (r >> 7) + ((r >> 4) & 3) } else { 2 * (r >> 6) + ((r >> 4) & 1) };
-    (p * (k / 2) + 16 * cc + (r & 15), 2 * cc + p)
+    let pos = if q6 { cc } else { k45_pos(cc, k / 32) };
+    (p * (k / 2) + 16 * pos + (r & 15), 2 * cc + p)
 }
 
 /// quantize_acts: 8 values per thread; 4 threads share a 32-block, a warp a 256-block.
@@ -121,7 +124,8 @@ struct Unit {
 }
 
 fn load(fmt: QFmt, s: &Seg, row: usize, nb: usize, nu: usize, cc: usize) -> Unit {
-    let q = uint4(s.r[0], 16 * (row * nu + cc));
+    let pos = if matches!(fmt, QFmt::Q4K | QFmt::Q5K) { k45_pos(cc, nu) } else { cc };
+    let q = uint4(s.r[0], 16 * (row * nu + pos));
     let mut u = Unit { q, aux: [0; 4], aux2: [0; 4], d: 0.0 };
     match fmt {
         QFmt::Q8_0 => u.d = f16v(u16_at(s.r[1], row * nb + (cc >> 1)) as u32),
@@ -218,11 +222,7 @@ fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
                 let (sl, sh) = q6_scales(&u.aux2, cc);
                 u.d * da * (sl * (lo - 32 * slo) + sh * (hi - 32 * shi)) as f32
             }
-            _ => {
-                let (s0, s1, m0, m1) = k_scales(&u.aux, (cc & 7) >> 1);
-                let (dx, dmin) = (f16v(u.aux[0] & 0xffff) * da, f16v(u.aux[0] >> 16) * da);
-                dx * (s0 * lo + s1 * hi) as f32 - dmin * (m0 * slo + m1 * shi) as f32
-            }
+            _ => unreachable!("Q4_K and Q5_K take pairs of units (dot_pair)"),
         };
     }
     let lo = dot16(lw, &a.q[vl..vl + 16]);
@@ -237,6 +237,32 @@ fn dot(fmt: QFmt, u: &Unit, cc: usize, a: &Acts) -> f32 {
         // Unit order, above.
         QFmt::Q4K | QFmt::Q5K | QFmt::Q6K => unreachable!("K-quant activations are in unit order"),
     }
+}
+
+/// QK45Pair::dot (the decode GEMVs' Q4_K / Q5_K unit): units 2 pc and 2 pc + 1 of a row,
+/// each sub-block's 32 products in one integer sum, the scales applied once.
+fn dot_pair(fmt: QFmt, a0: &Unit, a1: &Unit, pc: usize, a: &Acts) -> f32 {
+    let (cc, half) = (2 * pc, a.q.len() / 2);
+    let (l0, h0, _, _) = words(fmt, a0, cc);
+    let (l1, h1, _, _) = words(fmt, a1, cc + 1);
+    // The activations in the weights' even-odd order: at 16 pc in each half.
+    let (e, o) = (16 * pc, 16 * pc + half / 2);
+    let lo = dot16(l0, &a.q[e..e + 16]) + dot16(l1, &a.q[o..o + 16]);
+    let hi = dot16(h0, &a.q[half + e..half + e + 16]) + dot16(h1, &a.q[half + o..half + o + 16]);
+    let (s0, s1, m0, m1) = k_scales(&a0.aux, pc & 3);
+    let (slo, shi) = (a.s16[2 * cc] + a.s16[2 * cc + 2], a.s16[2 * cc + 1] + a.s16[2 * cc + 3]);
+    let da = a.d32[cc];
+    let (dx, dmin) = (f16v(a0.aux[0] & 0xffff) * da, f16v(a0.aux[0] >> 16) * da);
+    dx * (s0 * lo + s1 * hi) as f32 - dmin * (m0 * slo + m1 * shi) as f32
+}
+
+/// One row's GEMV sum as the decode kernels take it: over their units (GemvUnit: pairs for
+/// Q4_K and Q5_K), in unit order.
+fn gemv_row(fmt: QFmt, s: &Seg, row: usize, nb: usize, nu: usize, a: &Acts) -> f32 {
+    if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+        return (0..nu / 2).map(|pc| dot_pair(fmt, &load(fmt, s, row, nb, nu, 2 * pc), &load(fmt, s, row, nb, nu, 2 * pc + 1), pc, a)).sum();
+    }
+    (0..nu).map(|cc| dot(fmt, &load(fmt, s, row, nb, nu, cc), cc, a)).sum()
 }
 
 /// `values`: the unit's dequantized weights at their row offsets.
@@ -330,7 +356,7 @@ fn emulated_gemv_matches_cpu_dot() {
                 let (mut gpu, mut cpu) = (Vec::new(), Vec::new());
                 for row in 0..rows {
                     let w = &bytes[row * rb..(row + 1) * rb];
-                    let got = (0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>();
+                    let got = gemv_row(fmt, &s, row, nb, nu, &acts);
                     gpu.push(got);
                     cpu.push(quant::dot_prepared(dtype, w, &prepared));
                     // Against the exact dot, relative to the size of its terms: only the int8
@@ -406,7 +432,7 @@ fn emulated_gemv_matches_cpu_on_real_gguf_tensors() {
             let mut got = Vec::new();
             let mut want = Vec::new();
             for row in 0..rows {
-                got.push((0..nu).map(|cc| dot(fmt, &load(fmt, &s, row, nb, nu, cc), cc, &acts)).sum::<f32>());
+                got.push(gemv_row(fmt, &s, row, nb, nu, &acts));
                 want.push(quant::dot_prepared(dtype, &bytes[row * rb..(row + 1) * rb], &prepared));
                 let mut deq = vec![0f32; k];
                 quant::dequantize_row(dtype, &bytes[row * rb..(row + 1) * rb], &mut deq);

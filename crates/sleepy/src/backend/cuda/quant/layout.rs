@@ -4,7 +4,8 @@
 //! loads and every scale with one aligned load. The bytes are the same as the file's, only
 //! reordered: a weight read per token costs exactly its stored size. Q4_K and Q5_K also have
 //! the bits of their 12 scale bytes rearranged (`k_scales_to_gpu`), so that a kernel gets the
-//! four 6-bit scales and mins a unit needs as the bytes of one word in a few operations.
+//! four 6-bit scales and mins a unit needs as the bytes of one word in a few operations, and
+//! their quants (R0) in each row's even-odd unit order (`k45_pos`).
 
 use crate::error::{Error, Result};
 use crate::quant::kquants::{pack_scale_min_k4, scale_min_k4};
@@ -81,7 +82,8 @@ impl QFmt {
         }
     }
 
-    /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once).
+    /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once; the
+/// Q4_K and Q5_K GEMVs take them in pairs).
     pub fn units_per_row(self, k: usize) -> usize {
         if self == QFmt::Q8_0 {
             k / 16
@@ -89,6 +91,12 @@ impl QFmt {
             k / 32
         }
     }
+}
+
+/// Where unit `cc` of a Q4_K / Q5_K row of `nu` units sits in R0 (kernels/quant_units.cu,
+/// k45_pos): the row's even units first, then its odd ones.
+pub fn k45_pos(cc: usize, nu: usize) -> usize {
+    (cc & 1) * (nu / 2) + (cc >> 1)
 }
 
 /// Regions start on this boundary inside a weight's device buffer.
@@ -122,6 +130,16 @@ pub fn repack(name: &str, fmt: QFmt, k: usize, rows: usize, blocks: &[u8]) -> Re
             let at = offsets[1] + b * 16 + 4;
             let gpu = k_scales_to_gpu(out[at..at + 12].try_into().expect("12 scale bytes"));
             out[at..at + 12].copy_from_slice(&gpu);
+        }
+    }
+    if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+        let nu = fmt.units_per_row(k);
+        for row in out[offsets[0]..offsets[0] + rows * nu * 16].chunks_exact_mut(nu * 16) {
+            let units = row.to_vec();
+            for (cc, unit) in units.chunks_exact(16).enumerate() {
+                let at = 16 * k45_pos(cc, nu);
+                row[at..at + 16].copy_from_slice(unit);
+            }
         }
     }
     Ok((out, offsets))
@@ -163,13 +181,22 @@ fn k_scales_from_gpu(g: &[u8; 12]) -> [u8; 12] {
 }
 
 /// The inverse of `repack` (tests, and the tuner's CPU reference reading a weight back).
-pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize) -> Vec<u8> {
+pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize, k: usize) -> Vec<u8> {
     let bb = fmt.dtype().block_bytes();
     let mut out = vec![0u8; n_blocks * bb];
+    let (nb, nu) = (k / fmt.dtype().block_len(), fmt.units_per_row(k));
     for (b, block) in out.chunks_exact_mut(bb).enumerate() {
         for (r, &(start, len)) in fmt.regions().iter().enumerate() {
             let at = offsets[r] + b * len;
             block[start..start + len].copy_from_slice(&seg[at..at + len]);
+        }
+        if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+            // R0 in the row's even-odd order (k45_pos): the block's 8 units one by one.
+            let (row, j, s0) = (b / nb, b % nb, fmt.regions()[0].0);
+            for w in 0..8 {
+                let at = offsets[0] + 16 * (row * nu + k45_pos(8 * j + w, nu));
+                block[s0 + 16 * w..s0 + 16 * w + 16].copy_from_slice(&seg[at..at + 16]);
+            }
         }
         if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
             let ggml = k_scales_from_gpu(block[4..16].try_into().expect("12 scale bytes"));
@@ -210,7 +237,7 @@ mod tests {
                 assert_eq!(off[r] % REGION_ALIGN, 0);
                 assert!(off[r] + rows * 2 * len <= seg.len());
             }
-            assert_eq!(unpack(fmt, &seg, &off, rows * 2), bytes);
+            assert_eq!(unpack(fmt, &seg, &off, rows * 2, k), bytes);
         }
         // Every 12-byte scale field round-trips (96 bits of 16 six-bit values).
         let mut r = 0x2545_f491_4f6c_dd1du64;

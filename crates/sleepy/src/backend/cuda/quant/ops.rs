@@ -83,7 +83,7 @@ pub(super) fn stream_plan(fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &Q
         return None;
     }
     // The K-quants' loop takes a thread's units to share their place in the super-block (8
-    // units): rows of at least 8 threads.
+    // units, or 4 Q4_K / Q5_K pairs): rows of at least 8 threads.
     if fmt.dtype().block_len() == 256 && tpr < 8 {
         return None;
     }

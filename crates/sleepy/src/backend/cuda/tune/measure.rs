@@ -199,7 +199,7 @@ impl CudaBackend {
             let at = o.w[r] + (row0 * blocks_per_row * len) as u64;
             seg.extend(driver::download::<u8>(at, n * blocks_per_row * len, self.stream.0)?);
         }
-        Ok(unpack(f, &seg, &offsets, n * blocks_per_row))
+        Ok(unpack(f, &seg, &offsets, n * blocks_per_row, p.k))
     }
 
     /// The CPU reference of `p` at `units`: 16-bit weights in f64 sums; quantized weights
