@@ -15,14 +15,7 @@
 #include <cstdio>
 #include <initializer_list>
 
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e = (x);                                                                   \
-        if (e != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "ck.cuh"
 
 constexpr int KVH = 8, D = 128, LAYERS = 36, MAXSEQ = 4160, NPOS = 4097;
 constexpr size_t LAYER_ELEMS = (size_t)MAXSEQ * KVH * D;
