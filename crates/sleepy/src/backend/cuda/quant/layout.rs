@@ -83,7 +83,7 @@ impl QFmt {
     }
 
     /// 16-byte units of quants per row of `k` values (what one kernel thread loads at once; the
-/// Q4_K and Q5_K GEMVs take them in pairs).
+    /// Q4_K and Q5_K GEMVs take them in pairs).
     pub fn units_per_row(self, k: usize) -> usize {
         if self == QFmt::Q8_0 {
             k / 16
@@ -197,8 +197,7 @@ pub fn unpack(fmt: QFmt, seg: &[u8], offsets: &[usize; 4], n_blocks: usize, k: u
                 let at = offsets[0] + 16 * (row * nu + k45_pos(8 * j + w, nu));
                 block[s0 + 16 * w..s0 + 16 * w + 16].copy_from_slice(&seg[at..at + 16]);
             }
-        }
-        if matches!(fmt, QFmt::Q4K | QFmt::Q5K) {
+            // Then the scale bytes in ggml's packing again.
             let ggml = k_scales_from_gpu(block[4..16].try_into().expect("12 scale bytes"));
             block[4..16].copy_from_slice(&ggml);
         }
