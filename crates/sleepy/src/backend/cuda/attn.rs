@@ -7,6 +7,7 @@ use super::{AttnSplit, CudaAct, CudaBackend, CudaKv};
 use crate::backend::{AttnShape, Rope};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
 
 pub(super) fn attn_dims(s: &AttnShape) -> Result<()> {
     if ![64, 128, 256].contains(&s.head_dim) {
@@ -59,13 +60,14 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
 
 /// Whether a context of one chunk (shorter than two minimum chunks) at one head a block on
 /// the scalar kernels runs on attn_decode_one_* (one block a head, up to 8 positions a lane
-/// group loaded before the dependency wait) rather than on the split's kernel: only where
-/// `env` (SLEEPY_ATTN_ONE=1) asks. Its effect follows the kernels around it, not the model's
-/// heads: on an H100 (BENCHMARKS.md, sessions 22 and 23), tg128 against the split's kernel,
-/// Qwen3-4B 2.971 -> 2.933 ms and q8_0 1.782 -> 1.768, but Qwen3-4B q4_k 1.348 -> 1.389 and
-/// Qwen3-0.6B 0.708 -> 0.717 (q8_0 0.528 -> 0.534); no rule found fits all four.
-fn one_block_a_head(hb: usize, mma: bool, env: Option<usize>) -> bool {
-    hb == 1 && !mma && env.is_some_and(|n| n > 0)
+/// group loaded before the dependency wait) rather than on the split's kernel. Its effect
+/// follows the kernel after it, not the model's heads: on an H100 (BENCHMARKS.md, sessions 22
+/// and 27), tg128 against the split's kernel, it gains where the output projection runs the
+/// streamed GEMV (Qwen3-4B bf16 2.971 -> 2.933 ms, q8_0 1.806 -> 1.786) and loses where it
+/// runs the register kernel (Qwen3-4B q4_k 1.333 -> 1.362, Qwen3-0.6B 0.708 -> 0.717, q8_0
+/// 0.528 -> 0.534). So that is the default (`o_streams`); SLEEPY_ATTN_ONE=1|0 (`env`) forces it.
+fn one_block_a_head(hb: usize, mma: bool, env: Option<usize>, o_streams: bool) -> bool {
+    hb == 1 && !mma && env.map_or(o_streams, |n| n > 0)
 }
 
 impl CudaBackend {
@@ -187,7 +189,7 @@ impl CudaBackend {
         let split = |hb: usize, chunks: Option<usize>, mma: bool| {
             let per_sm = per_sm_env.unwrap_or(if mma { 1 } else { attn_blocks_per_sm(hb) }).max(1);
             let chunks = chunks.unwrap_or((per_sm * self.gpu.info.sms as usize).div_ceil(cfg.n_heads / hb)).clamp(1, max_seq.div_ceil(min_chunk));
-            let one = one_block_a_head(hb, mma, one_env);
+            let one = one_block_a_head(hb, mma, one_env, self.o_streams.load(Ordering::Relaxed));
             AttnSplit { heads_per_block: hb, chunks, mma, one }
         };
         // SLEEPY_ATTN_CHUNKS=N: the long split's chunks a head group (to measure).
@@ -223,12 +225,15 @@ mod tests {
     use super::one_block_a_head;
 
     #[test]
-    fn one_block_a_head_only_when_asked() {
-        assert!(!one_block_a_head(1, false, None));
-        assert!(!one_block_a_head(1, false, Some(0)));
-        assert!(one_block_a_head(1, false, Some(1)));
+    fn one_block_a_head_where_the_output_projection_streams() {
+        // The default follows the output projection's kernel.
+        assert!(!one_block_a_head(1, false, None, false));
+        assert!(one_block_a_head(1, false, None, true));
+        // SLEEPY_ATTN_ONE forces it either way.
+        assert!(!one_block_a_head(1, false, Some(0), true));
+        assert!(one_block_a_head(1, false, Some(1), false));
         // Never at more heads a block or on tensor cores.
-        assert!(!one_block_a_head(2, false, Some(1)));
-        assert!(!one_block_a_head(1, true, Some(1)));
+        assert!(!one_block_a_head(2, false, Some(1), true));
+        assert!(!one_block_a_head(1, true, Some(1), true));
     }
 }

@@ -129,7 +129,7 @@ impl CudaKv {
     }
 
     /// Run contexts of one chunk at one head a block on attn_decode_one_* (true) or on the
-    /// split's kernel (false, the default), as SLEEPY_ATTN_ONE does; tests use it.
+    /// split's kernel (false), as SLEEPY_ATTN_ONE does; tests use it.
     pub fn set_attn_one(&mut self, on: bool) {
         self.short.one = on;
         self.long.one = on;
@@ -196,6 +196,10 @@ pub struct CudaBackend {
     top_k_on_device: AtomicBool,
     /// SLEEPY_ABLATE's roles (see `ablated`).
     ablate: Vec<&'static str>,
+    /// The first layer's output projection runs the streamed GEMV kernel for one token row
+    /// (noted at its upload): decode attention's default for contexts of one chunk follows
+    /// it (attn.rs, one_block_a_head).
+    o_streams: AtomicBool,
 }
 
 const ARGMAX_BLOCKS: usize = 128;
@@ -263,6 +267,7 @@ impl CudaBackend {
             gemv_logging: AtomicBool::new(false),
             pdl,
             top_k_on_device: AtomicBool::new(!env_off("SLEEPY_TOP_K_GPU")),
+            o_streams: AtomicBool::new(false),
             ablate,
         })
     }

@@ -5,6 +5,7 @@ use super::driver::{self, kargs, DevBuf};
 use super::gemv::{kernel_name, GemvShape};
 use super::attn::attn_dims;
 use super::{CudaAct, CudaBackend, CudaKv, CudaWeight, ARGMAX_BLOCKS, ARGMAX_RESULT};
+use std::sync::atomic::Ordering;
 use crate::backend::{AttnShape, Backend, Rope, WeightPart, QUEUED_TOKEN};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
@@ -66,6 +67,50 @@ impl CudaBackend {
         self.note_gemv(first)
     }
 
+    /// A bf16 or f16 weight, its row blocks in one buffer.
+    fn upload_dense(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
+        let dtype = parts.first().map(|p| p.dtype).ok_or_else(|| Error::tensor(name, "no rows"))?;
+        let dt = match dtype {
+            DType::BF16 => 0,
+            DType::F16 => 1,
+            d => return Err(Error::tensor(name, format!("{} weights are not supported by the CUDA backend yet (bf16 and f16 are); use --device cpu", d.name()))),
+        };
+        let mut bytes = Vec::new();
+        let mut n = 0;
+        for p in &parts {
+            if p.dtype != dtype {
+                return Err(Error::tensor(name, "mixed formats in one matrix are not supported by the CUDA backend"));
+            }
+            if p.bytes.len() != p.rows * k * 2 {
+                return Err(Error::tensor(name, format!("{} bytes for {} rows of {k} {}", p.bytes.len(), p.rows, dtype.name())));
+            }
+            n += p.rows;
+        }
+        let buf = DevBuf::alloc(n * k * 2)?;
+        if parts.len() == 1 {
+            driver::upload(buf.ptr, parts[0].bytes.as_slice(), self.stream.0)?;
+        } else {
+            for p in &parts {
+                bytes.extend_from_slice(p.bytes.as_slice());
+            }
+            driver::upload(buf.ptr, &bytes, self.stream.0)?;
+        }
+        Ok(CudaWeight { n, k, dt, buf, quant: None })
+    }
+
+    /// Whether a one-row GEMV of `w` in `mode` runs the streamed kernel (for a weight of
+    /// several formats, its first segment's).
+    fn streams_one_row(&self, w: &CudaWeight, mode: u32) -> bool {
+        let units = |n: usize| if mode == 2 { n / 2 } else { n };
+        match &w.quant {
+            Some(q) => q.segs.first().is_some_and(|s| self.segment_streams(s, units(s.rows), w.k, mode)),
+            None => {
+                let s = self.dense_shape(w.dt, units(w.n), w.k, false, mode);
+                self.stream_plan(w.buf.ptr, w.k, &s, 1, mode, units(w.n)).is_some()
+            }
+        }
+    }
+
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_shaped(&self, w: u64, dt: u32, units: usize, k: usize, s: &GemvShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
@@ -104,7 +149,7 @@ impl CudaBackend {
     /// How the streamed GEMV (kernels/gemv.cu) runs this launch, or None where the register
     /// kernel runs it: shapes that do not ask for it, devices before Hopper, more than one
     /// token row, rows that are not whole 16-byte chunks, or two tiles past the budget.
-    fn stream_plan(&self, w: u64, k: usize, s: &GemvShape, rows: usize, mode: u32, units: usize) -> Option<StreamPlan> {
+    pub(super) fn stream_plan(&self, w: u64, k: usize, s: &GemvShape, rows: usize, mode: u32, units: usize) -> Option<StreamPlan> {
         if !s.streamed || !self.table.streamed || rows != 1 || s.vec != 8 || k % 8 != 0 || w % 16 != 0 {
             return None;
         }
@@ -145,36 +190,12 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
-        if super::quant::wants_segments(&parts) {
-            return self.upload_quant(name, k, parts);
+        let w = if super::quant::wants_segments(&parts) { self.upload_quant(name, k, parts)? } else { self.upload_dense(name, k, parts)? };
+        if name == "blk.0.attn_output.weight" {
+            // Mode 1: the output projection adds into the residual.
+            self.o_streams.store(self.streams_one_row(&w, 1), Ordering::Relaxed);
         }
-        let dtype = parts.first().map(|p| p.dtype).ok_or_else(|| Error::tensor(name, "no rows"))?;
-        let dt = match dtype {
-            DType::BF16 => 0,
-            DType::F16 => 1,
-            d => return Err(Error::tensor(name, format!("{} weights are not supported by the CUDA backend yet (bf16 and f16 are); use --device cpu", d.name()))),
-        };
-        let mut bytes = Vec::new();
-        let mut n = 0;
-        for p in &parts {
-            if p.dtype != dtype {
-                return Err(Error::tensor(name, "mixed formats in one matrix are not supported by the CUDA backend"));
-            }
-            if p.bytes.len() != p.rows * k * 2 {
-                return Err(Error::tensor(name, format!("{} bytes for {} rows of {k} {}", p.bytes.len(), p.rows, dtype.name())));
-            }
-            n += p.rows;
-        }
-        let buf = DevBuf::alloc(n * k * 2)?;
-        if parts.len() == 1 {
-            driver::upload(buf.ptr, parts[0].bytes.as_slice(), self.stream.0)?;
-        } else {
-            for p in &parts {
-                bytes.extend_from_slice(p.bytes.as_slice());
-            }
-            driver::upload(buf.ptr, &bytes, self.stream.0)?;
-        }
-        Ok(CudaWeight { n, k, dt, buf, quant: None })
+        Ok(w)
     }
 
     fn upload_vector(&self, data: &[f32]) -> Result<CudaAct> {

@@ -239,6 +239,20 @@ impl CudaBackend {
         }
     }
 
+    /// Whether a one-row GEMV of segment `s` (`units` row units) runs a streamed kernel.
+    pub(crate) fn segment_streams(&self, s: &Segment, units: usize, k: usize, mode: u32) -> bool {
+        match s.kind {
+            SegKind::Bf16 => {
+                let shape = self.dense_shape(0, units, k, false, mode);
+                self.stream_plan(s.regions[0], k, &shape, 1, mode, units).is_some()
+            }
+            SegKind::Quant(f) => {
+                let shape = self.quant_shape(f, units, k, false, mode);
+                self.table.streamed && stream_plan(f, &s.regions, units, k, &shape, mode, self.gpu.info.sms).is_some()
+            }
+        }
+    }
+
     /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu).
     #[allow(clippy::too_many_arguments)]
     pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
