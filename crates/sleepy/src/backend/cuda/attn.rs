@@ -66,6 +66,8 @@ fn attn_blocks_per_sm(hb: usize) -> usize {
 /// streamed GEMV (Qwen3-4B bf16 2.971 -> 2.933 ms, q8_0 1.806 -> 1.786) and loses where it
 /// runs the register kernel (Qwen3-4B q4_k 1.333 -> 1.362, Qwen3-0.6B 0.708 -> 0.717, q8_0
 /// 0.528 -> 0.534). So that is the default (`o_streams`); SLEEPY_ATTN_ONE=1|0 (`env`) forces it.
+/// It fits the shapes the table and the tuner pick, not every shape: Qwen3-0.6B q8_0 with its
+/// output projection forced onto the streamed kernel lost with it (0.555 -> 0.563 ms).
 fn one_block_a_head(hb: usize, mma: bool, env: Option<usize>, o_streams: bool) -> bool {
     hb == 1 && !mma && env.map_or(o_streams, |n| n > 0)
 }
