@@ -98,15 +98,15 @@ impl CudaBackend {
         Ok(CudaWeight { n, k, dt, buf, quant: None })
     }
 
-    /// Whether a one-row GEMV of `w` in `mode` runs the streamed kernel (for a weight of
-    /// several formats, its first segment's).
-    fn streams_one_row(&self, w: &CudaWeight, mode: u32) -> bool {
-        let units = |n: usize| if mode == 2 { n / 2 } else { n };
+    /// Whether a one-row GEMV of `w` that adds into the residual (mode 1, as the output
+    /// projection's) runs the streamed kernel (for a weight of several formats, its first
+    /// segment's).
+    fn streams_one_row(&self, w: &CudaWeight) -> bool {
         match &w.quant {
-            Some(q) => q.segs.first().is_some_and(|s| self.segment_streams(s, units(s.rows), w.k, mode)),
+            Some(q) => q.segs.first().is_some_and(|s| self.segment_streams(s, w.k)),
             None => {
-                let s = self.dense_shape(w.dt, units(w.n), w.k, false, mode);
-                self.stream_plan(w.buf.ptr, w.k, &s, 1, mode, units(w.n)).is_some()
+                let s = self.dense_shape(w.dt, w.n, w.k, false, 1);
+                self.stream_plan(w.buf.ptr, w.k, &s, 1, 1, w.n).is_some()
             }
         }
     }
@@ -192,8 +192,7 @@ impl Backend for CudaBackend {
     fn upload_weight(&self, name: &str, k: usize, parts: Vec<WeightPart>) -> Result<CudaWeight> {
         let w = if super::quant::wants_segments(&parts) { self.upload_quant(name, k, parts)? } else { self.upload_dense(name, k, parts)? };
         if name == "blk.0.attn_output.weight" {
-            // Mode 1: the output projection adds into the residual.
-            self.o_streams.store(self.streams_one_row(&w, 1), Ordering::Relaxed);
+            self.o_streams.store(self.streams_one_row(&w), Ordering::Relaxed);
         }
         Ok(w)
     }

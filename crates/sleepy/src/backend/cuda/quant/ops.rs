@@ -239,16 +239,17 @@ impl CudaBackend {
         }
     }
 
-    /// Whether a one-row GEMV of segment `s` (`units` row units) runs a streamed kernel.
-    pub(crate) fn segment_streams(&self, s: &Segment, units: usize, k: usize, mode: u32) -> bool {
+    /// Whether a one-row GEMV of segment `s` adding into the residual (mode 1) runs a streamed
+    /// kernel.
+    pub(crate) fn segment_streams(&self, s: &Segment, k: usize) -> bool {
         match s.kind {
             SegKind::Bf16 => {
-                let shape = self.dense_shape(0, units, k, false, mode);
-                self.stream_plan(s.regions[0], k, &shape, 1, mode, units).is_some()
+                let shape = self.dense_shape(0, s.rows, k, false, 1);
+                self.stream_plan(s.regions[0], k, &shape, 1, 1, s.rows).is_some()
             }
             SegKind::Quant(f) => {
-                let shape = self.quant_shape(f, units, k, false, mode);
-                self.table.streamed && stream_plan(f, &s.regions, units, k, &shape, mode, self.gpu.info.sms).is_some()
+                let shape = self.quant_shape(f, s.rows, k, false, 1);
+                self.table.streamed && stream_plan(f, &s.regions, s.rows, k, &shape, 1, self.gpu.info.sms).is_some()
             }
         }
     }
