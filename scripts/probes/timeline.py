@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Summarise one decode step's timeline (timeline.patch; SLEEPY_TIMELINE=FILE): per launch, when
+its first block entered, when its dependency wait first and last let a block through, and when
+its last block ended (%globaltimer, 32 ns steps on an H100), then the median of each role over
+the layers:
+
+    python3 scripts/probes/timeline.py FILE [--all]
+
+Roles follow the decode step's order: a layer is QKV, attention (the launch whose body tag is
+3), output projection, gate+up, down. "handoff" is a launch's first release from its wait less
+the previous launch's last block end; "after wait" is its last block end less its first release.
+"""
+import csv, statistics, sys
+from collections import defaultdict
+
+TAGS = {1: "gemvq", 2: "gemvq_stream", 3: "attention", 4: "gemv", 5: "gemv_stream"}
+
+
+def load(path):
+    grids = defaultdict(lambda: {"blocks": set(), "tag": None, "enter": [], "release": [], "start": [], "end": []})
+    for r in csv.DictReader(open(path)):
+        g = grids[int(r["grid"])]
+        kind, t0, t1 = int(r["kind"]), int(r["t0"]), int(r["t1"])
+        g["blocks"].add(int(r["block"]))
+        if kind == 1:
+            g["enter"].append(t0)
+            g["release"].append(t1)
+        elif kind >= 16:
+            g["tag"] = TAGS.get(kind - 16, str(kind - 16))
+            g["start"].append(t0)
+            g["end"].append(t1)
+    out = []
+    for gid, g in grids.items():
+        first = min(g["start"] + g["enter"])
+        out.append({
+            "grid": gid, "tag": g["tag"] or "wait only", "blocks": len(g["blocks"]), "first": first,
+            "release0": min(g["release"]) if g["release"] else None,
+            "release1": max(g["release"]) if g["release"] else None,
+            "end": max(g["end"]) if g["end"] else (max(g["release"]) if g["release"] else first),
+        })
+    out.sort(key=lambda x: x["first"])
+    return out
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    ls = load(sys.argv[1])
+    t0 = ls[0]["first"]
+    us = lambda t: (t - t0) / 1000 if t is not None else float("nan")
+    roles = [""] * len(ls)
+    for i, l in enumerate(ls):
+        if l["tag"] == "attention":
+            for d, name in ((-1, "qkv"), (0, "attention"), (1, "o_proj"), (2, "gate_up"), (3, "down")):
+                if 0 <= i + d < len(ls):
+                    roles[i + d] = name
+    per_role = defaultdict(lambda: defaultdict(list))
+    rows = []
+    for i, l in enumerate(ls):
+        prev = ls[i - 1] if i else None
+        handoff = (l["release0"] - prev["end"]) / 1000 if prev and l["release0"] is not None else float("nan")
+        after = (l["end"] - l["release0"]) / 1000 if l["release0"] is not None else float("nan")
+        spread = (l["release1"] - l["release0"]) / 1000 if l["release0"] is not None else float("nan")
+        early = (l["release0"] - l["first"]) / 1000 if l["release0"] is not None else float("nan")
+        role = roles[i] or ("head" if l["blocks"] > 100 and i > len(ls) - 4 and l["tag"] != "wait only" else l["tag"])
+        rows.append((i, role, l["tag"], l["blocks"], us(l["first"]), us(l["release0"]), us(l["end"]), early, handoff, spread, after))
+        for k, v in (("started before release", early), ("handoff", handoff), ("release spread", spread), ("after wait", after)):
+            per_role[role][k].append(v)
+        per_role[role]["count"].append(1)
+    if "--all" in sys.argv:
+        print(f"{'#':>4} {'role':<10} {'kernel':<13} {'blocks':>6} {'first':>9} {'release':>9} {'end':>9} {'early':>7} {'handoff':>8} {'spread':>7} {'after':>7}  (us)")
+        for r in rows:
+            print(f"{r[0]:>4} {r[1]:<10} {r[2]:<13} {r[3]:>6} {r[4]:9.2f} {r[5]:9.2f} {r[6]:9.2f} {r[7]:7.2f} {r[8]:8.2f} {r[9]:7.2f} {r[10]:7.2f}")
+    step = (ls[-1]["end"] - t0) / 1000
+    print(f"{len(ls)} launches, {step:.1f} us from the first block's entry to the last block's end")
+    print(f"{'role':<12} {'n':>4} {'early':>8} {'handoff':>8} {'spread':>8} {'after':>8}   medians, us")
+    for role, d in per_role.items():
+        med = lambda k: statistics.median([v for v in d[k] if v == v]) if any(v == v for v in d[k]) else float("nan")
+        print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f}")
+
+
+if __name__ == "__main__":
+    main()
