@@ -104,11 +104,14 @@ impl CudaBackend {
     fn streams_one_row(&self, w: &CudaWeight) -> bool {
         match &w.quant {
             Some(q) => q.segs.first().is_some_and(|s| self.segment_streams(s, w.k)),
-            None => {
-                let s = self.dense_shape(w.dt, w.n, w.k, false, 1);
-                self.stream_plan(w.buf.ptr, w.k, &s, 1, 1, w.n).is_some()
-            }
+            None => self.dense_streams(w.buf.ptr, w.dt, w.n, w.k),
         }
+    }
+
+    /// Whether a one-row GEMV of 16-bit weights (`dt`) at `w` adding into the residual runs the
+    /// streamed kernel: the choice gemv_shaped makes.
+    pub(super) fn dense_streams(&self, w: u64, dt: u32, units: usize, k: usize) -> bool {
+        self.stream_plan(w, k, &self.dense_shape(dt, units, k, false, 1), 1, 1, units).is_some()
     }
 
     /// The GEMV launch itself, with an explicit shape (the tuner calls this too).
@@ -149,7 +152,7 @@ impl CudaBackend {
     /// How the streamed GEMV (kernels/gemv.cu) runs this launch, or None where the register
     /// kernel runs it: shapes that do not ask for it, devices before Hopper, more than one
     /// token row, rows that are not whole 16-byte chunks, or two tiles past the budget.
-    pub(super) fn stream_plan(&self, w: u64, k: usize, s: &GemvShape, rows: usize, mode: u32, units: usize) -> Option<StreamPlan> {
+    fn stream_plan(&self, w: u64, k: usize, s: &GemvShape, rows: usize, mode: u32, units: usize) -> Option<StreamPlan> {
         if !s.streamed || !self.table.streamed || rows != 1 || s.vec != 8 || k % 8 != 0 || w % 16 != 0 {
             return None;
         }

@@ -240,18 +240,22 @@ impl CudaBackend {
     }
 
     /// Whether a one-row GEMV of segment `s` adding into the residual (mode 1) runs a streamed
-    /// kernel.
+    /// kernel: the choice its launch makes.
     pub(crate) fn segment_streams(&self, s: &Segment, k: usize) -> bool {
         match s.kind {
-            SegKind::Bf16 => {
-                let shape = self.dense_shape(0, s.rows, k, false, 1);
-                self.stream_plan(s.regions[0], k, &shape, 1, 1, s.rows).is_some()
-            }
-            SegKind::Quant(f) => {
-                let shape = self.quant_shape(f, s.rows, k, false, 1);
-                self.table.streamed && stream_plan(f, &s.regions, s.rows, k, &shape, 1, self.gpu.info.sms).is_some()
-            }
+            SegKind::Bf16 => self.dense_streams(s.regions[0], 0, s.rows, k),
+            SegKind::Quant(f) => self.quant_stream(f, &s.regions, s.rows, k, &self.quant_shape(f, s.rows, k, false, 1), 1, 1).is_some(),
         }
+    }
+
+    /// How the streamed kernel runs a launch of `rows` token rows, or None where the register
+    /// kernel runs it (two token rows, no streaming on this device, or see stream_plan).
+    #[allow(clippy::too_many_arguments)]
+    fn quant_stream(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, mode: u32, rows: usize) -> Option<StreamPlan> {
+        if rows != 1 || !self.table.streamed {
+            return None;
+        }
+        stream_plan(fmt, r, units, k, s, mode, self.gpu.info.sms)
     }
 
     /// The quantized GEMV launch with an explicit shape (kernels/gemv_quant.cu).
@@ -259,13 +263,11 @@ impl CudaBackend {
     pub fn gemvq_shaped(&self, fmt: QFmt, r: &[u64; 4], units: usize, k: usize, s: &QuantShape, x: u64, rows: usize, norm: Option<(u64, f32)>, bias: u64, mode: u32, y: u64, ldy: usize) -> Result<()> {
         self.log_quant(fmt, r, units, k, x, rows, norm, bias, mode);
         let (g, eps) = norm.unwrap_or((0, 0.0));
-        if rows == 1 && self.table.streamed {
-            if let Some(p) = stream_plan(fmt, r, units, k, s, mode, self.gpu.info.sms) {
-                let (key, name) = gemvq_stream_key(fmt, norm.is_some(), mode);
-                self.blocks_per_sm(key, &name, p.threads, p.smem)?;
-                let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
-                return self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
-            }
+        if let Some(p) = self.quant_stream(fmt, r, units, k, s, mode, rows) {
+            let (key, name) = gemvq_stream_key(fmt, norm.is_some(), mode);
+            self.blocks_per_sm(key, &name, p.threads, p.smem)?;
+            let args = kargs![r[0], r[1], r[2], r[3], x, g, eps, bias, y, units as i32, k as i32, s.threads_per_row as i32, p.stages];
+            return self.launch_keyed(key, &name, [p.blocks, 1, 1], [p.threads, 1, 1], p.smem, args);
         }
         // A streamed shape this launch cannot stream (two token rows; no streaming on this
         // device) runs the register kernel within that kernel's thread limit.
@@ -288,7 +290,7 @@ impl CudaBackend {
     pub(crate) fn gemvq_occupancy(&self, fmt: QFmt, units: usize, k: usize, s: &QuantShape, norm: bool, mode: u32) -> Result<u32> {
         if s.streamed {
             // Region addresses are 256-aligned (layout.rs); 0 stands for them here.
-            let Some(p) = stream_plan(fmt, &[0; 4], units, k, s, mode, self.gpu.info.sms).filter(|_| self.table.streamed) else { return Ok(0) };
+            let Some(p) = self.quant_stream(fmt, &[0; 4], units, k, s, mode, 1) else { return Ok(0) };
             let (key, name) = gemvq_stream_key(fmt, norm, mode);
             return self.blocks_per_sm(key, &name, p.threads, p.smem);
         }
