@@ -8,7 +8,12 @@ the layers:
 
 Roles follow the decode step's order: a layer is QKV, attention (the launch whose body tag is
 3), output projection, gate+up, down. "handoff" is a launch's first release from its wait less
-the previous launch's last block end; "after wait" is its last block end less its first release.
+the previous launch's last block end; "after wait" is its last block end less its first release;
+"beside" is, over the SMs both launches used, the median of the previous launch's last block end
+on that SM less this launch's first block entry there: positive where this launch's blocks ran
+beside the previous one's, negative where they waited for that SM to empty. For the streamed
+quantized GEMV (kinds 32 and 33), the medians over its blocks of thread 0's prologue (release to
+activations ready), its waits for its tiles' copies, and its work on them.
 """
 import csv, statistics, sys
 from collections import defaultdict
@@ -17,11 +22,21 @@ TAGS = {1: "gemvq", 2: "gemvq_stream", 3: "attention", 4: "gemv", 5: "gemv_strea
 
 
 def load(path):
-    grids = defaultdict(lambda: {"blocks": set(), "tag": None, "enter": [], "release": [], "start": [], "end": []})
+    grids = defaultdict(lambda: {"blocks": set(), "tag": None, "enter": [], "release": [], "start": [], "end": [],
+                                 "sm_first": {}, "sm_end": {}, "prologue": [], "tiles_wait": [], "tiles_work": []})
     for r in csv.DictReader(open(path)):
         g = grids[int(r["grid"])]
-        kind, t0, t1 = int(r["kind"]), int(r["t0"]), int(r["t1"])
+        kind, t0, t1, sm = int(r["kind"]), int(r["t0"]), int(r["t1"]), int(r["sm"])
         g["blocks"].add(int(r["block"]))
+        if kind == 32:
+            g["prologue"].append(t1 - t0)
+            continue
+        if kind == 33:
+            g["tiles_wait"].append(t0)
+            g["tiles_work"].append(t1)
+            continue
+        g["sm_first"][sm] = min(g["sm_first"].get(sm, t0), t0)
+        g["sm_end"][sm] = max(g["sm_end"].get(sm, t1), t1)
         if kind == 1:
             g["enter"].append(t0)
             g["release"].append(t1)
@@ -37,6 +52,8 @@ def load(path):
             "release0": min(g["release"]) if g["release"] else None,
             "release1": max(g["release"]) if g["release"] else None,
             "end": max(g["end"]) if g["end"] else (max(g["release"]) if g["release"] else first),
+            "sm_first": g["sm_first"], "sm_end": g["sm_end"],
+            "phases": [statistics.median(g[k]) / 1000 if g[k] else float("nan") for k in ("prologue", "tiles_wait", "tiles_work")],
         })
     out.sort(key=lambda x: x["first"])
     return out
@@ -62,21 +79,24 @@ def main():
         after = (l["end"] - l["release0"]) / 1000 if l["release0"] is not None else float("nan")
         spread = (l["release1"] - l["release0"]) / 1000 if l["release0"] is not None else float("nan")
         early = (l["release0"] - l["first"]) / 1000 if l["release0"] is not None else float("nan")
+        both = [sm for sm in l["sm_first"] if prev and sm in prev["sm_end"]]
+        beside = statistics.median((prev["sm_end"][sm] - l["sm_first"][sm]) / 1000 for sm in both) if both else float("nan")
         role = roles[i] or ("head" if l["blocks"] > 100 and i > len(ls) - 4 and l["tag"] != "wait only" else l["tag"])
-        rows.append((i, role, l["tag"], l["blocks"], us(l["first"]), us(l["release0"]), us(l["end"]), early, handoff, spread, after))
-        for k, v in (("started before release", early), ("handoff", handoff), ("release spread", spread), ("after wait", after)):
+        rows.append((i, role, l["tag"], l["blocks"], us(l["first"]), us(l["release0"]), us(l["end"]), early, handoff, spread, after, beside))
+        phases = dict(zip(("prologue", "tiles wait", "tiles work"), l["phases"]))
+        for k, v in (("started before release", early), ("handoff", handoff), ("release spread", spread), ("after wait", after), ("beside", beside), *phases.items()):
             per_role[role][k].append(v)
         per_role[role]["count"].append(1)
     if "--all" in sys.argv:
-        print(f"{'#':>4} {'role':<10} {'kernel':<13} {'blocks':>6} {'first':>9} {'release':>9} {'end':>9} {'early':>7} {'handoff':>8} {'spread':>7} {'after':>7}  (us)")
+        print(f"{'#':>4} {'role':<10} {'kernel':<13} {'blocks':>6} {'first':>9} {'release':>9} {'end':>9} {'early':>7} {'handoff':>8} {'spread':>7} {'after':>7} {'beside':>7}  (us)")
         for r in rows:
-            print(f"{r[0]:>4} {r[1]:<10} {r[2]:<13} {r[3]:>6} {r[4]:9.2f} {r[5]:9.2f} {r[6]:9.2f} {r[7]:7.2f} {r[8]:8.2f} {r[9]:7.2f} {r[10]:7.2f}")
+            print(f"{r[0]:>4} {r[1]:<10} {r[2]:<13} {r[3]:>6} {r[4]:9.2f} {r[5]:9.2f} {r[6]:9.2f} {r[7]:7.2f} {r[8]:8.2f} {r[9]:7.2f} {r[10]:7.2f} {r[11]:7.2f}")
     step = (ls[-1]["end"] - t0) / 1000
     print(f"{len(ls)} launches, {step:.1f} us from the first block's entry to the last block's end")
-    print(f"{'role':<12} {'n':>4} {'early':>8} {'handoff':>8} {'spread':>8} {'after':>8}   medians, us")
+    print(f"{'role':<12} {'n':>4} {'early':>8} {'handoff':>8} {'spread':>8} {'after':>8} {'beside':>8} {'prologue':>8} {'t.wait':>8} {'t.work':>8}   medians, us")
     for role, d in per_role.items():
         med = lambda k: statistics.median([v for v in d[k] if v == v]) if any(v == v for v in d[k]) else float("nan")
-        print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f}")
+        print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f} {med('beside'):8.2f} {med('prologue'):8.2f} {med('tiles wait'):8.2f} {med('tiles work'):8.2f}")
 
 
 if __name__ == "__main__":
