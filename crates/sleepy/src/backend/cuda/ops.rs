@@ -75,7 +75,6 @@ impl CudaBackend {
             DType::F16 => 1,
             d => return Err(Error::tensor(name, format!("{} weights are not supported by the CUDA backend yet (bf16 and f16 are); use --device cpu", d.name()))),
         };
-        let mut bytes = Vec::new();
         let mut n = 0;
         for p in &parts {
             if p.dtype != dtype {
@@ -90,9 +89,7 @@ impl CudaBackend {
         if parts.len() == 1 {
             driver::upload(buf.ptr, parts[0].bytes.as_slice(), self.stream.0)?;
         } else {
-            for p in &parts {
-                bytes.extend_from_slice(p.bytes.as_slice());
-            }
+            let bytes = parts.iter().map(|p| p.bytes.as_slice()).collect::<Vec<_>>().concat();
             driver::upload(buf.ptr, &bytes, self.stream.0)?;
         }
         Ok(CudaWeight { n, k, dt, buf, quant: None })
