@@ -275,7 +275,51 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
         const QPtr up = {gate.r0 + half_bytes, gate.r1 + half_bytes, gate.r2 + half_bytes, gate.r3 + half_bytes};
         const int r = i * rpb + ty;
         float acc0 = 0.f, acc1 = 0.f;
-        if (r < nrows) {
+        if (MODE == 2 && FMT >= 5 && r < nrows) {
+            // SwiGLU over K-quant pairs: the gate row's units and then the up row's are one list
+            // of 2 nu, spread over the row's threads (Qwen3-4B: 80 pairs over 32 threads in
+            // three steps, where two steps of a gate and an up pair each left 24 of 32 threads
+            // idle in the second). nu is a multiple of the units a super-block, so a thread's
+            // units keep their place in it (tx's low bits) in either half.
+            constexpr int LP = GemvUnit<FMT>::PER_SB == 4 ? 2 : 3, UN = 4 / GemvUnit<FMT>::SPAN;
+            const int lo = tx & ((1 << LP) - 1), half_sb = nu >> LP;
+            // Unit j of the batch at cc: its half (up?) and its place in that row.
+            const auto at = [&](int cc, int j, bool& upper) {
+                const int sb = (cc >> LP) + j * (tpr >> LP);
+                upper = sb >= half_sb;
+                return (upper ? sb - half_sb : sb) << LP | lo;
+            };
+            const auto row = [&](bool upper) {
+                const u32 o = upper ? half_bytes : 0u;
+                return QPtr{gate.r0 + o, gate.r1 + o, gate.r2 + o, gate.r3 + o};
+            };
+            int cc = tx;
+            for (; cc + (UN - 1) * tpr < 2 * nu; cc += UN * tpr) {
+                GemvUnit<FMT> ua[UN];
+                bool up_[UN];
+                int pc[UN];
+#pragma unroll
+                for (int j = 0; j < UN; ++j) {
+                    pc[j] = at(cc, j, up_[j]);
+                    ua[j].template load<true>(row(up_[j]), 0, nb, nu, pc[j]);
+                }
+#pragma unroll
+                for (int j = 0; j < UN; ++j) {
+                    const float p = ua[j].dot(pc[j], acts);
+                    acc0 += up_[j] ? 0.f : p;
+                    acc1 += up_[j] ? p : 0.f;
+                }
+            }
+            for (; cc < 2 * nu; cc += tpr) {
+                bool upper;
+                const int p0 = at(cc, 0, upper);
+                GemvUnit<FMT> ua;
+                ua.template load<true>(row(upper), 0, nb, nu, p0);
+                const float p = ua.dot(p0, acts);
+                acc0 += upper ? 0.f : p;
+                acc1 += upper ? p : 0.f;
+            }
+        } else if (r < nrows) {
             // UN units a batch, straight-line so that all their loads issue before the first
             // product; then the last units one at a time (the same order of additions).
             // K-quants stream with tpr a multiple of 8 (the host's plan): a thread's units then
