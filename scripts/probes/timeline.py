@@ -4,7 +4,7 @@ its first block entered, when its dependency wait first and last let a block thr
 its last block ended (%globaltimer, 32 ns steps on an H100), then the median of each role over
 the layers:
 
-    python3 scripts/probes/timeline.py FILE [--all]
+    python3 scripts/probes/timeline.py FILE [--all] [--blocks]
 
 Roles follow the decode step's order: a layer is QKV, attention (the launch whose body tag is
 3), output projection, gate+up, down. "handoff" is a launch's first release from its wait less
@@ -13,7 +13,9 @@ the previous launch's last block end; "after wait" is its last block end less it
 on that SM less this launch's first block entry there: positive where this launch's blocks ran
 beside the previous one's, negative where they waited for that SM to empty. For the streamed
 quantized GEMV (kinds 32 and 33), the medians over its blocks of thread 0's prologue (release to
-activations ready), its waits for its tiles' copies, and its work on them.
+activations ready), its waits for its tiles' copies, and its work on them. --blocks adds, per
+role, the spread over all its blocks (times from the launch's first release), and the medians of
+its fastest and slowest tenth of blocks by end.
 """
 import csv, statistics, sys
 from collections import defaultdict
@@ -91,12 +93,48 @@ def main():
         print(f"{'#':>4} {'role':<10} {'kernel':<13} {'blocks':>6} {'first':>9} {'release':>9} {'end':>9} {'early':>7} {'handoff':>8} {'spread':>7} {'after':>7} {'beside':>7}  (us)")
         for r in rows:
             print(f"{r[0]:>4} {r[1]:<10} {r[2]:<13} {r[3]:>6} {r[4]:9.2f} {r[5]:9.2f} {r[6]:9.2f} {r[7]:7.2f} {r[8]:8.2f} {r[9]:7.2f} {r[10]:7.2f} {r[11]:7.2f}")
+    if "--blocks" in sys.argv:
+        blocks(sys.argv[1], {l["grid"]: roles[i] for i, l in enumerate(ls) if roles[i]})
     step = (ls[-1]["end"] - t0) / 1000
     print(f"{len(ls)} launches, {step:.1f} us from the first block's entry to the last block's end")
     print(f"{'role':<12} {'n':>4} {'early':>8} {'handoff':>8} {'spread':>8} {'after':>8} {'beside':>8} {'prologue':>8} {'t.wait':>8} {'t.work':>8}   medians, us")
     for role, d in per_role.items():
         med = lambda k: statistics.median([v for v in d[k] if v == v]) if any(v == v for v in d[k]) else float("nan")
         print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f} {med('beside'):8.2f} {med('prologue'):8.2f} {med('tiles wait'):8.2f} {med('tiles work'):8.2f}")
+
+
+def blocks(path, roles_by_grid):
+    """Per-block spreads by role (--blocks)."""
+    g = defaultdict(lambda: defaultdict(dict))
+    for r in csv.DictReader(open(path)):
+        g[int(r["grid"])][int(r["block"])][int(r["kind"])] = (int(r["t0"]), int(r["t1"]))
+    q = lambda xs: " ".join(f"{k} {v:6.2f}" for k, v in zip(("min", "p10", "med", "p90", "max"), (min(xs), *(sorted(xs)[int(f * len(xs))] for f in (0.1, 0.5, 0.9)), max(xs))))
+    per = defaultdict(list)
+    for gid, role in roles_by_grid.items():
+        bl = g[gid]
+        rels = [b[1][1] for b in bl.values() if 1 in b]
+        if not rels:
+            continue
+        rel0 = min(rels)
+        for b in bl.values():
+            body = [v for k, v in b.items() if 16 <= k < 32]
+            if not body or 1 not in b:
+                continue
+            rec = {"end": (body[0][1] - rel0) / 1000, "entry": (b[1][0] - rel0) / 1000}
+            if 32 in b and 33 in b:
+                rec.update(prologue=(b[32][1] - b[32][0]) / 1000, wait=b[33][0] / 1000, work=b[33][1] / 1000)
+            per[role].append(rec)
+    for role, recs in per.items():
+        print(f"{role} ({len(recs)} blocks), us from the launch's first release")
+        for k in ("end", "entry", "prologue", "wait", "work"):
+            xs = [r[k] for r in recs if k in r]
+            if xs:
+                print(f"  {k:<9} {q(xs)}")
+        recs.sort(key=lambda r: r["end"])
+        n = max(len(recs) // 10, 1)
+        for lab, part in (("fastest", recs[:n]), ("slowest", recs[-n:])):
+            keys = [k for k in ("end", "entry", "prologue", "wait", "work") if k in part[0]]
+            print(f"  {lab} tenth: " + ", ".join(f"{k} {statistics.median(r[k] for r in part):.2f}" for k in keys))
 
 
 if __name__ == "__main__":
