@@ -170,7 +170,8 @@ GEMVQ_FMT(7)
 // each region's row bytes, and for SwiGLU n_units times them, are multiples of 16.
 // Block: nc = tpr * rpb consumer threads (at most 512), then one producer warp. The consumers quantize x into
 // shared memory as gemvq_body does (while the first tiles are in flight), then thread c dots
-// units c % tpr + j tpr of row c / tpr of each tile, read from the stage. Each warp's row sums
+// units c % tpr + j tpr of row c / tpr of each tile, read from the stage (SwiGLU over K-quants:
+// of the list of the row's gate units, then its up units). Each warp's row sums
 // go to slots of their own (tpr / 32 a row when tpr > 32), added in a fixed order at the end:
 // outputs do not depend on timing.
 // Dynamic shared memory: activations (3 K / 2 bytes, rounded up to 128), the stages, then the
