@@ -23,10 +23,10 @@ from collections import defaultdict
 TAGS = {1: "gemvq", 2: "gemvq_stream", 3: "attention", 4: "gemv", 5: "gemv_stream"}
 
 
-def load(path):
+def load(records):
     grids = defaultdict(lambda: {"blocks": set(), "tag": None, "enter": [], "release": [], "start": [], "end": [],
                                  "sm_first": {}, "sm_end": {}, "prologue": [], "tiles_wait": [], "tiles_work": []})
-    for r in csv.DictReader(open(path)):
+    for r in records:
         g = grids[int(r["grid"])]
         kind, t0, t1, sm = int(r["kind"]), int(r["t0"]), int(r["t1"]), int(r["sm"])
         g["blocks"].add(int(r["block"]))
@@ -64,7 +64,8 @@ def load(path):
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    ls = load(sys.argv[1])
+    records = list(csv.DictReader(open(sys.argv[1])))
+    ls = load(records)
     t0 = ls[0]["first"]
     us = lambda t: (t - t0) / 1000 if t is not None else float("nan")
     roles = [""] * len(ls)
@@ -94,7 +95,7 @@ def main():
         for r in rows:
             print(f"{r[0]:>4} {r[1]:<10} {r[2]:<13} {r[3]:>6} {r[4]:9.2f} {r[5]:9.2f} {r[6]:9.2f} {r[7]:7.2f} {r[8]:8.2f} {r[9]:7.2f} {r[10]:7.2f} {r[11]:7.2f}")
     if "--blocks" in sys.argv:
-        blocks(sys.argv[1], {l["grid"]: roles[i] for i, l in enumerate(ls) if roles[i]})
+        blocks(records, {l["grid"]: roles[i] for i, l in enumerate(ls) if roles[i]})
     step = (ls[-1]["end"] - t0) / 1000
     print(f"{len(ls)} launches, {step:.1f} us from the first block's entry to the last block's end")
     print(f"{'role':<12} {'n':>4} {'early':>8} {'handoff':>8} {'spread':>8} {'after':>8} {'beside':>8} {'prologue':>8} {'t.wait':>8} {'t.work':>8}   medians, us")
@@ -103,10 +104,10 @@ def main():
         print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f} {med('beside'):8.2f} {med('prologue'):8.2f} {med('tiles wait'):8.2f} {med('tiles work'):8.2f}")
 
 
-def blocks(path, roles_by_grid):
+def blocks(records, roles_by_grid):
     """Per-block spreads by role (--blocks)."""
     g = defaultdict(lambda: defaultdict(dict))
-    for r in csv.DictReader(open(path)):
+    for r in records:
         g[int(r["grid"])][int(r["block"])][int(r["kind"])] = (int(r["t0"]), int(r["t1"]))
     q = lambda xs: " ".join(f"{k} {v:6.2f}" for k, v in zip(("min", "p10", "med", "p90", "max"), (min(xs), *(sorted(xs)[int(f * len(xs))] for f in (0.1, 0.5, 0.9)), max(xs))))
     per = defaultdict(list)
