@@ -11,11 +11,13 @@ Roles follow the decode step's order: a layer is QKV, attention (the launch whos
 the previous launch's last block end; "after wait" is its last block end less its first release;
 "beside" is, over the SMs both launches used, the median of the previous launch's last block end
 on that SM less this launch's first block entry there: positive where this launch's blocks ran
-beside the previous one's, negative where they waited for that SM to empty. For the streamed
-quantized GEMV (kinds 32 and 33), the medians over its blocks of thread 0's prologue (release to
-activations ready), its waits for its tiles' copies, and its work on them. --blocks adds, per
+beside the previous one's, negative where they waited for that SM to empty. For the quantized
+GEMVs, the medians over their blocks of thread 0's prologue (kind 32: release to activations
+ready) and, for the streamed one (kind 33), its waits for its tiles' copies and its work on them. --blocks adds, per
 role, the spread over all its blocks (times from the launch's first release), and the medians of
-its fastest and slowest tenth of blocks by end.
+its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
+quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
+block-wide sum), quant (the rest: scaling, quantization, the closing barrier).
 """
 import csv, statistics, sys
 from collections import defaultdict
@@ -36,6 +38,8 @@ def load(records):
         if kind == 33:
             g["tiles_wait"].append(t0)
             g["tiles_work"].append(t1)
+            continue
+        if kind >= 34:  # the prologue's parts (--blocks)
             continue
         g["sm_first"][sm] = min(g["sm_first"].get(sm, t0), t0)
         g["sm_end"][sm] = max(g["sm_end"].get(sm, t1), t1)
@@ -104,6 +108,9 @@ def main():
         print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f} {med('beside'):8.2f} {med('prologue'):8.2f} {med('tiles wait'):8.2f} {med('tiles work'):8.2f}")
 
 
+KEYS = ("end", "entry", "prologue", "xload", "normsum", "quant", "wait", "work")
+
+
 def blocks(records, roles_by_grid):
     """Per-block spreads by role (--blocks)."""
     g = defaultdict(lambda: defaultdict(dict))
@@ -122,19 +129,25 @@ def blocks(records, roles_by_grid):
             if not body or 1 not in b:
                 continue
             rec = {"end": (body[0][1] - rel0) / 1000, "entry": (b[1][0] - rel0) / 1000}
-            if 32 in b and 33 in b:
-                rec.update(prologue=(b[32][1] - b[32][0]) / 1000, wait=b[33][0] / 1000, work=b[33][1] / 1000)
+            if 32 in b:
+                rec["prologue"] = (b[32][1] - b[32][0]) / 1000
+            if 33 in b:
+                rec.update(wait=b[33][0] / 1000, work=b[33][1] / 1000)
+            if 34 in b and 35 in b and 36 in b:
+                # Inside the prologue (thread 0): x's (and g's) loads, the norm's block sum, the rest.
+                rec.update(xload=(b[34][1] - b[34][0]) / 1000, normsum=(b[35][1] - b[35][0]) / 1000,
+                           quant=((b[36][1] - b[36][0]) - (b[34][1] - b[34][0]) - (b[35][1] - b[35][0])) / 1000)
             per[role].append(rec)
     for role, recs in per.items():
         print(f"{role} ({len(recs)} blocks), us from the launch's first release")
-        for k in ("end", "entry", "prologue", "wait", "work"):
+        for k in KEYS:
             xs = [r[k] for r in recs if k in r]
             if xs:
                 print(f"  {k:<9} {q(xs)}")
         recs.sort(key=lambda r: r["end"])
         n = max(len(recs) // 10, 1)
         for lab, part in (("fastest", recs[:n]), ("slowest", recs[-n:])):
-            keys = [k for k in ("end", "entry", "prologue", "wait", "work") if k in part[0]]
+            keys = [k for k in KEYS if k in part[0]]
             print(f"  {lab} tenth: " + ", ".join(f"{k} {statistics.median(r[k] for r in part):.2f}" for k in keys))
 
 
