@@ -17,7 +17,9 @@ ready) and, for the streamed one (kind 33), its waits for its tiles' copies and 
 role, the spread over all its blocks (times from the launch's first release), and the medians of
 its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
 quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
-block-wide sum), quant (the rest: scaling, quantization, the closing barrier).
+block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (one
+record's atomic round trip, which the probe adds three times to the prologue and twice to
+quant: both are shown less them).
 """
 import csv, statistics, sys
 from collections import defaultdict
@@ -108,7 +110,7 @@ def main():
         print(f"{role:<12} {len(d['count']):>4} {med('started before release'):8.2f} {med('handoff'):8.2f} {med('release spread'):8.2f} {med('after wait'):8.2f} {med('beside'):8.2f} {med('prologue'):8.2f} {med('tiles wait'):8.2f} {med('tiles work'):8.2f}")
 
 
-KEYS = ("end", "entry", "prologue", "xload", "normsum", "quant", "wait", "work")
+KEYS = ("end", "entry", "prologue", "xload", "normsum", "quant", "rec", "wait", "work")
 
 
 def blocks(records, roles_by_grid):
@@ -133,10 +135,14 @@ def blocks(records, roles_by_grid):
                 rec["prologue"] = (b[32][1] - b[32][0]) / 1000
             if 33 in b:
                 rec.update(wait=b[33][0] / 1000, work=b[33][1] / 1000)
-            if 34 in b and 35 in b and 36 in b:
-                # Inside the prologue (thread 0): x's (and g's) loads, the norm's block sum, the rest.
+            if 32 in b and 34 in b and 35 in b and 36 in b:
+                # Inside the prologue (thread 0): x's (and g's) loads, the norm's block sum, the
+                # rest. Records 34-36 are written inline, each after an atomic round trip (rec:
+                # kind 32's end less 36's), so the rest and the prologue are shown less those.
+                a = b[32][1] - b[36][1]
                 rec.update(xload=(b[34][1] - b[34][0]) / 1000, normsum=(b[35][1] - b[35][0]) / 1000,
-                           quant=((b[36][1] - b[36][0]) - (b[34][1] - b[34][0]) - (b[35][1] - b[35][0])) / 1000)
+                           quant=(b[36][1] - b[35][1] - 2 * a) / 1000, rec=a / 1000,
+                           prologue=(b[32][1] - b[32][0] - 3 * a) / 1000)
             per[role].append(rec)
     for role, recs in per.items():
         print(f"{role} ({len(recs)} blocks), us from the launch's first release")
