@@ -17,9 +17,10 @@ ready) and, for the streamed one (kind 33), its waits for its tiles' copies and 
 role, the spread over all its blocks (times from the launch's first release), and the medians of
 its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
 quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
-block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (one
-record's atomic round trip, which the probe adds three times to the prologue and twice to
-quant: both are shown less them).
+block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (the gap
+from kind 36's end to kind 32's: one record's atomic round trip where the probe wrote 34-36
+inline, as in session 30's run, which added it three times to the prologue and twice to quant;
+both are shown less them. With the records kept in shared memory, rec is near zero).
 """
 import csv, statistics, sys
 from collections import defaultdict
