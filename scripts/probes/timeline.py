@@ -13,9 +13,9 @@ the previous launch's last block end; "after wait" is its last block end less it
 on that SM less this launch's first block entry there: positive where this launch's blocks ran
 beside the previous one's, negative where they waited for that SM to empty. For the quantized
 GEMVs, the medians over their blocks of thread 0's prologue (kind 32: release to activations
-ready) and, for the streamed one (kind 33), its waits for its tiles' copies and its work on them. --blocks adds, per
-role, the spread over all its blocks (times from the launch's first release), and the medians of
-its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
+ready) and, for the streamed one (kind 33), its waits for its tiles' copies and its work on
+them. --blocks adds, per role, the spread over all its blocks (times from the launch's first
+release), and the medians of its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
 quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
 block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (the gap
 from kind 36's end to kind 32's: one record's atomic round trip where the probe wrote 34-36
@@ -138,8 +138,9 @@ def blocks(records, roles_by_grid):
                 rec.update(wait=b[33][0] / 1000, work=b[33][1] / 1000)
             if 32 in b and 34 in b and 35 in b and 36 in b:
                 # Inside the prologue (thread 0): x's (and g's) loads, the norm's block sum, the
-                # rest. Records 34-36 are written inline, each after an atomic round trip (rec:
-                # kind 32's end less 36's), so the rest and the prologue are shown less those.
+                # rest. rec (kind 32's end less 36's) is one record's atomic round trip where
+                # 34-36 were written inline (session 30's run), near zero where they are kept in
+                # shared memory; the rest and the prologue are shown less it (twice, three times).
                 a = b[32][1] - b[36][1]
                 rec.update(xload=(b[34][1] - b[34][0]) / 1000, normsum=(b[35][1] - b[35][0]) / 1000,
                            quant=(b[36][1] - b[35][1] - 2 * a) / 1000, rec=a / 1000,

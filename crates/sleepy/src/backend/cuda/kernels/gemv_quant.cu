@@ -290,6 +290,9 @@ __device__ __forceinline__ void gemvq_stream_body(const QPtr& w, const float* __
                 upper = sb >= half_sb;
                 return (upper ? sb - half_sb : sb) << LP | lo;
             };
+            // The row's pointers rebuilt from an offset, not `upper ? up : gate`: choosing
+            // between the two structs moves them to the stack (nvrtc_regs.py, sm_90: Q4_K's frame
+            // 40 -> 64 bytes, session 30's review).
             const auto row = [&](bool upper) {
                 const u32 o = upper ? half_bytes : 0u;
                 return QPtr{gate.r0 + o, gate.r1 + o, gate.r2 + o, gate.r3 + o};
