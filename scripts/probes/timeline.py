@@ -4,7 +4,7 @@ its first block entered, when its dependency wait first and last let a block thr
 its last block ended (%globaltimer, 32 ns steps on an H100), then the median of each role over
 the layers:
 
-    python3 scripts/probes/timeline.py FILE [--all] [--blocks]
+    python3 scripts/probes/timeline.py FILE [--all] [--blocks [--inline-records]]
 
 Roles follow the decode step's order: a layer is QKV, attention (the launch whose body tag is
 3), output projection, gate+up, down. "handoff" is a launch's first release from its wait less
@@ -18,9 +18,11 @@ them. --blocks adds, per role, the spread over all its blocks (times from the la
 release), and the medians of its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
 quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
 block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (the gap
-from kind 36's end to kind 32's: one record's atomic round trip where the probe wrote 34-36
-inline, as in session 30's run, which added it three times to the prologue and twice to quant;
-both are shown less them. With the records kept in shared memory, rec is near zero).
+from kind 36's end to kind 32's). Where the probe wrote 34-36 inline, as in session 30's run,
+rec is one record's atomic round trip, which fell three times inside the prologue and twice
+inside quant: --inline-records shows both less them. The probe now keeps its records in shared
+memory (rec about 0.1 us), and without the flag they are shown as recorded (sessions 31-32
+subtracted rec regardless, so their prologues read about 0.3 us low).
 """
 import csv, statistics, sys
 from collections import defaultdict
@@ -138,13 +140,14 @@ def blocks(records, roles_by_grid):
                 rec.update(wait=b[33][0] / 1000, work=b[33][1] / 1000)
             if 32 in b and 34 in b and 35 in b and 36 in b:
                 # Inside the prologue (thread 0): x's (and g's) loads, the norm's block sum, the
-                # rest. rec (kind 32's end less 36's) is one record's atomic round trip where
-                # 34-36 were written inline (session 30's run), near zero where they are kept in
-                # shared memory; the rest and the prologue are shown less it (twice, three times).
+                # rest. rec is kind 32's end less 36's; with --inline-records (34-36 written
+                # inline, session 30's run) it is one record's atomic round trip, taken off the
+                # rest twice and off the prologue three times.
                 a = b[32][1] - b[36][1]
+                c = a if "--inline-records" in sys.argv else 0
                 rec.update(xload=(b[34][1] - b[34][0]) / 1000, normsum=(b[35][1] - b[35][0]) / 1000,
-                           quant=(b[36][1] - b[35][1] - 2 * a) / 1000, rec=a / 1000,
-                           prologue=(b[32][1] - b[32][0] - 3 * a) / 1000)
+                           quant=(b[36][1] - b[35][1] - 2 * c) / 1000, rec=a / 1000,
+                           prologue=(b[32][1] - b[32][0] - 3 * c) / 1000)
             per[role].append(rec)
     for role, recs in per.items():
         print(f"{role} ({len(recs)} blocks), us from the launch's first release")
