@@ -15,8 +15,8 @@ beside the previous one's, negative where they waited for that SM to empty. For 
 GEMVs, the medians over their blocks of thread 0's prologue (kind 32: release to activations
 ready) and, for the streamed one (kind 33), its waits for its tiles' copies and its work on
 them. --blocks adds, per role, the spread over all its blocks (times from the launch's first
-release), and the medians of its fastest and slowest tenth of blocks by end; with the prologue's inner records (kinds 34-36,
-quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
+release), and the medians of its fastest and slowest tenth of blocks by end; with the
+prologue's inner records (kinds 34-36, quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
 block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (the gap
 from kind 36's end to kind 32's). Where the probe wrote 34-36 inline, as in session 30's run,
 rec is one record's atomic round trip, which fell three times inside the prologue and twice
@@ -118,6 +118,7 @@ KEYS = ("end", "entry", "prologue", "xload", "normsum", "quant", "rec", "wait", 
 
 def blocks(records, roles_by_grid):
     """Per-block spreads by role (--blocks)."""
+    inline = "--inline-records" in sys.argv
     g = defaultdict(lambda: defaultdict(dict))
     for r in records:
         g[int(r["grid"])][int(r["block"])][int(r["kind"])] = (int(r["t0"]), int(r["t1"]))
@@ -144,7 +145,7 @@ def blocks(records, roles_by_grid):
                 # inline, session 30's run) it is one record's atomic round trip, taken off the
                 # rest twice and off the prologue three times.
                 a = b[32][1] - b[36][1]
-                c = a if "--inline-records" in sys.argv else 0
+                c = a if inline else 0
                 rec.update(xload=(b[34][1] - b[34][0]) / 1000, normsum=(b[35][1] - b[35][0]) / 1000,
                            quant=(b[36][1] - b[35][1] - 2 * c) / 1000, rec=a / 1000,
                            prologue=(b[32][1] - b[32][0] - 3 * c) / 1000)
