@@ -16,13 +16,14 @@ GEMVs, the medians over their blocks of thread 0's prologue (kind 32: release to
 ready) and, for the streamed one (kind 33), its waits for its tiles' copies and its work on
 them. --blocks adds, per role, the spread over all its blocks (times from the launch's first
 release), and the medians of its fastest and slowest tenth of blocks by end; with the
-prologue's inner records (kinds 34-36, quantize_acts, thread 0) also its parts: xload (x's and g's loads landed), normsum (the norm's
-block-wide sum), quant (the rest: scaling, quantization, the closing barrier), and rec (the gap
-from kind 36's end to kind 32's). Where the probe wrote 34-36 inline, as in session 30's run,
-rec is one record's atomic round trip, which fell three times inside the prologue and twice
-inside quant: --inline-records shows both less them. The probe now keeps its records in shared
-memory (rec about 0.1 us), and without the flag they are shown as recorded (sessions 31-32
-subtracted rec regardless, so their prologues read about 0.3 us low).
+prologue's inner records (kinds 34-36, quantize_acts, thread 0) also its parts: xload (x's and
+g's loads landed), normsum (the norm's block-wide sum), quant (the rest: scaling, quantization,
+the closing barrier), and rec (the gap from kind 36's end to kind 32's). Where the probe wrote
+34-36 inline, as in session 30's run, rec is one record's atomic round trip, which fell three
+times inside the prologue and twice inside quant: --inline-records shows both less them. The
+probe now keeps its records in shared memory (rec about 0.1 us), and without the flag they are
+shown as recorded (sessions 31-32 subtracted rec regardless, so their prologues read about
+0.3 us low).
 """
 import csv, statistics, sys
 from collections import defaultdict
