@@ -10,17 +10,24 @@
 // quantize them and take the tiles. The same kernel runs a range of ops:
 //   chain      one launch an op, linked by PDL as sleepy's kernels are (wait, then launch the
 //              next; the producer queues its first tiles before the wait);
-//   layer      one launch a layer, the ops inside linked by a counter a op in global memory
+//   layer      one launch a layer, the ops inside linked by a counter an op in global memory
 //              (every block adds one, release, once its outputs are written; the next op's
 //              consumers poll it with acquire loads);
 //   persistent one launch a step: the producer runs ahead across ops and layers, bounded only
 //              by its ring, so the weights of the next ops stream while this op waits;
 //   nodep      persistent without the waits (wrong values): what the stream and the work cost
-//              alone.
+//              alone;
+//   no ahead   persistent and chain with the producer held until its op's wait has passed (no
+//              weights queued ahead of a dependency), to tell the run-ahead from the launches.
 // Every variant does the same arithmetic a row (the same block, warp and lanes), so their
-// outputs must be equal bit for bit; the chain is also checked against a CPU reference.
+// outputs must be equal bit for bit; layer 0 alone is also checked against a CPU reference.
+// For each variant with waits, the last replay's timeline is printed by op kind (see timeline()).
 //
-//   nvcc -O3 -arch=sm_90a -o persistent scripts/probes/persistent.cu && ./persistent
+//   nvcc -O3 -arch=sm_90a -o persistent scripts/probes/persistent.cu && ./persistent [CONTEXT]
+//
+// It also builds on a machine without a GPU, with nvcc from the pip wheels nvidia-cuda-nvcc,
+// nvidia-cuda-crt and nvidia-cuda-runtime at one version (13.5 worked; the 13.0 wheels beside a
+// newer nvvm did not). Session 34 ran a first version of it (BENCHMARKS.md).
 #ifndef __CUDACC_RTC__  // (NVRTC compiles the device part alone: nvrtc_regs.py-style checks)
 #include <cuda_runtime.h>
 #include <algorithm>
