@@ -18,7 +18,9 @@
 //   nodep      persistent without the waits (wrong values): what the stream and the work cost
 //              alone;
 //   no ahead   persistent and chain with the producer held until its op's wait has passed (no
-//              weights queued ahead of a dependency), to tell the run-ahead from the launches.
+//              weights queued ahead of a dependency), to tell the run-ahead from the launches;
+//   head links persistent, with each attention block waiting only for the blocks that wrote
+//              its head's rows of QKV (a flag a block) instead of for the whole grid.
 // Every variant does the same arithmetic a row (the same block, warp and lanes), so their
 // outputs must be equal bit for bit; layer 0 alone is also checked against a CPU reference.
 // For each variant with waits, the last replay's timeline is printed by op kind (see timeline()).
@@ -61,11 +63,11 @@ struct Op {
 };
 
 struct Model {
-    int H, NQ, NKV, I, L, ctx, G;
+    int H, NQ, NKV, I, L, ctx, G, nops;
     const Op* ops;
     float *x, *qkv, *att, *act;
     u16 *kc, *vc;        // [L][NKV][ctx + 1][D] f16
-    u32* counters;       // one an op
+    u32* counters;       // one an op, then [op][block] flags (MODE 3)
     u64* ts;             // [op][block][3]: released, inputs ready, outputs written (ns)
 };
 
@@ -120,6 +122,29 @@ __device__ void wait_counter(const u32* c, u32 target) {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(c) : "memory");
             if (v >= target) break;
             if (n > (1ll << 24)) __trap();  // a counter that never comes: an error, not a hang
+        }
+    }
+    consumers_sync();
+}
+
+// MODE 3: wait for the blocks of op `qo` (QKV) whose rows hold query head h's q and its
+// group's k and v; one consumer thread a block polls that block's flag.
+__device__ void wait_head(const Model& m, int qo, int h, int G) {
+    const Op q = m.ops[qo];
+    const int kvh = h / (m.NQ / m.NKV), t = threadIdx.x - 32;
+    const int lo[3] = {h * D, (m.NQ + kvh) * D, (m.NQ + m.NKV + kvh) * D};
+    for (int bb = t; bb < G; bb += NW * 32) {
+        int u0, u1;
+        block_units(q, bb, G, u0, u1);
+        bool need = false;
+        for (int r = 0; r < 3; ++r) need |= u0 < lo[r] + D && u1 > lo[r];
+        if (!need) continue;
+        const u32* f = m.counters + (size_t)m.nops + (size_t)qo * G + bb;
+        u32 v;
+        for (long long n = 0;; ++n) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
+            if (v) break;
+            if (n > (1ll << 24)) __trap();
         }
     }
     consumers_sync();
@@ -271,7 +296,8 @@ __device__ void attention(const Model& m, const Op& o, int h, float* sc) {
 
 // MODE 0: ops [op0, op1) linked by counters, the first waiting on PDL; MODE 1: no waits;
 // MODE 2: as 0, but the producer queues an op's tiles only once its consumers are past the
-// op's wait (no weights ahead of the dependency).
+// op's wait (no weights ahead of the dependency); MODE 3: as 0, but attention waits only for
+// the blocks that wrote its head's rows of QKV (a flag a block), not for all of them.
 template <int MODE>
 __global__ void __launch_bounds__(THREADS, 2) step(Model m, int op0, int op1, int stages) {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -333,6 +359,8 @@ __global__ void __launch_bounds__(THREADS, 2) step(Model m, int op0, int op1, in
             if (oi == op0) {
                 asm volatile("griddepcontrol.wait;" ::: "memory");
                 asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            } else if (MODE == 3 && o.kind == ATTN) {
+                if (b < m.NQ) wait_head(m, oi - 1, b, G);
             } else {
                 wait_counter(m.counters + oi - 1, (u32)G);
             }
@@ -380,6 +408,8 @@ __global__ void __launch_bounds__(THREADS, 2) step(Model m, int op0, int op1, in
         if (MODE != 1 && threadIdx.x == 32 && oi + 1 < op1) {
             __threadfence();
             asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(m.counters + oi) : "memory");
+            if (MODE == 3 && o.kind == QKV)
+                asm volatile("st.release.gpu.global.u32 [%0], 1;" ::"l"(m.counters + m.nops + (size_t)oi * G + b) : "memory");
         }
     }
 }
@@ -497,6 +527,7 @@ int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(step<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
     CK(cudaFuncSetAttribute(step<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
     CK(cudaFuncSetAttribute(step<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
+    CK(cudaFuncSetAttribute(step<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
     // The counters' waits need every block of a launch on the GPU at once (one an SM).
     int per_sm = 0;
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, step<0>, THREADS, act_bytes + 8 * SLOT));
@@ -531,7 +562,7 @@ int main(int argc, char** argv) {
             }
         }
         const int nops = (int)ops.size();
-        Model m = {c.H, c.NQ, c.NKV, c.I, c.L, ctx, G, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+        Model m = {c.H, c.NQ, c.NKV, c.I, c.L, ctx, G, nops, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
         Op* dops;
         CK(cudaMalloc(&dops, nops * sizeof(Op)));
         CK(cudaMemcpy(dops, ops.data(), nops * sizeof(Op), cudaMemcpyHostToDevice));
@@ -545,7 +576,8 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&m.vc, cache * 2));
         fill_h<<<256, 256>>>(m.kc, cache, 7777, -1.f, 1.f);
         fill_h<<<256, 256>>>(m.vc, cache, 7778, -1.f, 1.f);
-        CK(cudaMalloc(&m.counters, nops * 4));
+        const size_t cbytes = (size_t)nops * (1 + G) * 4;  // counters and MODE 3's flags
+        CK(cudaMalloc(&m.counters, cbytes));
         CK(cudaMalloc(&m.ts, (size_t)nops * G * 3 * 8));
         float* x0;
         CK(cudaMalloc(&x0, c.H * 4));
@@ -570,10 +602,11 @@ int main(int argc, char** argv) {
             {"nodep, 8 stages", nops, 8, 1},
             {"persistent, no ahead", nops, 8, 2},
             {"chain, no ahead", 1, 8, 2},
+            {"persistent, head links", nops, 8, 3},
         };
         // One layer alone from x0 (one launch), for the CPU reference's tight check.
         std::vector<float> x1(c.H);
-        CK(cudaMemsetAsync(m.counters, 0, nops * 4, st));
+        CK(cudaMemsetAsync(m.counters, 0, cbytes, st));
         CK(cudaMemcpyAsync(m.x, x0, c.H * 4, cudaMemcpyDeviceToDevice, st));
         step<0><<<G, THREADS, act_bytes + 8 * SLOT, st>>>(m, 0, 5, 8);
         CK(cudaMemcpyAsync(x1.data(), m.x, c.H * 4, cudaMemcpyDeviceToHost, st));
@@ -583,7 +616,7 @@ int main(int argc, char** argv) {
         for (const Variant& v : vs) {
             const size_t smem = act_bytes + (size_t)v.stages * SLOT;
             auto record = [&](cudaStream_t s) {
-                CK(cudaMemsetAsync(m.counters, 0, nops * 4, s));
+                CK(cudaMemsetAsync(m.counters, 0, cbytes, s));
                 for (int o0 = 0; o0 < nops; o0 += v.per_launch) {
                     cudaLaunchConfig_t lc = {};
                     lc.gridDim = dim3(G);
@@ -598,7 +631,8 @@ int main(int argc, char** argv) {
                     const int o1 = std::min(nops, o0 + v.per_launch);
                     if (v.mode == 0) CK(cudaLaunchKernelEx(&lc, step<0>, m, o0, o1, v.stages));
                     else if (v.mode == 1) CK(cudaLaunchKernelEx(&lc, step<1>, m, o0, o1, v.stages));
-                    else CK(cudaLaunchKernelEx(&lc, step<2>, m, o0, o1, v.stages));
+                    else if (v.mode == 2) CK(cudaLaunchKernelEx(&lc, step<2>, m, o0, o1, v.stages));
+                    else CK(cudaLaunchKernelEx(&lc, step<3>, m, o0, o1, v.stages));
                 }
             };
             cudaGraph_t g;
