@@ -37,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "ck.cuh"
@@ -533,6 +534,7 @@ int main(int argc, char** argv) {
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, step<0>, THREADS, act_bytes + 8 * SLOT));
     if (per_sm < 1) { printf("a block does not fit an SM\n"); return 1; }
     printf("\n%-16s %-22s %10s %10s %9s %8s\n", "model", "variant", "us/step", "us/layer", "TB/s", "check");
+    std::vector<std::string> summary;  // the table again, last (the timelines come between)
     for (const Config& c : cfgs) {
         if (c.NQ > G) { printf("attention needs a block a query head\n"); return 1; }
         const int R = (c.NQ + 2 * c.NKV) * D;
@@ -668,7 +670,10 @@ int main(int argc, char** argv) {
             float ms = 0.f;
             CK(cudaEventElapsedTime(&ms, e0, e1));
             const double us = 1000.0 * ms / replays;
-            printf("%-16s %-22s %10.1f %10.2f %9.3f %8s\n", c.name, v.name, us, us / c.L, wbytes / us * 1e-6, check);
+            char line[160];
+            snprintf(line, sizeof line, "%-16s %-22s %10.1f %10.2f %9.3f %8s", c.name, v.name, us, us / c.L, wbytes / us * 1e-6, check);
+            printf("%s\n", line);
+            summary.push_back(line);
             if (v.mode != 1) timeline(m, nops, G, v.name);
             CK(cudaEventDestroy(e0));
             CK(cudaEventDestroy(e1));
@@ -707,7 +712,10 @@ int main(int argc, char** argv) {
             for (const HostOp& o : hops) {
                 if (&o == &hops[5]) {
                     const double rel = rel_err(x, x1);
-                    printf("%-16s CPU reference, layer 0 alone: relative error %.2e %s\n", c.name, rel, rel < 1e-3 ? "ok" : "FAILED");
+                    char line[160];
+            snprintf(line, sizeof line, "%-16s CPU reference, layer 0 alone: relative error %.2e %s", c.name, rel, rel < 1e-3 ? "ok" : "FAILED");
+            printf("%s\n", line);
+            summary.push_back(line);
                 }
                 float scale = 1.f;
                 switch (o.op.kind) {
@@ -775,6 +783,8 @@ int main(int argc, char** argv) {
         CK(cudaFree(m.ts));
         CK(cudaFree(x0));
     }
+    printf("\n%-16s %-22s %10s %10s %9s %8s\n", "model", "variant", "us/step", "us/layer", "TB/s", "check");
+    for (const std::string& l : summary) printf("%s\n", l.c_str());
     return 0;
 }
 #endif
