@@ -215,6 +215,15 @@ __device__ __forceinline__ void h8(uint4 r, float* f) {
         f[2 * j + 1] = h2f((u16)(u[j] >> 16));
     }
 }
+// Four rounds of one thread's cached rows (16 bytes at dimension group g), from position p0.
+__device__ __forceinline__ void load_rounds(const u16* cache, int p0, int pg, int g, int ctx, uint4* r) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        const int p = p0 + u * 16 + pg;
+        r[u] = p < ctx ? __ldcg((const uint4*)(cache + (size_t)p * D + g * 8)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 __device__ void attention(const Model& m, const Op& o, int h, float* sc) {
     const int t = threadIdx.x - 32, n = m.ctx + 1;
     const int kvh = h / (m.NQ / m.NKV);
@@ -230,11 +239,7 @@ __device__ void attention(const Model& m, const Op& o, int h, float* sc) {
     const float scale = rsqrtf((float)D);
     for (int p0 = 0; p0 < n; p0 += 64) {
         uint4 r[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int p = p0 + u * 16 + pg;
-            r[u] = p < m.ctx ? __ldcg((const uint4*)(kc + (size_t)p * D + g * 8)) : make_uint4(0, 0, 0, 0);
-        }
+        load_rounds(kc, p0, pg, g, m.ctx, r);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const int p = p0 + u * 16 + pg;
@@ -261,11 +266,7 @@ __device__ void attention(const Model& m, const Op& o, int h, float* sc) {
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int p0 = 0; p0 < n; p0 += 64) {
         uint4 r[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int p = p0 + u * 16 + pg;
-            r[u] = p < m.ctx ? __ldcg((const uint4*)(vc + (size_t)p * D + g * 8)) : make_uint4(0, 0, 0, 0);
-        }
+        load_rounds(vc, p0, pg, g, m.ctx, r);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const int p = p0 + u * 16 + pg;
@@ -527,10 +528,8 @@ int main(int argc, char** argv) {
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const Config cfgs[2] = {{"qwen3-0.6b q8_0", 1024, 16, 8, 3072, 28}, {"qwen3-4b q8_0", 2560, 32, 8, 9728, 36}};
     const size_t act_bytes = 256 + MAXK + MAXK / 8 + 4 * (NW + MAXCTX + 1 + 16 * D) + 128;
-    CK(cudaFuncSetAttribute(step<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
-    CK(cudaFuncSetAttribute(step<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
-    CK(cudaFuncSetAttribute(step<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
-    CK(cudaFuncSetAttribute(step<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
+    void (*const kernels[4])(Model, int, int, int) = {step<0>, step<1>, step<2>, step<3>};  // by MODE
+    for (auto k : kernels) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(act_bytes + 8 * SLOT)));
     // The counters' waits need every block of a launch on the GPU at once (one an SM).
     int per_sm = 0;
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, step<0>, THREADS, act_bytes + 8 * SLOT));
@@ -633,10 +632,7 @@ int main(int argc, char** argv) {
                     lc.attrs = at;
                     lc.numAttrs = o0 == 0 ? 0 : 1;
                     const int o1 = std::min(nops, o0 + v.per_launch);
-                    if (v.mode == 0) CK(cudaLaunchKernelEx(&lc, step<0>, m, o0, o1, v.stages));
-                    else if (v.mode == 1) CK(cudaLaunchKernelEx(&lc, step<1>, m, o0, o1, v.stages));
-                    else if (v.mode == 2) CK(cudaLaunchKernelEx(&lc, step<2>, m, o0, o1, v.stages));
-                    else CK(cudaLaunchKernelEx(&lc, step<3>, m, o0, o1, v.stages));
+                    CK(cudaLaunchKernelEx(&lc, kernels[v.mode], m, o0, o1, v.stages));
                 }
             };
             cudaGraph_t g;
