@@ -29,7 +29,8 @@
 //
 // It also builds on a machine without a GPU, with nvcc from the pip wheels nvidia-cuda-nvcc,
 // nvidia-cuda-crt and nvidia-cuda-runtime at one version (13.5 worked; the 13.0 wheels beside a
-// newer nvvm did not). Session 34 ran a first version of it (BENCHMARKS.md).
+// newer nvvm did not). Session 34 ran a first version of it, session 35 this one (BENCHMARKS.md):
+// the counter links cost more than PDL and the run-ahead lost, so the design was dropped.
 #ifndef __CUDACC_RTC__  // (NVRTC compiles the device part alone: nvrtc_regs.py-style checks)
 #include <cuda_runtime.h>
 #include <algorithm>
