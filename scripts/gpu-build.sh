@@ -38,6 +38,9 @@ for spec in "$@"; do
     fi
     echo "$name: $(git rev-parse --short HEAD)"
 done
+# Compiled kernels an earlier call brought back (gpu-ab.sh's kernels.tgz, put in gpu-cache/):
+# builds whose kernel sources are unchanged then skip NVRTC on the GPU machine.
+[ -f gpu-cache/kernels.tgz ] && cp gpu-cache/kernels.tgz gpu-run/ && echo "carrying gpu-cache/kernels.tgz"
 rm -rf gpu-tools
 cp -r ../shared/tools/gpu gpu-tools
 tar cJf gpu-pack/run.tar.xz gpu-run gpu-tools

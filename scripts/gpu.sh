@@ -59,7 +59,7 @@ bench() { # tag spec args... (BIN: the binary, gpu-run/sleepy unless set)
         sed "s/^{/{\"tag\":\"$tag\",\"spec\":\"$spec\",/" | tee -a "$B"
 }
 # Compiled kernels from an earlier call (valid while the kernel sources are unchanged).
-[ -f gpu-run/kernels.tgz ] && tar xzf gpu-run/kernels.tgz -C "$SLEEPY_HOME"
+[ -f gpu-run/kernels.tgz ] && tar xzf gpu-run/kernels.tgz -C "$SLEEPY_HOME" --skip-old-files
 log "steps:$STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee -a "$R"
 
